@@ -1,0 +1,45 @@
+# Everything set-up related is here, so that a fresh Debian 12 machine needs only `make demo` or `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := python3 python3-venv python3-gi python3-numpy gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium fonts-dejavu-core
+PYTEST_ARGS ?=
+
+.PHONY: all system venv demo test bench lint clean
+
+all: venv
+
+system: .system.stamp
+.system.stamp: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: .system.stamp setup.cfg pyproject.toml constraints.txt
+	[ -x $(PY) ] || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	@touch $@
+
+demo: venv
+	$(PY) sim/demo.py
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check nvr streams recorder web tests bench sim
+	$(VENV)/bin/mypy nvr streams recorder web
+
+clean:
+	rm -rf $(VENV) .system.stamp demo-data .pytest_cache

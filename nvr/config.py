@@ -1,0 +1,407 @@
+"""The daemon's configuration: parsed once at start, fully validated, frozen.
+
+Loading goes in three steps:
+
+1. YAML is read into plain data, remembering the line of every key so that
+   each error can name ``file:line: yaml.path``.
+2. ``${NAME}`` references are replaced by the environment variable NAME or,
+   failing that, by the file NAME in systemd's ``$CREDENTIALS_DIRECTORY``.
+   A value substituted into the user-info part of a URL is percent-encoded
+   for it, so a raw password such as ``Pa55@w:rd%21!`` works as written.
+   Every password that ends up in a URL is registered with :mod:`nvr.secrets`.
+3. The data is validated by frozen pydantic models that forbid unknown keys.
+
+All problems are collected and raised together as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import urllib.parse
+from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nvr import secrets
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Keys whose substituted values are secrets even outside a URL.
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token)", re.IGNORECASE)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Zone(StrEnum):
+    HALL = "hall"
+    ENTRANCE = "entrance"
+    CORRIDOR = "corridor"
+    HOLDING_CELL = "holding_cell"
+    OTHER = "other"
+
+
+class Station(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64, description="Station id")]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Storage(_Model):
+    path: Path = Field(default=Path("/var/lib/nvr"), description="Root of recordings and the index")
+    segment_seconds: Annotated[int, Field(ge=2, le=3600)] = 60
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    min_free_percent: Annotated[float, Field(ge=0, le=90)] = 5.0
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class Web(_Model):
+    listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP server")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, port = split_host_port(value)
+        if not host:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        if not 1 <= port <= 65535:
+            raise ValueError("port must be between 1 and 65535")
+        return value
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class Health(_Model):
+    stall_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+
+
+class Ingest(_Model):
+    open_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    backoff_initial_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    reader_queue_packets: Annotated[int, Field(ge=16, le=100_000)] = 600
+    gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Ingest:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
+        return self
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Log(_Model):
+    level: LogLevel = LogLevel.INFO
+    ffmpeg_level: LogLevel | None = Field(
+        default=LogLevel.ERROR, description="FFmpeg's own messages at or above this level; null: none"
+    )
+
+
+class Camera(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=64)]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    zone: Zone = Zone.OTHER
+    url: str = Field(description="RTSP URL of the main stream (recorded)")
+    live_url: str | None = Field(default=None, description="Optional RTSP substream for live view")
+    record: bool = True
+
+    @field_validator("url", "live_url")
+    @classmethod
+    def _rtsp_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_rtsp_url(value)
+        return value
+
+    @property
+    def display_url(self) -> str:
+        return secrets.redact_url(self.url)
+
+
+class Config(_Model):
+    station: Station
+    storage: Storage = Storage()
+    web: Web = Web()
+    health: Health = Health()
+    ingest: Ingest = Ingest()
+    log: Log = Log()
+    cameras: list[Camera] = Field(default_factory=list)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, cameras: list[Camera]) -> list[Camera]:
+        ids = [camera.id for camera in cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate camera id {duplicates[0]!r}")
+        return cameras
+
+    def camera(self, camera_id: str) -> Camera | None:
+        return next((c for c in self.cameras if c.id == camera_id), None)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``"[::1]:80"`` → ``("::1", 80)``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        return "", 0
+    return host.strip("[]"), int(port)
+
+
+def check_rtsp_url(value: str) -> None:
+    """Raise ValueError naming what is wrong, without echoing the URL (it may hold a password)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc.args[0].split(':')[0]})") from None
+    if parts.scheme not in ("rtsp", "rtsps"):
+        raise ValueError("must start with rtsp:// or rtsps://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("must not contain spaces")
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, substitute and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse(text, source=str(path), environ=os.environ if environ is None else environ)
+
+
+def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._Environ[str]) -> Config:
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems: list[str] = []
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    if node is not None:
+        _collect_lines(node, (), lines, problems, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
+
+    data = _substitute(data, (), environ, problems, source, lines)
+    problems += _duplicate_camera_ids(data, source, lines)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += _describe(exc, source, lines)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    for camera in config.cameras:
+        for url in (camera.url, camera.live_url):
+            if url:
+                _register_url_secret(url)
+    return config
+
+
+def _duplicate_camera_ids(data: dict[str, Any], source: str, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    """Found on the raw data so that it is reported even when other keys of a camera are wrong."""
+    cameras = data.get("cameras")
+    if not isinstance(cameras, list):
+        return []
+    problems = []
+    seen: set[str] = set()
+    for index, camera in enumerate(cameras):
+        camera_id = camera.get("id") if isinstance(camera, dict) else None
+        if not isinstance(camera_id, str):
+            continue
+        if camera_id in seen:
+            path = ("cameras", index, "id")
+            problems.append(f"{_where(source, lines, path)}: {format_path(path)}: duplicate camera id {camera_id!r}")
+        seen.add(camera_id)
+    return problems
+
+
+def _where(source: str, lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> str:
+    for end in range(len(path), -1, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return f"{source}:{line}"
+    return source
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _collect_lines(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    problems: list[str],
+    source: str,
+) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in seen:
+                problems.append(f"{source}:{key_node.start_mark.line + 1}: {format_path(child)}: duplicate key")
+            seen.add(key)
+            lines[child] = key_node.start_mark.line + 1
+            _collect_lines(value_node, child, lines, problems, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_lines(item, (*path, index), lines, problems, source)
+
+
+def _substitute(
+    value: Any,
+    path: tuple[str | int, ...],
+    environ: dict[str, str] | os._Environ[str],
+    problems: list[str],
+    source: str,
+    lines: dict[tuple[str | int, ...], int],
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*path, str(k)), environ, problems, source, lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*path, i), environ, problems, source, lines) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    secret_key = bool(path) and isinstance(path[-1], str) and bool(_SECRET_KEY.search(path[-1]))
+
+    def lookup(match: re.Match[str], *, in_userinfo: bool) -> str:
+        name = match.group(1)
+        resolved = _resolve_reference(name, environ)
+        if resolved is None:
+            problems.append(
+                f"{_where(source, lines, path)}: {format_path(path)}: ${{{name}}} is not set "
+                f"(no environment variable {name} and no credential file {name} in $CREDENTIALS_DIRECTORY)"
+            )
+            return ""
+        if in_userinfo or secret_key:
+            secrets.register(resolved)
+        return urllib.parse.quote(resolved, safe="") if in_userinfo else resolved
+
+    scheme_end = value.find("://")
+    if scheme_end > 0:
+        rest_start = scheme_end + 3
+        authority_end = _authority_end(value, rest_start)
+        at = value.rfind("@", rest_start, authority_end)
+        if at != -1:
+            head = value[:rest_start]
+            userinfo = _REF.sub(lambda m: lookup(m, in_userinfo=True), value[rest_start:at])
+            tail = _REF.sub(lambda m: lookup(m, in_userinfo=False), value[at:])
+            return head + userinfo + tail
+    return _REF.sub(lambda m: lookup(m, in_userinfo=False), value)
+
+
+def _authority_end(value: str, start: int) -> int:
+    """End of the authority part; '/' inside a ${REF} does not count."""
+    index = start
+    while index < len(value):
+        if value.startswith("${", index):
+            close = value.find("}", index)
+            if close == -1:
+                break
+            index = close + 1
+            continue
+        if value[index] in "/?#":
+            return index
+        index += 1
+    return len(value)
+
+
+def _resolve_reference(name: str, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    if name in environ:
+        return environ[name]
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        candidate = Path(cred_dir) / name
+        try:
+            return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError:
+            return None
+    return None
+
+
+def _register_url_secret(url: str) -> None:
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return
+    if password:
+        secrets.register(password)
+        secrets.register(urllib.parse.unquote(password))
+
+
+def _describe(exc: ValidationError, source: str, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = str(error["msg"])
+            message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append(f"{_where(source, lines, loc)}: {format_path(loc)}: {message}")
+    return problems

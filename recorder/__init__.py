@@ -1,0 +1,1 @@
+"""What is on disk: segments, the index, retention and export."""

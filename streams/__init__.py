@@ -1,0 +1,1 @@
+"""Camera sources, fan-out hubs and stream health."""

@@ -1,0 +1,530 @@
+"""A supervised RTSP client for one camera stream, publishing into a :class:`Hub`.
+
+Each connection runs its demux loop in a thread of its own (PyAV reads
+without holding the GIL) and hands packets to the event loop thread-safely.
+The supervisor on the loop bounds every phase from outside PyAV as well: a
+stream that stays connected but delivers nothing is declared ``stalled``
+after ``health.stall_seconds`` without waiting for TCP, and the old session
+is torn down before a new one is opened, with capped exponential backoff
+between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+
+import av
+import av.error
+
+from nvr import secrets
+from nvr.config import Health, Ingest
+from streams import bitstream
+from streams.hub import Hub
+from streams.media import MediaPacket, Session, TrackInfo, TrackKind
+
+log = logging.getLogger(__name__)
+
+_WATCH_INTERVAL = 0.1
+_RATE_WINDOW = 5.0
+
+
+class SourceState(StrEnum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class OfflineReason(StrEnum):
+    UNREACHABLE = "unreachable"
+    AUTH_FAILED = "auth_failed"
+    STALLED = "stalled"
+    STREAM_ERROR = "stream_error"
+    STOPPED = "stopped"
+
+
+class _SessionFailed(Exception):
+    def __init__(self, reason: OfflineReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """A snapshot of the source for the API and metrics."""
+
+    state: SourceState
+    reason: OfflineReason | None
+    message: str | None
+    changed_at: float
+    codec: str | None
+    width: int
+    height: int
+    fps: float
+    bitrate_bps: float
+    last_packet_at: float | None
+    has_audio: bool
+    audio_codec: str | None
+    reconnects: int
+    packets: int
+    bytes: int
+    garbage_packets: int
+
+
+class RateMeter:
+    """Packets per second and bits per second over a sliding window."""
+
+    def __init__(self, window: float = _RATE_WINDOW) -> None:
+        self.window = window
+        self._video: deque[tuple[float, float]] = deque()  # (receive time, media time)
+        self._bytes: deque[tuple[float, int]] = deque()
+        self._byte_sum = 0
+
+    def add(self, now: float, size: int, media_time: float | None) -> None:
+        """Count a packet; ``media_time`` (seconds, from its timestamp) for video packets only."""
+        if media_time is not None:
+            self._video.append((now, media_time))
+        self._bytes.append((now, size))
+        self._byte_sum += size
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        while self._video and self._video[0][0] < horizon:
+            self._video.popleft()
+        while self._bytes and self._bytes[0][0] < horizon:
+            self._byte_sum -= self._bytes.popleft()[1]
+
+    def reset(self) -> None:
+        self._video.clear()
+        self._bytes.clear()
+        self._byte_sum = 0
+
+    def fps(self, now: float) -> float:
+        self._expire(now)
+        # Media time, not arrival time: a burst after connecting is not a frame rate.
+        if len(self._video) < 2:
+            return 0.0
+        span = self._video[-1][1] - self._video[0][1]
+        return (len(self._video) - 1) / span if span > 0 else 0.0
+
+    def bitrate(self, now: float) -> float:
+        self._expire(now)
+        if not self._bytes:
+            return 0.0
+        span = max(now - self._bytes[0][0], 1.0)
+        return self._byte_sum * 8 / span
+
+
+class RtspSource:
+    """Pulls one RTSP stream forever (until stopped), publishing into ``hub``."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        hub: Hub,
+        *,
+        ingest: Ingest,
+        health: Health,
+        on_state: Callable[[RtspSource], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self.hub = hub
+        self.ingest = ingest
+        self.health = health
+        self.on_state = on_state
+        self.state = SourceState.CONNECTING
+        self.reason: OfflineReason | None = None
+        self.message: str | None = None
+        self.changed_at = time.time()
+        self.session: Session | None = None
+        self.last_packet_at: float | None = None
+        self.last_packet_mono: float | None = None
+        self.reconnects = 0
+        self.packets = 0
+        self.bytes = 0
+        self.garbage_packets = 0
+        self._rates = RateMeter()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._abandoned_threads = 0
+
+    # -- public ---------------------------------------------------------------------------
+
+    def status(self) -> SourceStatus:
+        now = time.monotonic()
+        video = self.session.video if self.session else None
+        audio = self.session.audio if self.session else None
+        online = self.state is SourceState.ONLINE
+        return SourceStatus(
+            state=self.state,
+            reason=self.reason,
+            message=self.message,
+            changed_at=self.changed_at,
+            codec=video.codec if video else None,
+            width=video.width if video else 0,
+            height=video.height if video else 0,
+            fps=round(self._rates.fps(now), 2) if online else 0.0,
+            bitrate_bps=round(self._rates.bitrate(now)) if online else 0.0,
+            last_packet_at=self.last_packet_at,
+            has_audio=audio is not None,
+            audio_codec=audio.codec if audio else None,
+            reconnects=self.reconnects,
+            packets=self.packets,
+            bytes=self.bytes,
+            garbage_packets=self.garbage_packets,
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, stream, and on failure back off and retry, until :meth:`stop`."""
+        backoff = self.ingest.backoff_initial_seconds
+        failures = 0
+        while not self._stopping:
+            self._set_state(SourceState.CONNECTING, None, None)
+            reason, message, streamed = await self._run_session()
+            self.hub.end_session(reason.value)
+            self.session = None
+            self._rates.reset()
+            if self._stopping:
+                break
+            if streamed:
+                backoff = self.ingest.backoff_initial_seconds
+                failures = 0
+            failures += 1
+            self._set_state(SourceState.OFFLINE, reason, message)
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(level, "[%s] offline (%s): %s; retrying in %.0f s", self.name, reason.value, message, backoff)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, self.ingest.backoff_max_seconds)
+            self.reconnects += 1
+        self._set_state(SourceState.OFFLINE, OfflineReason.STOPPED, "stopped")
+
+    # -- one session ----------------------------------------------------------------------
+
+    async def _run_session(self) -> tuple[OfflineReason, str, bool]:
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        finished: asyncio.Future[tuple[OfflineReason, str]] = loop.create_future()
+        packets_before = self.packets
+        thread = threading.Thread(
+            target=self._demux_thread, args=(loop, stop, finished), name=f"rtsp-{self.name}", daemon=True
+        )
+        opened_mono = time.monotonic()
+        thread.start()
+        outcome: tuple[OfflineReason, str] | None = None
+        open_limit = self.ingest.open_timeout_seconds + 2.0
+        try:
+            while not finished.done():
+                if self._stopping:
+                    outcome = (OfflineReason.STOPPED, "stopped")
+                    break
+                now = time.monotonic()
+                if self.state is SourceState.ONLINE and self.last_packet_mono is not None:
+                    silent = now - self.last_packet_mono
+                    if silent >= self.health.stall_seconds:
+                        outcome = (OfflineReason.STALLED, f"no packets for {silent:.1f} s")
+                        break
+                elif now - opened_mono > open_limit:
+                    outcome = (OfflineReason.UNREACHABLE, "no answer within the open timeout")
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(asyncio.shield(finished), timeout=_WATCH_INTERVAL)
+                except TimeoutError:
+                    pass
+        finally:
+            stop.set()
+        if outcome is not None:
+            # Declared from outside: report it now, then tear the session down.
+            if not self._stopping:
+                self._set_state(SourceState.OFFLINE, outcome[0], outcome[1])
+        teardown_limit = self.ingest.read_timeout_seconds + 2.0
+        try:
+            thread_outcome = await asyncio.wait_for(asyncio.shield(finished), timeout=teardown_limit)
+        except TimeoutError:
+            self._abandoned_threads += 1
+            log.error("[%s] RTSP session did not close within %.0f s; abandoning it", self.name, teardown_limit)
+            thread_outcome = (OfflineReason.STREAM_ERROR, "session did not close")
+        reason, message = outcome or thread_outcome
+        return reason, message, self.packets > packets_before
+
+    def _demux_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+        finished: asyncio.Future[tuple[OfflineReason, str]],
+    ) -> None:
+        try:
+            result = self._demux(loop, stop)
+        except BaseException as exc:  # noqa: BLE001 - the thread must always report back
+            result = _classify(exc)
+            if result[0] is OfflineReason.STREAM_ERROR:
+                log.debug("[%s] demux failed", self.name, exc_info=True)
+        try:
+            loop.call_soon_threadsafe(_resolve, finished, result)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    def _demux(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> tuple[OfflineReason, str]:
+        options = {
+            "rtsp_transport": "tcp",
+            "timeout": str(int(self.ingest.read_timeout_seconds * 1_000_000)),
+            "analyzeduration": "2000000",
+            "probesize": "5000000",
+        }
+        container = av.open(
+            self._url,
+            options=options,
+            timeout=(self.ingest.open_timeout_seconds, self.ingest.read_timeout_seconds),
+        )
+        try:
+            video_stream = next((s for s in container.streams if s.type == "video"), None)
+            audio_stream = next((s for s in container.streams if s.type == "audio"), None)
+            if video_stream is None:
+                return OfflineReason.STREAM_ERROR, "the stream has no video track"
+            streams = [s for s in (video_stream, audio_stream) if s is not None]
+            tracker = _SessionTracker(self.name, video_stream, audio_stream)
+            publish = self._publish_threadsafe(loop)
+            demux = container.demux(streams)
+            consecutive_errors = 0
+            while not stop.is_set():
+                try:
+                    packet = next(demux)
+                except StopIteration:
+                    return OfflineReason.UNREACHABLE, "the camera closed the stream"
+                except av.error.InvalidDataError:
+                    consecutive_errors += 1
+                    self.garbage_packets += 1
+                    if consecutive_errors > 50:
+                        return OfflineReason.STREAM_ERROR, "too many invalid packets in a row"
+                    demux = container.demux(streams)
+                    continue
+                consecutive_errors = 0
+                if packet.size == 0:
+                    continue
+                if packet.is_corrupt:
+                    self.garbage_packets += 1
+                    continue
+                item = tracker.convert(packet, packet.stream_index == video_stream.index)
+                if item is not None:
+                    publish(item)
+            return OfflineReason.STOPPED, "stopped"
+        finally:
+            container.close()
+
+    def _publish_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[MediaPacket], None]:
+        def publish(item: MediaPacket) -> None:
+            loop.call_soon_threadsafe(self._on_packet, item)
+
+        return publish
+
+    # -- loop thread ----------------------------------------------------------------------
+
+    def _on_packet(self, packet: MediaPacket) -> None:
+        if self._stopping:
+            return
+        if packet.session is not self.session:
+            if self.session is not None:
+                self.hub.end_session("parameters changed")
+            self.session = packet.session
+            video = packet.session.video
+            if video is not None:
+                log.info(
+                    "[%s] online: %s %dx%d%s",
+                    self.name,
+                    video.codec,
+                    video.width,
+                    video.height,
+                    f" + {packet.session.audio.codec}" if packet.session.audio else "",
+                )
+        self.packets += 1
+        self.bytes += packet.size
+        self.last_packet_at = packet.received_at
+        self.last_packet_mono = packet.received_mono
+        media_time = None
+        if packet.kind is TrackKind.VIDEO and packet.pts is not None:
+            media_time = float(packet.pts * packet.time_base)
+        self._rates.add(packet.received_mono, packet.size, media_time)
+        if self.state is not SourceState.ONLINE:
+            self._set_state(SourceState.ONLINE, None, None)
+        self.hub.publish(packet)
+
+    def _set_state(self, state: SourceState, reason: OfflineReason | None, message: str | None) -> None:
+        message = secrets.redact(message) if message else None
+        if (state, reason) == (self.state, self.reason) and message == self.message:
+            return
+        if state is not self.state or reason is not self.reason:
+            self.changed_at = time.time()
+        self.state, self.reason, self.message = state, reason, message
+        if state is SourceState.ONLINE:
+            self.last_packet_mono = time.monotonic()
+        if self.on_state is not None:
+            self.on_state(self)
+
+
+def _resolve(future: asyncio.Future[tuple[OfflineReason, str]], result: tuple[OfflineReason, str]) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+class _SessionTracker:
+    """Demux-thread side: turns av.Packets into MediaPackets, opening a new
+    :class:`Session` at the first keyframe and whenever the in-band parameter
+    sets change (a new resolution needs a new init section downstream)."""
+
+    def __init__(self, name: str, video: av.stream.Stream, audio: av.stream.Stream | None) -> None:
+        self.name = name
+        self.video_stream = video
+        self.audio_stream = audio
+        self.video_codec = video.codec_context.name
+        extradata = video.codec_context.extradata or b""
+        self.stream_params = (
+            bitstream.parameter_sets(self.video_codec, extradata) if bitstream.is_annexb(extradata) else b""
+        )
+        self.stream_extradata = extradata
+        self.audio_info = _audio_info(audio) if audio is not None else None
+        self.session: Session | None = None
+        self.params = b""
+        self.carry = b""
+        self.carry_key = False
+        self.connected_at = time.time()
+        self.connected_mono = time.monotonic()
+
+    def convert(self, packet: av.Packet, is_video: bool) -> MediaPacket | None:
+        data = bytes(packet)
+        keyframe = bool(packet.is_keyframe)
+        if is_video:
+            # Some cameras (and RTP depacketizers) emit parameter sets or SEI as
+            # a packet of their own with the frame's timestamp; carry them into
+            # the frame so that every packet is one whole access unit.
+            if not bitstream.has_slice(self.video_codec, data):
+                self.carry += data
+                self.carry_key = self.carry_key or keyframe
+                return None
+            if self.carry:
+                data = self.carry + data
+                keyframe = keyframe or self.carry_key
+                self.carry, self.carry_key = b"", False
+        if is_video and keyframe:
+            params = bitstream.parameter_sets(self.video_codec, data) or self.params or self.stream_params
+            if self.session is None or (params and params != self.params):
+                self.session = self._new_session(params, data)
+                self.params = params
+        if self.session is None:
+            return None  # nothing is decodable before the first keyframe
+        stream = self.video_stream if is_video else self.audio_stream
+        assert stream is not None
+        return MediaPacket(
+            session=self.session,
+            kind=TrackKind.VIDEO if is_video else TrackKind.AUDIO,
+            data=data,
+            pts=packet.pts,
+            dts=packet.dts,
+            time_base=packet.time_base or stream.time_base or Fraction(1, 90000),
+            is_keyframe=keyframe,
+            received_at=time.time(),
+            received_mono=time.monotonic(),
+            duration=packet.duration or 0,
+        )
+
+    def _new_session(self, params: bytes, keyframe: bytes) -> Session:
+        ctx = self.video_stream.codec_context
+        extradata = params or self.stream_extradata
+        width, height = ctx.width, ctx.height
+        if self.session is not None or not width or not height:
+            # Parameters changed in-band (or were never announced): learn the
+            # new picture size from this one keyframe.
+            width, height = _keyframe_size(self.video_codec, extradata, keyframe) or (width, height)
+        video = TrackInfo(
+            kind=TrackKind.VIDEO,
+            codec=self.video_codec,
+            time_base=self.video_stream.time_base or Fraction(1, 90000),
+            extradata=extradata,
+            width=width,
+            height=height,
+            bit_rate=ctx.bit_rate or 0,
+            average_rate=self.video_stream.average_rate or self.video_stream.guessed_rate,
+        )
+        if self.session is None:
+            started_at, started_mono = self.connected_at, self.connected_mono
+        else:
+            started_at, started_mono = time.time(), time.monotonic()
+        return Session(video=video, audio=self.audio_info, started_at=started_at, started_mono=started_mono)
+
+
+def _audio_info(stream: av.stream.Stream) -> TrackInfo:
+    ctx = stream.codec_context
+    return TrackInfo(
+        kind=TrackKind.AUDIO,
+        codec=ctx.name,
+        time_base=stream.time_base or Fraction(1, ctx.sample_rate or 8000),
+        extradata=ctx.extradata or b"",
+        sample_rate=ctx.sample_rate or 0,
+        channels=ctx.layout.nb_channels if ctx.layout else 0,
+        bit_rate=ctx.bit_rate or 0,
+    )
+
+
+def _keyframe_size(codec: str, extradata: bytes, keyframe: bytes) -> tuple[int, int] | None:
+    """Decode a single keyframe to learn the picture size (rare: only on parameter changes)."""
+    try:
+        decoder = av.CodecContext.create(codec, "r")
+        if extradata:
+            decoder.extradata = extradata
+        frames = decoder.decode(av.Packet(keyframe))
+        frames += decoder.decode(None)
+        for frame in frames:
+            return frame.width, frame.height
+    except av.error.FFmpegError:
+        log.debug("could not decode a keyframe to learn its size", exc_info=True)
+    return None
+
+
+def _classify(exc: BaseException) -> tuple[OfflineReason, str]:
+    """Map an exception from PyAV to an offline reason and a message without secrets."""
+    if isinstance(exc, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
+        return OfflineReason.AUTH_FAILED, "the camera rejected the credentials"
+    if isinstance(exc, av.error.HTTPNotFoundError):
+        return OfflineReason.STREAM_ERROR, "the camera has no stream at that path (404)"
+    if isinstance(exc, av.error.ExitError | TimeoutError | av.error.TimeoutError):
+        return OfflineReason.UNREACHABLE, "timed out"
+    if isinstance(exc, av.error.EOFError):
+        return OfflineReason.UNREACHABLE, "the camera closed the connection"
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ECONNRESET,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ECONNABORTED,
+    ):
+        return OfflineReason.UNREACHABLE, _os_message(exc)
+    if isinstance(exc, av.error.FFmpegError):
+        return OfflineReason.STREAM_ERROR, secrets.redact(str(getattr(exc, "strerror", None) or type(exc).__name__))
+    if isinstance(exc, OSError):
+        return OfflineReason.UNREACHABLE, _os_message(exc)
+    return OfflineReason.STREAM_ERROR, secrets.redact(f"{type(exc).__name__}: {exc}")
+
+
+def _os_message(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()

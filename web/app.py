@@ -1,0 +1,133 @@
+"""The HTTP API: an aiohttp app factory over a running :class:`~nvr.daemon.Daemon`.
+
+Every error leaves as JSON ``{"error": code, "message": text}`` with secrets
+redacted; handlers only read state that the components own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from nvr import __version__, secrets
+from nvr.daemon import CameraRuntime, Daemon
+from nvr.timeutil import iso
+from streams.rtsp_source import RtspSource
+
+log = logging.getLogger(__name__)
+
+DAEMON = web.AppKey("daemon", Daemon)
+MAX_BODY_BYTES = 1 << 20
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": secrets.redact(message)}, status=status)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.content_type == "application/json":
+            raise
+        code = _STATUS_CODES.get(exc.status, "error")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = error_response(exc.status, code, message or exc.reason)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.error("unhandled error in %s %s", request.method, request.path, exc_info=True)
+        return error_response(500, "internal_error", "internal error; see the daemon's log")
+
+
+def create_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app[DAEMON] = daemon
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/cameras", list_cameras)
+    app.router.add_get("/api/cameras/{camera_id}", get_camera)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    healthy = daemon.healthy()
+    body = {"status": "ok" if healthy else "degraded", "version": __version__, "station": daemon.config.station.id}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def list_cameras(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response([camera_json(runtime) for runtime in daemon.cameras.values()])
+
+
+async def get_camera(request: web.Request) -> web.Response:
+    runtime = find_camera(request)
+    return web.json_response(camera_json(runtime))
+
+
+def find_camera(request: web.Request) -> CameraRuntime:
+    camera_id = request.match_info["camera_id"]
+    runtime = request.app[DAEMON].cameras.get(camera_id)
+    if runtime is None:
+        raise api_error(web.HTTPNotFound, "unknown_camera", f"no camera with id {camera_id!r}")
+    return runtime
+
+
+def api_error(kind: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+    """An HTTP error with our JSON body, to raise from a handler."""
+    body = json.dumps({"error": code, "message": secrets.redact(message)})
+    return kind(text=body, content_type="application/json")
+
+
+def source_json(source: RtspSource) -> dict[str, Any]:
+    status = source.status()
+    return {
+        "state": status.state.value,
+        "state_reason": status.reason.value if status.reason else None,
+        "state_message": status.message,
+        "state_changed_at": iso(status.changed_at),
+        "codec": status.codec,
+        "width": status.width,
+        "height": status.height,
+        "fps": status.fps,
+        "bitrate_bps": status.bitrate_bps,
+        "last_packet_at": iso(status.last_packet_at),
+        "audio_codec": status.audio_codec,
+        "reconnects": status.reconnects,
+    }
+
+
+def camera_json(runtime: CameraRuntime) -> dict[str, Any]:
+    camera = runtime.config
+    body: dict[str, Any] = {
+        "id": camera.id,
+        "name": camera.name,
+        "zone": camera.zone.value,
+        "record": camera.record,
+        **source_json(runtime.source),
+    }
+    body["live"] = source_json(runtime.live_source) if runtime.live_source is not None else None
+    return body
