@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     _add_config(check)
+
+    init = commands.add_parser("init-storage", help="mark storage.path as this station's recording disk")
+    _add_config(init)
     return parser
 
 
@@ -50,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         print(summary(load_config_or_exit(args.config)))
+        return 0
+    if args.command == "init-storage":
+        from recorder.storage import StorageError, init_storage
+
+        config = load_config_or_exit(args.config)
+        try:
+            marker = init_storage(config.storage.path, config.station.id)
+        except (StorageError, OSError) as exc:
+            print(f"cannot initialise {config.storage.path}: {exc}", file=sys.stderr)
+            return 1
+        print(f"storage {config.storage.path} belongs to station {marker.station}; disk id {marker.id}")
         return 0
     if args.command == "run":
         config = load_config_or_exit(args.config)

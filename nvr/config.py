@@ -65,6 +65,9 @@ class Storage(_Model):
     segment_seconds: Annotated[int, Field(ge=2, le=3600)] = 60
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     min_free_percent: Annotated[float, Field(ge=0, le=90)] = 5.0
+    drift_tolerance_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retention_check_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    id: str | None = Field(default=None, description="Pin the storage marker id (printed by nvr init-storage)")
 
     @field_validator("path")
     @classmethod

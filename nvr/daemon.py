@@ -19,6 +19,11 @@ from aiohttp import web
 
 from nvr import systemd
 from nvr.config import Camera, Config
+from recorder.index import SegmentIndex
+from recorder.reconcile import reconcile
+from recorder.recorder import Recorder
+from recorder.retention import Retention
+from recorder.storage import INDEX_FILE, StorageError, check_storage
 from streams.hub import Hub
 from streams.rtsp_source import RtspSource
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_SECONDS = 10.0
 _RESTART_PAUSE = 2.0
+_STORAGE_RETRY_SECONDS = 15.0
 
 
 @dataclass(slots=True)
@@ -37,6 +43,7 @@ class CameraRuntime:
     source: RtspSource
     live_hub: Hub | None = None
     live_source: RtspSource | None = None
+    recorder: Recorder | None = None
 
     @property
     def view_hub(self) -> Hub:
@@ -55,6 +62,10 @@ class Daemon:
         self.cameras: dict[str, CameraRuntime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.root = config.storage.path
+        self.index: SegmentIndex | None = None
+        self.retention: Retention | None = None
+        self.storage_error: str | None = None
         for camera in config.cameras:
             self.cameras[camera.id] = self._build_camera(camera)
 
@@ -75,7 +86,53 @@ class Daemon:
         for runtime in self.cameras.values():
             for source in runtime.sources:
                 self.spawn(f"source:{source.name}", source.run)
+        if any(c.record for c in self.config.cameras):
+            if not await self._start_recording():
+                self.spawn("storage-check", self._wait_for_storage)
         log.info("started %d camera(s) for station %s", len(self.cameras), self.config.station.id)
+
+    async def _start_recording(self) -> bool:
+        """Check the disk, reconcile it with the index, start retention and one recorder per camera."""
+        storage = self.config.storage
+        try:
+            await asyncio.to_thread(check_storage, self.root, self.config.station.id, storage.id)
+        except StorageError as exc:
+            if self.storage_error != str(exc):
+                log.critical("NOT RECORDING: %s", exc)
+            self.storage_error = str(exc)
+            return False
+        self.storage_error = None
+        index = SegmentIndex(self.root / INDEX_FILE)
+        await index.call(index.open)
+        report = await index.call(reconcile, self.root, index)
+        if report.recovered or report.indexed_orphans or report.missing or report.unrecoverable:
+            log.warning(
+                "storage reconciled: %d recovered, %d orphan(s) indexed, %d missing, %d unreadable",
+                len(report.recovered), len(report.indexed_orphans), len(report.missing), len(report.unrecoverable),
+            )
+        self.index = index
+        self.retention = Retention(self.root, storage, index)
+        self.spawn("retention", self.retention.run)
+        loop = asyncio.get_running_loop()
+        retention = self.retention
+
+        def on_write_error(_message: str) -> None:
+            loop.call_soon_threadsafe(retention.kick)
+
+        for runtime in self.cameras.values():
+            if runtime.config.record:
+                runtime.recorder = Recorder(
+                    runtime.config.id, runtime.hub, self.root, storage, index, on_error=on_write_error
+                )
+                self.spawn(f"recorder:{runtime.config.id}", runtime.recorder.run)
+        log.info("recording into %s", self.root)
+        return True
+
+    async def _wait_for_storage(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(_STORAGE_RETRY_SECONDS)
+            if await self._start_recording():
+                return
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Run a long-lived component; if it crashes, log it and start it again after a pause."""
@@ -104,6 +161,10 @@ class Daemon:
         for runtime in self.cameras.values():
             for source in runtime.sources:
                 source.stop()
+            if runtime.recorder is not None:
+                runtime.recorder.stop()
+        if self.retention is not None:
+            self.retention.stop()
         if self._tasks:
             done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -114,6 +175,10 @@ class Daemon:
             runtime.hub.close()
             if runtime.live_hub is not None:
                 runtime.live_hub.close()
+            if runtime.recorder is not None:
+                runtime.recorder.shutdown_executor()
+        if self.index is not None:
+            await asyncio.to_thread(self.index.close)
 
 
 async def serve(config: Config) -> None:

@@ -52,7 +52,7 @@ class Daemon:
     """The real ``nvr run`` in a subprocess, with its log captured to a file."""
 
     def __init__(self, workdir: Path, cameras: list[dict[str, Any]], env: dict[str, str] | None = None,
-                 **sections: Any) -> None:
+                 init_storage: bool = True, **sections: Any) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.storage = workdir / "storage"
@@ -73,6 +73,10 @@ class Daemon:
         self.config = config
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen[bytes] | None = None
+        if init_storage:
+            from recorder.storage import init_storage as init
+
+            init(self.storage, config["station"]["id"])
 
     @property
     def base_url(self) -> str:

@@ -130,4 +130,8 @@ def camera_json(runtime: CameraRuntime) -> dict[str, Any]:
         **source_json(runtime.source),
     }
     body["live"] = source_json(runtime.live_source) if runtime.live_source is not None else None
+    recorder = runtime.recorder
+    body["recording"] = recorder.recording if recorder is not None else False
+    body["recording_error"] = recorder.core.error if recorder is not None else None
+    body["last_segment_at"] = iso(recorder.last_segment_end) if recorder is not None else None
     return body

@@ -1,0 +1,115 @@
+"""Retention: delete by age, and by disk pressure oldest-first; never footage under a hold.
+
+Every deletion is recorded in the index (what, why, when).  When free space
+is low and only protected footage is left, a critical "recording stopped:
+disk full" event is raised and the check keeps being retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvr.config import Storage
+from recorder.index import SegmentIndex, SegmentRecord
+from recorder.storage import RECORDINGS, free_space
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    deleted_by_age: int
+    deleted_by_pressure: int
+    free_percent: float
+    disk_full: bool
+
+
+class Retention:
+    def __init__(self, root: Path, storage: Storage, index: SegmentIndex) -> None:
+        self.root = root
+        self.storage = storage
+        self.index = index
+        self.disk_full = False
+        self.deleted_total = 0
+        self.last_free_percent = 100.0
+        self._kick = asyncio.Event()
+        self._stopping = False
+
+    def kick(self) -> None:
+        """Ask for a sweep now (safe to call from the loop thread only)."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._kick.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._kick.clear()
+            try:
+                await self.index.call(self.sweep)
+            except Exception:
+                log.error("retention sweep failed", exc_info=True)
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=self.storage.retention_check_seconds)
+            except TimeoutError:
+                pass
+
+    def free_percent(self) -> float:
+        free, total = free_space(self.root)
+        return 100.0 * free / total if total else 100.0
+
+    def sweep(self, now: float | None = None) -> SweepResult:
+        """One pass (index thread)."""
+        now = time.time() if now is None else now
+        by_age = 0
+        cutoff = now - self.storage.retention_days * 86400
+        while batch := self.index.expired(cutoff):
+            for record in batch:
+                self._delete(record, f"retention: older than {self.storage.retention_days} days")
+                by_age += 1
+        by_pressure = 0
+        free = self.free_percent()
+        full = False
+        while free < self.storage.min_free_percent:
+            batch = self.index.oldest_unprotected(limit=20)
+            if not batch:
+                full = True
+                break
+            for record in batch:
+                self._delete(record, f"disk pressure: {free:.1f}% free < {self.storage.min_free_percent:g}%")
+                by_pressure += 1
+                free = self.free_percent()
+                if free >= self.storage.min_free_percent:
+                    break
+        if full and not self.disk_full:
+            message = (
+                f"recording stopped: disk full ({free:.1f}% free) and only footage under evidence holds remains"
+            )
+            log.critical(message)
+            self.index.add_event("disk_full", "critical", message)
+        elif not full and self.disk_full:
+            log.warning("disk space recovered: %.1f%% free", free)
+            self.index.add_event("disk_full_cleared", "info", f"disk space recovered: {free:.1f}% free")
+        self.disk_full = full
+        self.last_free_percent = free
+        if by_age or by_pressure:
+            log.info("retention deleted %d segment(s) by age and %d by disk pressure", by_age, by_pressure)
+        return SweepResult(by_age, by_pressure, free, full)
+
+    def _delete(self, record: SegmentRecord, reason: str) -> None:
+        path = (self.root / record.path).resolve()
+        base = (self.root / RECORDINGS).resolve()
+        if not path.is_relative_to(base):
+            log.error("refusing to delete %s: outside the recordings directory", record.path)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                reason += " (file was already gone)"
+        self.index.record_deletion(record, reason)
+        self.deleted_total += 1

@@ -1,0 +1,119 @@
+"""The recording disk: its identity marker, the layout of segment files, free space.
+
+A storage directory is initialised once with ``nvr init-storage``, which
+writes a marker file holding a random id and the station id.  The daemon
+refuses to record into a directory without that marker (an unmounted disk
+leaves an empty mount point behind) or with another station's marker, and
+says so loudly, instead of silently filling the root filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+MARKER = ".nvr-storage"
+INDEX_FILE = "index.sqlite3"
+RECORDINGS = "recordings"
+PART_SUFFIX = ".part"
+
+
+class StorageError(Exception):
+    """The storage directory cannot be used for recording; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    id: str
+    station: str
+    created_at: float
+
+
+def init_storage(root: Path, station: str) -> Marker:
+    """Create the marker in ``root`` (created if missing). Refuses another station's disk."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker_path = root / MARKER
+    if marker_path.exists():
+        marker = read_marker(root)
+        if marker.station != station:
+            raise StorageError(f"{root} already belongs to station {marker.station!r}")
+        return marker
+    marker = Marker(id=uuid.uuid4().hex, station=station, created_at=time.time())
+    tmp = marker_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"id": marker.id, "station": marker.station, "created_at": marker.created_at}))
+    fsync_file(tmp)
+    tmp.rename(marker_path)
+    fsync_dir(root)
+    return marker
+
+
+def read_marker(root: Path) -> Marker:
+    try:
+        data = json.loads((root / MARKER).read_text())
+        return Marker(id=str(data["id"]), station=str(data["station"]), created_at=float(data["created_at"]))
+    except FileNotFoundError:
+        raise StorageError(
+            f"{root} has no storage marker ({MARKER}): the recording disk is not mounted, or was never "
+            f"initialised (run: nvr init-storage -c CONFIG)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{root / MARKER} is unreadable: {exc}") from None
+
+
+def check_storage(root: Path, station: str, expected_id: str | None) -> Marker:
+    """Raise StorageError unless ``root`` is this station's initialised recording disk."""
+    if not root.is_dir():
+        raise StorageError(f"storage path {root} does not exist (disk not mounted?)")
+    marker = read_marker(root)
+    if marker.station != station:
+        raise StorageError(f"{root} is station {marker.station!r}'s disk, not {station!r}'s; refusing to record")
+    if expected_id is not None and marker.id != expected_id:
+        raise StorageError(f"{root} is disk {marker.id}, but storage.id pins {expected_id}; refusing to record")
+    if not os.access(root, os.W_OK):
+        raise StorageError(f"{root} is not writable")
+    return marker
+
+
+def segment_relpath(camera: str, start: float) -> str:
+    """``recordings/<camera>/<YYYY-MM-DD>/<camera>_<YYYYMMDDTHHMMSS.mmmZ>.mp4`` (UTC)."""
+    moment = datetime.fromtimestamp(start, tz=UTC)
+    stamp = moment.strftime("%Y%m%dT%H%M%S") + f".{moment.microsecond // 1000:03d}Z"
+    return f"{RECORDINGS}/{camera}/{moment:%Y-%m-%d}/{camera}_{stamp}.mp4"
+
+
+def start_from_name(name: str) -> float | None:
+    """Inverse of :func:`segment_relpath` for a file name (``.part`` allowed)."""
+    stem = name.removesuffix(PART_SUFFIX).removesuffix(".mp4")
+    _, _, stamp = stem.rpartition("_")
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def free_space(root: Path) -> tuple[int, int]:
+    """(free bytes available to us, total bytes) of the filesystem holding ``root``."""
+    usage = shutil.disk_usage(root)
+    return usage.free, usage.total
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
