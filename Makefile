@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3 python3-venv python3-gi python3-numpy gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium fonts-dejavu-core
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium fonts-dejavu-core iproute2
 PYTEST_ARGS ?=
 
 .PHONY: all system venv demo test bench lint clean
@@ -32,10 +32,10 @@ demo: venv
 	$(PY) sim/demo.py
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	tests/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(PY) bench/run.py
+	tests/isolated.sh $(PY) bench/run.py
 
 lint: venv
 	$(VENV)/bin/ruff check nvr streams recorder web tests bench sim

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
-from nvr import __version__, config as configmod, logsetup
+from nvr import __version__, logsetup
+from nvr import config as configmod
 
 EXIT_CONFIG = 2
 
@@ -28,6 +30,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init-storage", help="mark storage.path as this station's recording disk")
     _add_config(init)
+
+    key = commands.add_parser("key", help="the station's evidence signing key")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    show = key_commands.add_parser("show", help="print the key's fingerprint and public key")
+    _add_config(show)
+
+    verify_storage = commands.add_parser(
+        "verify-storage", help="re-hash every segment and walk the index chains; report every difference"
+    )
+    _add_config(verify_storage)
+    verify_storage.add_argument("--camera", help="only this camera")
+
+    export = commands.add_parser("export", help="write a signed evidence package (zip)")
+    _add_config(export)
+    export.add_argument("--camera", action="append", required=True, help="camera id (repeat for several)")
+    export.add_argument("--start", required=True, help="ISO-8601 time with Z or an offset")
+    export.add_argument("--end", required=True, help="ISO-8601 time with Z or an offset")
+    export.add_argument("--reason", required=True, help="why this evidence is exported")
+    export.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
+
+    from nvr import access_cli
+
+    access_cli.add_parsers(commands, _add_config)
+
+    console = commands.add_parser("console", help="run the central monitoring console for many stations")
+    _add_config(console)
+    console.add_argument("--check", action="store_true", help="validate the console config and exit")
+
+    verify = commands.add_parser("verify", help="verify an evidence package offline")
+    verify.add_argument("package", help="PACKAGE.zip")
+    verify.add_argument("--pubkey", help="the station's public key (PEM); default: the one in the package")
     return parser
 
 
@@ -65,11 +98,147 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"storage {config.storage.path} belongs to station {marker.station}; disk id {marker.id}")
         return 0
+    if args.command == "verify":
+        return _verify(args.package, args.pubkey)
+    from nvr import access_cli
+
+    if args.command == "console":
+        return _console(args.config, args.check)
+    if args.command in access_cli.COMMANDS:
+        # The central console has users, tokens and an audit log of its own: same commands, its file.
+        if _is_console_file(args.config):
+            return access_cli.run(args, _load_console_or_exit(args.config))
+        return access_cli.run(args, load_config_or_exit(args.config))
+    if args.command in ("key", "verify-storage", "export"):
+        config = load_config_or_exit(args.config)
+        return _storage_command(args, config)
     if args.command == "run":
         config = load_config_or_exit(args.config)
         logsetup.setup(config.log.level, config.log.ffmpeg_level)
+        from pathlib import Path
+
         from nvr.daemon import serve
 
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, Path(args.config).resolve()))
         return 0
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
+
+
+def _is_console_file(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "console" in data and "stations" in data
+
+
+def _load_console_or_exit(path: str) -> Any:
+    from central import config as console_config
+
+    try:
+        return console_config.load(path)
+    except configmod.ConfigError as exc:
+        print(f"{path}: invalid console configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _console(path: str, check: bool) -> int:
+    config = _load_console_or_exit(path)
+    if check:
+        print(f"console config OK: console {config.console.id}, {len(config.stations)} station(s) "
+              f"({', '.join(s.id for s in config.stations)}), listen {config.console.listen}, "
+              f"users and audit in {config.auth_database}")
+        return 0
+    logsetup.setup(config.log.level, None)
+    from central.console import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def _verify(package: str, pubkey: str | None) -> int:
+    from pathlib import Path
+
+    from recorder.verify import verify_package
+
+    try:
+        pem = Path(pubkey).read_bytes() if pubkey else None
+    except OSError as exc:
+        print(f"cannot read --pubkey {pubkey}: {exc.strerror}", file=sys.stderr)
+        return 1
+    report = verify_package(Path(package), pem)
+    for note in report.notes:
+        print(f"note: {note}")
+    for failure in report.failures:
+        print(f"FAIL {failure}")
+    print("OK: package verified" if report.ok else f"FAILED: {len(report.failures)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
+    import getpass
+    import time
+    from pathlib import Path
+
+    from nvr.timeutil import parse_iso
+    from recorder.export import ExportRequest, build_package
+    from recorder.index import SegmentIndex
+    from recorder.keys import StationKey
+    from recorder.storage import INDEX_FILE, StorageError, check_storage
+    from recorder.verify import verify_storage
+
+    root = config.storage.path
+    try:
+        check_storage(root, config.station.id, config.storage.id)
+    except StorageError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "key":
+        key = StationKey.load_or_create(root)
+        print(f"station {config.station.id}: Ed25519 {key.fingerprint}")
+        print(key.public_pem.decode(), end="")
+        return 0
+    index = SegmentIndex(root / INDEX_FILE)
+    try:
+        if args.command == "verify-storage":
+            report = verify_storage(root, index, args.camera)
+            for note in report.notes:
+                print(f"note: {note}")
+            for failure in report.failures:
+                print(f"FAIL {failure}")
+            print("OK: storage verified" if report.ok else f"FAILED: {len(report.failures)} problem(s)")
+            return 0 if report.ok else 1
+        # export
+        unknown = [c for c in args.camera if config.camera(c) is None]
+        if unknown:
+            print(f"--camera: unknown camera(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        try:
+            start, end = parse_iso(args.start), parse_iso(args.end)
+        except ValueError as exc:
+            print(f"--start/--end: {exc}", file=sys.stderr)
+            return 2
+        if end <= start:
+            print("--end: must be after --start", file=sys.stderr)
+            return 2
+        if not args.reason.strip():
+            print("--reason: must not be empty", file=sys.stderr)
+            return 2
+        key = StationKey.load_or_create(root)
+        request = ExportRequest(list(dict.fromkeys(args.camera)), start, end, args.reason.strip(),
+                                f"cli:{getpass.getuser()}")
+        manifest = build_package(
+            root=root, index=index, key=key, station={"id": config.station.id, "name": config.station.name},
+            camera_info={c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras},
+            request=request, output=Path(args.output), now=time.time(),
+        )
+        count = sum(len(c["segments"]) for c in manifest["cameras"])
+        print(f"wrote {args.output}: {count} segment(s), signed by {key.fingerprint}")
+        return 0
+    finally:
+        index.close()

@@ -77,8 +77,23 @@ class Storage(_Model):
         return value
 
 
+class Tls(_Model):
+    cert: Path = Field(description="PEM certificate chain")
+    key: Path = Field(description="PEM private key")
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _readable_file(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
 class Web(_Model):
     listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP server")
+    tls: Tls | None = Field(default=None, description="Serve HTTPS (TLS 1.2+) with this certificate and key")
+    hsts_seconds: Annotated[int, Field(ge=0, le=2 * 365 * 86400, description="HSTS max-age under TLS")] = 31536000
+    metrics_public: bool = Field(default=False, description="Serve /metrics without a token")
 
     @field_validator("listen")
     @classmethod
@@ -108,8 +123,77 @@ class Web(_Model):
             return False
 
 
-class Health(_Model):
+class PictureChecks(_Model):
+    """Tamper and picture thresholds; set globally under ``health:``, overridden per camera."""
+
+    analyse_seconds: Annotated[float, Field(ge=0.5, le=300, description="Analyse one keyframe this often")] = 3.0
+    analysis_width: Annotated[int, Field(ge=64, le=1920, description="Keyframes are downscaled to this width")] = 320
+    learn_keyframes: Annotated[int, Field(ge=1, le=100, description="Keyframes that form the reference view")] = 3
+    open_after: Annotated[int, Field(ge=1, le=100, description="Consecutive bad analyses that open an alarm")] = 2
+    close_after: Annotated[int, Field(ge=1, le=100, description="Consecutive good analyses that close it")] = 2
+    covered_brightness: Annotated[float, Field(ge=0, le=255, description="Mean luma below this is covered")] = 22.0
+    covered_contrast: Annotated[float, Field(ge=0, le=128, description="Luma std-dev below this is covered")] = 6.0
+    blur_ratio: Annotated[float, Field(gt=0, lt=1, description="Sharpness below this share of baseline")] = 0.25
+    moved_similarity: Annotated[float, Field(ge=-1, le=1, description="Edge correlation with the reference")] = 0.45
+    frozen_changed_percent: Annotated[
+        float, Field(ge=0, le=100, description="Fewer pixels than this % changing between analyses: frozen")
+    ] = 0.05
+    min_fps: Annotated[float, Field(ge=0, le=240, description="Frame rate below this is low_fps; 0: off")] = 1.0
+
+
+class Health(PictureChecks):
     stall_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    recording_stall_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="Online but nothing written for this long: recording_stalled")
+    ] = 30.0
+    storage_free_warning_percent: Annotated[
+        float, Field(ge=0, le=100, description="Exported for the 'disk nearly full' alert rule")
+    ] = 10.0
+
+    def for_camera(self, overrides: CameraHealth | None) -> PictureChecks:
+        """The camera's effective thresholds: the global ones with its overrides applied."""
+        values = {name: getattr(self, name) for name in PictureChecks.model_fields}
+        if overrides is not None:
+            values.update(overrides.model_dump(exclude_none=True))
+        return PictureChecks(**values)
+
+
+class CameraHealth(_Model):
+    """Per-camera overrides of :class:`PictureChecks`; unset keys take the global value."""
+
+    analyse_seconds: Annotated[float, Field(ge=0.5, le=300)] | None = None
+    analysis_width: Annotated[int, Field(ge=64, le=1920)] | None = None
+    learn_keyframes: Annotated[int, Field(ge=1, le=100)] | None = None
+    open_after: Annotated[int, Field(ge=1, le=100)] | None = None
+    close_after: Annotated[int, Field(ge=1, le=100)] | None = None
+    covered_brightness: Annotated[float, Field(ge=0, le=255)] | None = None
+    covered_contrast: Annotated[float, Field(ge=0, le=128)] | None = None
+    blur_ratio: Annotated[float, Field(gt=0, lt=1)] | None = None
+    moved_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+    frozen_changed_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    min_fps: Annotated[float, Field(ge=0, le=240)] | None = None
+
+
+class Webhook(_Model):
+    url: str = Field(description="http(s) URL that receives alarm open/close as JSON POSTs")
+    token: str | None = Field(default=None, description="Sent as 'Authorization: Bearer <token>'")
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+
+class Alerts(_Model):
+    webhooks: list[Webhook] = Field(default_factory=list)
+    queue_size: Annotated[int, Field(ge=1, le=100_000, description="Pending deliveries per webhook")] = 1000
+    retry_initial_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
 class Ingest(_Model):
@@ -125,6 +209,49 @@ class Ingest(_Model):
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
         return self
+
+
+class Live(_Model):
+    """Live view over WebRTC (WHEP): how many viewers, how patient, how much buffering."""
+
+    viewer_queue_packets: Annotated[
+        int, Field(ge=16, le=10_000, description="Per viewer; a slower viewer drops packets, counted")
+    ] = 300
+    max_sessions: Annotated[int, Field(ge=1, le=1000, description="Concurrent WHEP sessions; more answer 503")] = 64
+    connect_timeout_seconds: Annotated[
+        float, Field(gt=0, le=300, description="A session whose peer does not connect in time is closed")
+    ] = 20.0
+
+
+class Recordings(_Model):
+    """Auditor retrieval: search, clips and evidence exports."""
+
+    max_range_hours: Annotated[float, Field(gt=0, le=24 * 366, description="Longest clip or export range")] = 24.0
+    max_export_jobs: Annotated[
+        int, Field(ge=1, le=100, description="Exports queued or running at once; more answer 503")
+    ] = 4
+
+
+class Auth(_Model):
+    """Users, sessions, API tokens and the audit log (one SQLite file)."""
+
+    database: Path | None = Field(default=None, description="Default: <storage.path>/auth.sqlite3")
+    session_idle_minutes: Annotated[float, Field(gt=0, le=24 * 60, description="Idle browser sessions end")] = 30
+    session_max_hours: Annotated[float, Field(gt=0, le=7 * 24, description="Sessions end this long after login")] = 12
+    login_max_failures: Annotated[int, Field(ge=1, le=1000, description="Failed logins per user in the window")] = 5
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=10_000)] = 20
+    login_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 900
+    login_lockout_seconds: Annotated[float, Field(gt=0, le=86400, description="Refuse logins this long")] = 900
+    identity_cache_seconds: Annotated[
+        float, Field(ge=0, le=300, description="Tokens and sessions are looked up again after this long")
+    ] = 5
+
+    @field_validator("database")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
 
 
 class LogLevel(StrEnum):
@@ -148,6 +275,7 @@ class Camera(_Model):
     url: str = Field(description="RTSP URL of the main stream (recorded)")
     live_url: str | None = Field(default=None, description="Optional RTSP substream for live view")
     record: bool = True
+    health: CameraHealth | None = Field(default=None, description="Overrides of the global health thresholds")
 
     @field_validator("url", "live_url")
     @classmethod
@@ -166,7 +294,11 @@ class Config(_Model):
     storage: Storage = Storage()
     web: Web = Web()
     health: Health = Health()
+    alerts: Alerts = Alerts()
     ingest: Ingest = Ingest()
+    live: Live = Live()
+    recordings: Recordings = Recordings()
+    auth: Auth = Auth()
     log: Log = Log()
     cameras: list[Camera] = Field(default_factory=list)
 
@@ -181,6 +313,10 @@ class Config(_Model):
 
     def camera(self, camera_id: str) -> Camera | None:
         return next((c for c in self.cameras if c.id == camera_id), None)
+
+    @property
+    def auth_database(self) -> Path:
+        return self.auth.database or self.storage.path / "auth.sqlite3"
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -238,6 +374,7 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
 
+    problems += _literal_passwords(data, source, lines)
     data = _substitute(data, (), environ, problems, source, lines)
     problems += _duplicate_camera_ids(data, source, lines)
     try:
@@ -268,6 +405,36 @@ def _duplicate_camera_ids(data: dict[str, Any], source: str, lines: dict[tuple[s
             path = ("cameras", index, "id")
             problems.append(f"{_where(source, lines, path)}: {format_path(path)}: duplicate camera id {camera_id!r}")
         seen.add(camera_id)
+    return problems
+
+
+_ONLY_REFS = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\})+$")
+
+
+def _literal_passwords(data: dict[str, Any], source: str, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    """Camera passwords come only from ${NAME} references (environment or systemd credentials)."""
+    cameras = data.get("cameras")
+    if not isinstance(cameras, list):
+        return []
+    problems = []
+    for index, camera in enumerate(cameras):
+        if not isinstance(camera, dict):
+            continue
+        for key in ("url", "live_url"):
+            value = camera.get(key)
+            if not isinstance(value, str) or "://" not in value:
+                continue
+            start = value.find("://") + 3
+            at = value.rfind("@", start, _authority_end(value, start))
+            if at == -1:
+                continue
+            _, sep, password = value[start:at].partition(":")
+            if sep and password and not _ONLY_REFS.match(password):
+                path = ("cameras", index, key)
+                problems.append(
+                    f"{_where(source, lines, path)}: {format_path(path)}: a literal password is not allowed; "
+                    "write ${NAME} and provide NAME as an environment variable or a systemd credential"
+                )
     return problems
 
 

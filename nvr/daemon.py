@@ -9,17 +9,26 @@ down within a bound on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from nvr import systemd
+from nvr.audit import AuditLog
+from nvr.authdb import AuthDatabase
 from nvr.config import Camera, Config
-from recorder.index import SegmentIndex
+from nvr.health_monitor import HealthMonitor
+from nvr.timeutil import iso
+from recorder.export_jobs import ExportQueue
+from recorder.index import SegmentIndex, SegmentRecord
+from recorder.keys import StationKey
 from recorder.reconcile import reconcile
 from recorder.recorder import Recorder
 from recorder.retention import Retention
@@ -32,6 +41,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 _RESTART_PAUSE = 2.0
 _STORAGE_RETRY_SECONDS = 15.0
+_FINISH_BY_THEMSELVES = ("source:", "recorder:", "retention")
 
 
 @dataclass(slots=True)
@@ -56,8 +66,14 @@ class CameraRuntime:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_file: Path | None = None) -> None:
         self.config = config
+        self.config_file = config_file
+        # Users, sessions, tokens and the audit trail; its thread starts on first use.
+        self.auth = AuthDatabase(config.auth_database)
+        # The audit log writes (and fsyncs) on a connection and thread of its own, so
+        # that a burst of entries never delays the identity lookups of requests.
+        self.audit = AuditLog(AuthDatabase(config.auth_database))
         self.started_at = time.time()
         self.cameras: dict[str, CameraRuntime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -66,12 +82,18 @@ class Daemon:
         self.index: SegmentIndex | None = None
         self.retention: Retention | None = None
         self.storage_error: str | None = None
+        self.key: StationKey | None = None
+        self.exports: ExportQueue | None = None
         for camera in config.cameras:
             self.cameras[camera.id] = self._build_camera(camera)
+        # Built before any source runs so that it sees every state change.
+        self.health = HealthMonitor(self)
 
     def _build_camera(self, camera: Camera) -> CameraRuntime:
         ingest, health = self.config.ingest, self.config.health
-        hub = Hub(camera.id, reader_queue_packets=ingest.reader_queue_packets, gop_cache_packets=ingest.gop_cache_packets)
+        hub = Hub(
+            camera.id, reader_queue_packets=ingest.reader_queue_packets, gop_cache_packets=ingest.gop_cache_packets
+        )
         source = RtspSource(camera.id, camera.url, hub, ingest=ingest, health=health)
         runtime = CameraRuntime(config=camera, hub=hub, source=source)
         if camera.live_url:
@@ -83,12 +105,13 @@ class Daemon:
         return runtime
 
     async def start(self) -> None:
+        await self._audit_start()
+        self.health.start()
         for runtime in self.cameras.values():
             for source in runtime.sources:
                 self.spawn(f"source:{source.name}", source.run)
-        if any(c.record for c in self.config.cameras):
-            if not await self._start_recording():
-                self.spawn("storage-check", self._wait_for_storage)
+        if any(c.record for c in self.config.cameras) and not await self._start_recording():
+            self.spawn("storage-check", self._wait_for_storage)
         log.info("started %d camera(s) for station %s", len(self.cameras), self.config.station.id)
 
     async def _start_recording(self) -> bool:
@@ -111,8 +134,19 @@ class Daemon:
                 len(report.recovered), len(report.indexed_orphans), len(report.missing), len(report.unrecoverable),
             )
         self.index = index
-        self.retention = Retention(self.root, storage, index)
+        await self.health.storage_ready(self.root)
+        self.retention = Retention(self.root, storage, index, on_delete=self._audit_deletion)
         self.spawn("retention", self.retention.run)
+        self.key = await asyncio.to_thread(StationKey.load_or_create, self.root)
+        log.info("station signing key %s", self.key.fingerprint)
+        self.exports = ExportQueue(
+            self.root,
+            self.key,
+            {"id": self.config.station.id, "name": self.config.station.name},
+            {c.id: {"name": c.name, "zone": c.zone.value} for c in self.config.cameras},
+            self.config.recordings.max_export_jobs,
+        )
+        self.spawn("exports", self.exports.run)
         loop = asyncio.get_running_loop()
         retention = self.retention
 
@@ -127,6 +161,34 @@ class Daemon:
                 self.spawn(f"recorder:{runtime.config.id}", runtime.recorder.run)
         log.info("recording into %s", self.root)
         return True
+
+    async def _audit_start(self) -> None:
+        """Record the start, and a config change since the last recorded start (by the file's hash)."""
+        details: dict[str, str] = {}
+        if self.config_file is not None:
+            try:
+                data = await asyncio.to_thread(self.config_file.read_bytes)
+                details = {"config_file": str(self.config_file), "config_sha256": hashlib.sha256(data).hexdigest()}
+            except OSError as exc:
+                log.warning("cannot hash %s for the audit log: %s", self.config_file, exc.strerror)
+        try:
+            previous = await self.audit.db.call(self.audit.last_details, "daemon.start")
+            head = await self.audit.db.call(self.audit.head)
+        except Exception as exc:  # noqa: BLE001 - the daemon runs on; every request will answer 503
+            log.critical("the auth database %s cannot be opened: %s", self.auth.path, exc)
+            return
+        log.info("audit log head: entry %d, hash %s", *head)
+        old = (previous or {}).get("config_sha256")
+        new = details.get("config_sha256")
+        if new is not None and old is not None and old != new:
+            self.audit.record("config.changed", actor="system", previous_sha256=old, **details)
+        self.audit.record("daemon.start", actor="system", **details)
+
+    def _audit_deletion(self, record: SegmentRecord, reason: str) -> None:
+        # Called on the index thread; record() only queues.
+        self.audit.record("retention.delete", actor="system", camera=record.camera, segment_id=record.id,
+                          start=iso(record.start), end=iso(record.end), sha256=record.sha256,
+                          chain_hash=record.chain_hash, reason=reason)
 
     async def _wait_for_storage(self) -> None:
         while not self._stopping:
@@ -158,6 +220,7 @@ class Daemon:
 
     async def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         self._stopping = True
+        await self.health.stop()
         for runtime in self.cameras.values():
             for source in runtime.sources:
                 source.stop()
@@ -165,12 +228,16 @@ class Daemon:
                 runtime.recorder.stop()
         if self.retention is not None:
             self.retention.stop()
-        if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        # Sources and recorders finish by themselves (closing and indexing the
+        # open segments); the rest (queues, monitors) is cancelled after them.
+        finishing = {t for t in self._tasks if t.get_name().startswith(_FINISH_BY_THEMSELVES)}
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout)
+        pending = {t for t in self._tasks if not t.done()}
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         for runtime in self.cameras.values():
             runtime.hub.close()
             if runtime.live_hub is not None:
@@ -179,9 +246,31 @@ class Daemon:
                 runtime.recorder.shutdown_executor()
         if self.index is not None:
             await asyncio.to_thread(self.index.close)
+        await self._audit_stop()
+
+    async def _audit_stop(self) -> None:
+        self.audit.record("daemon.stop", actor="system")
+        try:
+            head = await self.audit.db.call(self.audit.head)
+            log.info("audit log head: entry %d, hash %s", *head)
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            log.error("audit log unavailable at shutdown: %s", exc)
+        await asyncio.to_thread(self.audit.db.close)
+        await asyncio.to_thread(self.auth.close)
 
 
-async def serve(config: Config) -> None:
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """HTTPS with TLS 1.2 or newer when ``web.tls`` is set; raises OSError/SSLError on a bad cert or key."""
+    tls = config.web.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+async def serve(config: Config, config_file: Path | None = None) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     from web.app import create_app  # web depends on nvr, not the other way round at import time
 
@@ -190,16 +279,24 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    if not config.web.is_loopback:
+    try:
+        ssl_context = tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("cannot use web.tls certificate %s / key %s: %s", config.web.tls.cert if config.web.tls else "",
+                  config.web.tls.key if config.web.tls else "", exc)
+        raise SystemExit(1) from None
+    if not config.web.is_loopback and ssl_context is None:
         log.warning(
-            "web.listen %s is not a loopback address: the API is reachable from the network", config.web.listen
+            "web.listen %s is not a loopback address and web.tls is not set: passwords and video cross the "
+            "network unencrypted", config.web.listen
         )
-    daemon = Daemon(config)
+    daemon = Daemon(config, config_file)
     await daemon.start()
     app = create_app(daemon)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.web.host, config.web.port, reuse_address=True)
+    site = web.TCPSite(runner, config.web.host, config.web.port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -207,7 +304,7 @@ async def serve(config: Config) -> None:
         await daemon.stop()
         await runner.cleanup()
         raise SystemExit(1) from None
-    log.info("web server listening on http://%s", config.web.listen)
+    log.info("web server listening on %s://%s", "https" if ssl_context else "http", config.web.listen)
     systemd.notify("READY=1\nSTATUS=running")
     watchdog = _start_watchdog(daemon)
 

@@ -35,3 +35,6 @@ def setup(level: LogLevel | str = LogLevel.INFO, ffmpeg_level: LogLevel | None =
     # FFmpeg's own messages reach Python logging ("libav.*") and so the redacting handler.
     av.logging.set_level(None if ffmpeg_level is None else _FFMPEG_LEVELS[LogLevel(ffmpeg_level)])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiortc and aioice log every RTP and STUN packet at DEBUG: costly per viewer, useless in a log.
+    logging.getLogger("aiortc").setLevel(max(root.level, logging.INFO))
+    logging.getLogger("aioice").setLevel(max(root.level, logging.WARNING))  # INFO: every ICE check

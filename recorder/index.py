@@ -229,7 +229,7 @@ class SegmentIndex:
             db.execute("ROLLBACK")
             raise
         assert cursor.lastrowid is not None
-        return SegmentRecord(cursor.lastrowid, *_fields_tuple(segment), prev, link)
+        return SegmentRecord(cursor.lastrowid, *_fields_tuple(segment), prev, link)  # type: ignore[call-arg]
 
     def segments(self, camera: str, start: float, end: float) -> list[SegmentRecord]:
         """Segments of ``camera`` overlapping [start, end), oldest first."""
@@ -254,7 +254,8 @@ class SegmentIndex:
         if camera is None:
             rows = self.db.execute(f"SELECT {_COLUMNS} FROM segments ORDER BY camera, id").fetchall()
         else:
-            rows = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE camera = ? ORDER BY id", (camera,)).fetchall()
+            query = f"SELECT {_COLUMNS} FROM segments WHERE camera = ? ORDER BY id"
+            rows = self.db.execute(query, (camera,)).fetchall()
         return [SegmentRecord(*row) for row in rows]
 
     def set_status(self, segment_id: int, status: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,11 @@ class SweepResult:
 
 
 class Retention:
-    def __init__(self, root: Path, storage: Storage, index: SegmentIndex) -> None:
+    def __init__(self, root: Path, storage: Storage, index: SegmentIndex,
+                 on_delete: Callable[[SegmentRecord, str], None] | None = None) -> None:
         self.root = root
+        # Told about every deletion (on the index thread), e.g. for the audit log.
+        self.on_delete = on_delete
         self.storage = storage
         self.index = index
         self.disk_full = False
@@ -113,3 +117,8 @@ class Retention:
                 reason += " (file was already gone)"
         self.index.record_deletion(record, reason)
         self.deleted_total += 1
+        if self.on_delete is not None:
+            try:
+                self.on_delete(record, reason)
+            except Exception:
+                log.error("deletion hook failed for segment %d", record.id, exc_info=True)

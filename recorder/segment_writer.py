@@ -20,9 +20,12 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import av.error
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.stream import AudioStream
 
 from recorder.storage import PART_SUFFIX, fsync_dir, segment_relpath
 from streams.media import TrackInfo
@@ -77,13 +80,14 @@ class ClosedSegment:
 
 
 def make_template(video: TrackInfo, keyframe: bytes) -> av.container.InputContainer:
+    # av.open's return type covers output containers too; this one is an input.
     """An in-memory input holding the codec parameters of ``video`` (for add_stream_from_template).
 
     Parsing the parameter sets and one keyframe with FFmpeg's own raw demuxer
     gives exactly the codec parameters a remux from the camera would have.
     """
     fmt = "hevc" if video.codec == "hevc" else "h264"
-    return av.open(io.BytesIO(video.extradata + keyframe), format=fmt)
+    return av.open(io.BytesIO(video.extradata + keyframe), format=fmt)  # type: ignore[return-value]
 
 
 class SegmentWriter:
@@ -112,9 +116,10 @@ class SegmentWriter:
             finally:
                 template.close()
             self.video.time_base = video.time_base
-            self.audio_in: av.CodecContext | None = None
-            self.audio_out: av.audio.stream.AudioStream | None = None
+            self.audio_in: AudioCodecContext | None = None
+            self.audio_out: AudioStream | None = None
             self._audio_started = False
+            self._audio_next_pts = 0
             if audio is not None:
                 self._open_audio(audio)
         except BaseException:
@@ -123,12 +128,12 @@ class SegmentWriter:
 
     def _open_audio(self, audio: TrackInfo) -> None:
         try:
-            decoder = av.CodecContext.create(audio.codec, "r")
+            decoder = cast(AudioCodecContext, av.CodecContext.create(audio.codec, "r"))
             decoder.sample_rate = audio.sample_rate or 8000
             if audio.extradata:
                 decoder.extradata = audio.extradata
-            decoder.layout = "stereo" if audio.channels == 2 else "mono"  # type: ignore[attr-defined]
-            stream = self.out.add_stream("aac", rate=decoder.sample_rate)
+            decoder.layout = "stereo" if audio.channels == 2 else "mono"
+            stream = cast(AudioStream, self.out.add_stream("aac", rate=decoder.sample_rate))
             stream.layout = "stereo" if audio.channels == 2 else "mono"
             stream.bit_rate = 32000 if audio.channels != 2 else 64000
             self.audio_in, self.audio_out = decoder, stream
@@ -154,11 +159,12 @@ class SegmentWriter:
             frames = self.audio_in.decode(av.Packet(data))
             for frame in frames:
                 if not self._audio_started:
-                    frame.pts = round(offset_seconds * frame.sample_rate)
-                    frame.time_base = Fraction(1, frame.sample_rate)
+                    self._audio_next_pts = round(offset_seconds * frame.sample_rate)
                     self._audio_started = True
-                else:
-                    frame.pts = None
+                # Contiguous sample timestamps: the encoder re-chunks samples into its own frames.
+                frame.pts = self._audio_next_pts
+                frame.time_base = Fraction(1, frame.sample_rate)
+                self._audio_next_pts += frame.samples
                 for out_packet in self.audio_out.encode(frame):
                     self.out.mux(out_packet)
         except (av.error.FFmpegError, ValueError) as exc:

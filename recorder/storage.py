@@ -87,6 +87,19 @@ def segment_relpath(camera: str, start: float) -> str:
     return f"{RECORDINGS}/{camera}/{moment:%Y-%m-%d}/{camera}_{stamp}.mp4"
 
 
+def segment_file(root: Path, relpath: str) -> Path:
+    """The file of an index row, refusing paths that leave ``<root>/recordings`` or pass a symlink.
+
+    The storage root itself may be a symlink (a mount elsewhere); nothing below it may be.
+    """
+    base = root.resolve()
+    expected = Path(os.path.normpath(base / relpath))
+    resolved = Path(os.path.realpath(expected))
+    if resolved != expected or not resolved.is_relative_to(base / RECORDINGS):
+        raise StorageError(f"refusing {relpath!r}: not a file inside {RECORDINGS}/ (symlink or path traversal)")
+    return resolved
+
+
 def start_from_name(name: str) -> float | None:
     """Inverse of :func:`segment_relpath` for a file name (``.part`` allowed)."""
     stem = name.removesuffix(PART_SUFFIX).removesuffix(".mp4")

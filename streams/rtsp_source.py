@@ -21,9 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
+from typing import cast
 
 import av
 import av.error
+from av.audio.codeccontext import AudioCodecContext
+from av.video.codeccontext import VideoCodecContext
 
 from nvr import secrets
 from nvr.config import Health, Ingest
@@ -208,7 +211,7 @@ class RtspSource:
             failures += 1
             self._set_state(SourceState.OFFLINE, reason, message)
             level = logging.WARNING if failures == 1 else logging.DEBUG
-            log.log(level, "[%s] offline (%s): %s; retrying in %.0f s", self.name, reason.value, message, backoff)
+            log.log(level, "[%s] offline (%s): %s; retrying in %.1f s", self.name, reason.value, message, backoff)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
@@ -253,10 +256,9 @@ class RtspSource:
                     pass
         finally:
             stop.set()
-        if outcome is not None:
+        if outcome is not None and not self._stopping:
             # Declared from outside: report it now, then tear the session down.
-            if not self._stopping:
-                self._set_state(SourceState.OFFLINE, outcome[0], outcome[1])
+            self._set_state(SourceState.OFFLINE, outcome[0], outcome[1])
         teardown_limit = self.ingest.read_timeout_seconds + 2.0
         try:
             thread_outcome = await asyncio.wait_for(asyncio.shield(finished), timeout=teardown_limit)
@@ -340,7 +342,9 @@ class RtspSource:
     # -- loop thread ----------------------------------------------------------------------
 
     def _on_packet(self, packet: MediaPacket) -> None:
-        if self._stopping:
+        if self._stopping or self.state is SourceState.OFFLINE:
+            # OFFLINE only while a session declared dead (stalled) is torn down:
+            # its late packets must not flip the camera back online for a moment.
             return
         if packet.session is not self.session:
             if self.session is not None:
@@ -447,7 +451,7 @@ class _SessionTracker:
         )
 
     def _new_session(self, params: bytes, keyframe: bytes) -> Session:
-        ctx = self.video_stream.codec_context
+        ctx = cast(VideoCodecContext, self.video_stream.codec_context)
         extradata = params or self.stream_extradata
         width, height = ctx.width, ctx.height
         if self.session is not None or not width or not height:
@@ -472,7 +476,7 @@ class _SessionTracker:
 
 
 def _audio_info(stream: av.stream.Stream) -> TrackInfo:
-    ctx = stream.codec_context
+    ctx = cast(AudioCodecContext, stream.codec_context)
     return TrackInfo(
         kind=TrackKind.AUDIO,
         codec=ctx.name,
@@ -487,7 +491,7 @@ def _audio_info(stream: av.stream.Stream) -> TrackInfo:
 def _keyframe_size(codec: str, extradata: bytes, keyframe: bytes) -> tuple[int, int] | None:
     """Decode a single keyframe to learn the picture size (rare: only on parameter changes)."""
     try:
-        decoder = av.CodecContext.create(codec, "r")
+        decoder = cast(VideoCodecContext, av.CodecContext.create(codec, "r"))
         if extradata:
             decoder.extradata = extradata
         frames = decoder.decode(av.Packet(keyframe))

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 import yaml
 
-
 if TYPE_CHECKING:
     from sim.client import SimCamera
 
@@ -71,16 +70,36 @@ class Daemon:
         for key, value in sections.items():
             config[key] = {**config.get(key, {}), **value}
         self.config = config
+        self.storage = Path(config["storage"]["path"])
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen[bytes] | None = None
         if init_storage:
             from recorder.storage import init_storage as init
 
             init(self.storage, config["station"]["id"])
+        # Access control is deny-by-default: requests carry an admin API token unless told otherwise.
+        from nvr.access_cli import create_token
+        from nvr.roles import Role
+
+        self.auth_db = Path(config.get("auth", {}).get("database") or self.storage / "auth.sqlite3")
+        self.token = create_token(self.auth_db, "test-admin", Role.ADMIN)
+        self.ssl_context: Any = None  # for a daemon with web.tls: trusts the test's certificate
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config["web"].get("tls") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def add_user(self, name: str, role: str, password: str, cameras: str | None = None) -> None:
+        """A console user in the daemon's auth database (as ``nvr user add`` does)."""
+        from nvr.authdb import AuthDatabase
+        from nvr.roles import Role, parse_cameras
+
+        db = AuthDatabase(self.auth_db)
+        try:
+            db.add_user(name, Role(role), password, parse_cameras(cameras))
+        finally:
+            db.close()
 
     def start(self, timeout: float = 20.0) -> None:
         log = self.log_path.open("ab")
@@ -105,15 +124,18 @@ class Daemon:
         return self.request("GET", path)
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                timeout: float = 10.0) -> tuple[int, Any]:
+                timeout: float = 10.0, auth: bool = True) -> tuple[int, Any]:
+        """One request; with the admin token unless ``auth=False`` or ``headers`` bring credentials."""
         data = None
         headers = dict(headers or {})
+        if auth and "Authorization" not in headers and "Cookie" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
         req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 raw = resp.read()
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")

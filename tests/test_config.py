@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from nvr import config, secrets
 from tests.conftest import REPO
@@ -49,7 +50,7 @@ def test_good_config_parses_and_is_frozen() -> None:
     cell = cfg.cameras[0]
     assert cell.zone is config.Zone.HOLDING_CELL
     assert cfg.cameras[1].zone is config.Zone.OTHER and cfg.cameras[1].record
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cell.url = "rtsp://other"  # type: ignore[misc]
 
 

@@ -68,6 +68,19 @@ def create_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cameras", list_cameras)
     app.router.add_get("/api/cameras/{camera_id}", get_camera)
+    from web import console, whep  # they import helpers from this module
+
+    whep.add_routes(app, daemon)
+    console.add_routes(app)
+    from web import health_api
+
+    health_api.add_routes(app)
+    from web import recordings
+
+    recordings.setup(app)
+    from web import access
+
+    access.setup(app, daemon)  # last: its middleware runs inside json_errors
     return app
 
 
@@ -80,7 +93,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def list_cameras(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return web.json_response([camera_json(runtime) for runtime in daemon.cameras.values()])
+    from web.access import visible
+
+    return web.json_response(
+        [camera_json(runtime) for runtime in daemon.cameras.values() if visible(request, runtime.config.id)]
+    )
 
 
 async def get_camera(request: web.Request) -> web.Response:

@@ -1,0 +1,52 @@
+"""Shared helpers for benchmarks: CPU accounting from /proc, JSON-lines reporting, a 1080p clip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (and its reaped children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / _TICKS
+
+
+def total_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def report(name: str, **values: Any) -> None:
+    line = json.dumps({"bench": name, **values}, sort_keys=False)
+    print(line, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (RESULTS / "results.jsonl").open("a") as f:
+        f.write(json.dumps({"at": time.time(), "bench": name, **values}) + "\n")
+
+
+def clip_1080p(seconds: int = 10, bitrate_kbps: int = 4000, fps: int = 25) -> Path:
+    """A pre-encoded 1080p H.264 clip, so simulated cameras spend no CPU encoding."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"clip-1080p-{bitrate_kbps}k-{fps}fps-{seconds}s.h264"
+    if not path.exists():
+        subprocess.run(
+            ["/usr/bin/python3", str(REPO / "sim" / "camsim.py"), "encode", "--out", str(path), "--width", "1920",
+             "--height", "1080", "--fps", str(fps), "--seconds", str(seconds), "--bitrate-kbps", str(bitrate_kbps),
+             "--gop", str(fps * 2)],
+            check=True,
+        )
+    return path
+
+
+def python() -> str:
+    return sys.executable

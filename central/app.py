@@ -1,0 +1,270 @@
+"""The console's HTTP app: the fleet page and API, live relay, and the shared access control.
+
+Routes (documented in README, "Central console"):
+
+- ``GET /`` the fleet page (``web/static/fleet.html``);
+- ``GET /api/fleet``: stations with reachability, reason and counts, cameras
+  grouped by station with state and open alarms;
+- ``GET /api/fleet/alarms``: merged open alarms, most urgent first;
+- ``GET /api/fleet/stream``: Server-Sent Events (``fleet`` snapshot, then
+  ``station`` and ``alarm.opened`` / ``alarm.closed``);
+- ``POST /api/stations/{station_id}/cameras/{camera_id}/whep`` and
+  ``DELETE /api/stations/{station_id}/whep/sessions/{session_id}``: WHEP relay.
+
+Users, sessions, tokens, CSRF and the audit log are the station's own code
+(:mod:`web.access`, :mod:`nvr.authdb`, :mod:`nvr.audit`) over the console's
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from central.config import ConsoleConfig
+from central.fleet import Fleet
+from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay
+from central.station_link import StationError, StationLink
+from nvr import __version__
+from nvr.audit import AuditLog
+from nvr.authdb import AuthDatabase
+from nvr.roles import Role
+from web.app import api_error, error_response, json_errors
+
+log = logging.getLogger(__name__)
+
+_SSE_QUEUE = 256
+_SSE_KEEPALIVE_SECONDS = 15.0
+
+
+class ConsoleRuntime:
+    """What the console's handlers share; shaped like the station's Daemon where web.access reads it."""
+
+    def __init__(self, config: ConsoleConfig) -> None:
+        self.config = config
+        self.auth = AuthDatabase(config.auth_database)
+        self.audit = AuditLog(self.auth)
+        self.fleet = Fleet(config)
+        self.relay = LiveRelay()
+        self.sse_closers: set[Callable[[], None]] = set()
+
+
+RUNTIME = web.AppKey("console_runtime", ConsoleRuntime)
+
+
+def create_console_app(runtime: ConsoleRuntime) -> web.Application:
+    from web import access
+    from web.console import STATIC_DIR
+
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_OFFER_BYTES + 1024)
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
+    app.router.add_get("/api/fleet", get_fleet)
+    app.router.add_get("/api/fleet/alarms", get_alarms)
+    app.router.add_get("/api/fleet/stream", stream_fleet)
+    app.router.add_post("/api/stations/{station_id}/cameras/{camera_id}/whep", post_offer)
+    app.router.add_delete("/api/stations/{station_id}/whep/sessions/{session_id}", delete_session)
+    app.on_shutdown.append(_close_streams)
+    access.setup(app, runtime)  # type: ignore[arg-type]  # reads .auth, .audit, .config.auth, .config.web
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.json_response({"status": "ok", "version": __version__, "console": runtime.config.console.id})
+
+
+async def index(_request: web.Request) -> web.FileResponse:
+    from web.console import _CSP, STATIC_DIR
+
+    return web.FileResponse(STATIC_DIR / "fleet.html", headers={
+        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
+    })
+
+
+def _who(request: web.Request) -> Any:
+    from web.access import identity
+
+    return identity(request)
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME].fleet.fleet_json(_who(request)))
+
+
+async def get_alarms(request: web.Request) -> web.Response:
+    return web.json_response({"alarms": request.app[RUNTIME].fleet.alarms_json(_who(request))})
+
+
+def _sse(event: str, body: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+async def stream_fleet(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    fleet = runtime.fleet
+    who = _who(request)
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_SSE_QUEUE)
+    ended = asyncio.Event()
+
+    def listener(name: str, body: dict[str, Any]) -> None:
+        if name.startswith("alarm.") and who is not None and not who.may_see(body["alarm"].get("camera")):
+            return
+        try:
+            queue.put_nowait((name, body))
+        except asyncio.QueueFull:
+            log.warning("fleet feed client too slow; closing its stream")
+            close()
+
+    def close() -> None:
+        if listener in fleet.listeners:
+            fleet.listeners.remove(listener)
+        ended.set()
+        try:  # wake the writer now, not at the next keepalive (shutdown must not wait for it)
+            queue.put_nowait(("", {}))
+        except asyncio.QueueFull:
+            pass
+
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    fleet.listeners.append(listener)
+    runtime.sse_closers.add(close)
+    try:
+        await response.write(_sse("fleet", fleet.fleet_json(who)))
+        while not ended.is_set():
+            try:
+                name, body = await asyncio.wait_for(queue.get(), _SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if ended.is_set():
+                break
+            if name == "station":
+                # Coalesce: one snapshot of each station that changed, however many changes queued.
+                pending = {body["station"]}
+                while not queue.empty():
+                    more_name, more = queue.get_nowait()
+                    if more_name == "station":
+                        pending.add(more["station"])
+                    else:
+                        await response.write(_sse(more_name, more))
+                for station_id in sorted(pending):
+                    await response.write(_sse("station", fleet.station_json(station_id, who)))
+            else:
+                await response.write(_sse(name, body))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        runtime.sse_closers.discard(close)
+        close()
+    return response
+
+
+async def _close_streams(app: web.Application) -> None:
+    runtime = app[RUNTIME]
+    for close in list(runtime.sse_closers):
+        close()
+    await runtime.fleet.stop()
+
+
+# -- live relay -----------------------------------------------------------------------------
+
+
+def _link(request: web.Request) -> StationLink:
+    station_id = request.match_info["station_id"]
+    link = request.app[RUNTIME].fleet.links.get(station_id)
+    if link is None:
+        raise api_error(web.HTTPNotFound, "unknown_station", f"no station with id {station_id!r}")
+    return link
+
+
+def _station_error(body: bytes) -> tuple[str, str]:
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            return str(parsed.get("error", "station_error"))[:64], str(parsed.get("message", ""))[:500]
+    except ValueError:
+        pass
+    return "station_error", ""
+
+
+async def post_offer(request: web.Request) -> web.Response:
+    from web.access import audit
+
+    link = _link(request)
+    runtime = request.app[RUNTIME]
+    camera_id = request.match_info["camera_id"]
+    if request.content_type != SDP_TYPE:
+        response = error_response(415, "unsupported_media_type", f"send the SDP offer as {SDP_TYPE}")
+        response.headers["Accept-Post"] = SDP_TYPE
+        return response
+    body = await request.content.read(MAX_OFFER_BYTES + 1)
+    if len(body) > MAX_OFFER_BYTES:
+        return error_response(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
+    if not body.lstrip().startswith(b"v=0"):
+        return error_response(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
+    who = _who(request)
+    user = who.name if who is not None else "anonymous"
+    path = f"/api/cameras/{urllib.parse.quote(camera_id, safe='')}/whep"
+    try:
+        status, headers, answer = await link.request(
+            "POST", path, data=body, headers={"Content-Type": SDP_TYPE, **link.central_headers(user)})
+    except StationError as exc:
+        audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id,
+              reason=exc.problem.reason.value)
+        return error_response(502, "station_unreachable",
+                              f"station {link.id}: {exc.problem.reason.value}: {exc.problem.message}")
+    if status != 201:
+        code, message = _station_error(answer)
+        audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, station_status=status,
+              error=code)
+        if status in (401, 403):  # the console's own token is refused: not the viewer's fault
+            return error_response(502, "station_refused",
+                                  f"station {link.id} refused the console's token (HTTP {status}, {code})")
+        if status in (400, 404, 409, 413, 415, 503):
+            return error_response(status, code, f"station {link.id}: {message}")
+        return error_response(502, "station_error", f"station {link.id} answered HTTP {status} ({code})")
+    session_id = LiveRelay.station_session(headers.get("Location"))
+    if session_id is None:
+        audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, error="bad_location")
+        return error_response(502, "station_error", f"station {link.id} answered without a session Location")
+    location = runtime.relay.add(link, camera_id, session_id, user)
+    audit(request, "live.start", camera=camera_id, station=link.id, session=session_id[:8])
+    log.info("[%s] live view of %s relayed for %s: session %s", link.id, camera_id, user, session_id[:8])
+    return web.Response(status=201, body=answer, content_type=SDP_TYPE,
+                        headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    from web.access import audit
+
+    link = _link(request)
+    runtime = request.app[RUNTIME]
+    session_id = request.match_info["session_id"]
+    session = runtime.relay.get(link.id, session_id)
+    if session is None:
+        return error_response(404, "unknown_session", "no such live session")
+    who = _who(request)
+    if who is not None and who.role is not Role.ADMIN and session.user != who.name:
+        return error_response(403, "forbidden", "this live session belongs to someone else")
+    runtime.relay.remove(link.id, session_id)
+    user = who.name if who is not None else "anonymous"
+    try:
+        status, _, _ = await link.request("DELETE", f"/api/whep/sessions/{session_id}",
+                                          headers=link.central_headers(user))
+    except StationError as exc:
+        status = 0
+        log.info("[%s] ending live session %s: %s", link.id, session_id[:8], exc.problem.message)
+    audit(request, "live.stop", camera=session.camera, station=link.id, session=session_id[:8],
+          station_status=status)
+    return web.Response(status=204)

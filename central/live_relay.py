@@ -1,0 +1,65 @@
+"""Live view of any station through the console: WHEP signalling relayed, media direct.
+
+``POST /api/stations/{station}/cameras/{camera}/whep`` forwards the browser's
+SDP offer to the station's own WHEP endpoint with the station token and the
+``X-NVR-Via-Console`` / ``X-NVR-Central-User`` headers (a station honours
+them only for a token of role ``central``, so its audit log names the
+central user), and returns the station's answer.  The answer's ICE candidates
+are the station's, so media flows from the station to the browser; the
+console never sees a video packet.  ``DELETE`` on the returned ``Location``
+is relayed the same way.  The console remembers which user opened which
+session (bounded), so only that user or an admin can end it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from central.station_link import StationLink
+
+log = logging.getLogger(__name__)
+
+SDP_TYPE = "application/sdp"
+MAX_OFFER_BYTES = 64 * 1024
+SESSION_PATH = "/api/stations/{station_id}/whep/sessions/{session_id}"
+_STATION_SESSION = re.compile(r"^/api/whep/sessions/([A-Za-z0-9_-]{8,128})$")
+# Remembered sessions; stations end unused ones themselves, this only bounds the console's memory.
+_MAX_SESSIONS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedSession:
+    station: str
+    camera: str
+    session_id: str
+    user: str
+    created_mono: float
+
+
+class LiveRelay:
+    def __init__(self) -> None:
+        self.sessions: OrderedDict[tuple[str, str], RelayedSession] = OrderedDict()
+        self.opened_total = 0
+
+    @staticmethod
+    def station_session(location: str | None) -> str | None:
+        """The station's session id from its ``Location``; None when it is not one of ours."""
+        match = _STATION_SESSION.match(location or "")
+        return match.group(1) if match else None
+
+    def add(self, link: StationLink, camera: str, session_id: str, user: str) -> str:
+        self.sessions[(link.id, session_id)] = RelayedSession(link.id, camera, session_id, user, time.monotonic())
+        self.opened_total += 1
+        while len(self.sessions) > _MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        return SESSION_PATH.format(station_id=link.id, session_id=session_id)
+
+    def get(self, station: str, session_id: str) -> RelayedSession | None:
+        return self.sessions.get((station, session_id))
+
+    def remove(self, station: str, session_id: str) -> RelayedSession | None:
+        return self.sessions.pop((station, session_id), None)

@@ -1,0 +1,242 @@
+"""Health of one camera: turns connection state, picture checks and rates into alarms.
+
+Three inputs, one output (alarms in :class:`~nvr.alarms.AlarmStore`):
+
+- connection state, pushed by :class:`RtspSource` through its ``on_state``
+  hook: ``offline`` opens at once (the source already waited
+  ``stall_seconds`` or saw the connection fail) and closes when it is online;
+- keyframes read from the camera's hub with a small reader of its own: one
+  every ``analyse_seconds`` is decoded and judged by :class:`PictureCheck` in
+  a worker thread (``covered``, ``blurred``, ``moved``, ``frozen``);
+- a periodic look at the source's frame rate (``low_fps``) and at whether the
+  recorder is writing while the camera is online (``recording_stalled``).
+
+Picture and rate conditions are debounced: an alarm opens after
+``open_after`` consecutive bad checks and closes after ``close_after`` good
+ones, so one odd keyframe never raises an alarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from nvr.alarms import AlarmStore, AlarmType, Severity
+from nvr.config import Health, PictureChecks
+from streams.hub import Hub, HubReader, ReaderClosed
+from streams.media import MediaPacket, SessionEnded, TrackKind
+from streams.picture_check import Condition, Findings, PictureCheck, decode_keyframe
+from streams.rtsp_source import OfflineReason, RtspSource, SourceState
+
+log = logging.getLogger(__name__)
+
+# Only keyframes matter and they are taken at once; a small queue is plenty.
+_READER_PACKETS = 256
+# The source's fps meter needs a full window after connecting before it means anything.
+_FPS_SETTLE_SECONDS = 6.0
+
+_PICTURE_ALARMS = {
+    Condition.COVERED: AlarmType.COVERED,
+    Condition.BLURRED: AlarmType.BLURRED,
+    Condition.MOVED: AlarmType.MOVED,
+    Condition.FROZEN: AlarmType.FROZEN,
+}
+
+
+@dataclass(slots=True)
+class _Debounce:
+    bad: int = 0
+    good: int = 0
+
+
+class CameraHealth:
+    """Watches one camera and opens/closes its alarms. Runs on the event loop; analysis in ``executor``."""
+
+    def __init__(
+        self,
+        camera: str,
+        severity: Severity,
+        source: RtspSource,
+        hub: Hub,
+        health: Health,
+        thresholds: PictureChecks,
+        alarms: AlarmStore,
+        executor: Executor,
+        record: bool = False,
+        last_write: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.camera = camera
+        self.severity = severity
+        self.source = source
+        self.hub = hub
+        self.health = health
+        self.thresholds = thresholds
+        self.alarms = alarms
+        self.executor = executor
+        self.record = record
+        self.last_write = last_write or (lambda: None)
+        self.check = PictureCheck(thresholds)
+        self.last_findings: Findings | None = None
+        self.analyses = 0
+        self.analysis_seconds = 0.0  # CPU (thread time) spent decoding and analysing
+        self.skipped_keyframes = 0
+        self._debounce: dict[AlarmType, _Debounce] = {}
+        self._reader: HubReader | None = None
+        self._relearn = False
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._online_mono: float | None = None
+        self._created_mono = time.monotonic()
+        chained = source.on_state
+
+        def on_state(src: RtspSource) -> None:
+            if chained is not None:
+                chained(src)
+            self.on_state(src)
+
+        source.on_state = on_state
+
+    # -- connection state -----------------------------------------------------------------
+
+    def on_state(self, source: RtspSource) -> None:
+        if source.state is SourceState.ONLINE:
+            self._online_mono = time.monotonic()
+            self.alarms.close(self.camera, AlarmType.OFFLINE, at=source.changed_at)
+        elif source.state is SourceState.OFFLINE:
+            self._online_mono = None
+            if source.reason is None or source.reason is OfflineReason.STOPPED:
+                return
+            details: dict[str, object] = {"reason": source.reason.value, "message": source.message}
+            if source.last_packet_at is not None:
+                details["last_packet_at"] = source.last_packet_at
+            self.alarms.open(self.camera, AlarmType.OFFLINE, self.severity, details, at=source.changed_at)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def relearn(self) -> None:
+        """Learn the reference view again from the next good keyframes (a technician re-aimed the camera)."""
+        self._relearn = True
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._reader is not None:
+            self._reader.close()
+
+    async def run(self) -> None:
+        """Analyse keyframes and watch rates until stopped."""
+        watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"health-watch:{self.camera}")
+        try:
+            await self._analyse_keyframes()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _analyse_keyframes(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS)
+        next_due = 0.0
+        try:
+            while not self._stopping:
+                try:
+                    item = await reader.get()
+                except ReaderClosed:
+                    return
+                if isinstance(item, SessionEnded):
+                    self.check.new_session()
+                    continue
+                if item.kind is not TrackKind.VIDEO or not item.is_keyframe or item.session.video is None:
+                    continue
+                now = time.monotonic()
+                if now < next_due:
+                    self.skipped_keyframes += 1
+                    continue
+                next_due = now + self.thresholds.analyse_seconds
+                if self._relearn:
+                    self._relearn = False
+                    self.check.relearn()
+                    for kind in (AlarmType.MOVED, AlarmType.BLURRED):
+                        self._debounce.pop(kind, None)
+                        self.alarms.close(self.camera, kind, {"closed_by": "reference relearned"})
+                    log.info("[%s] learning a new reference view", self.camera)
+                findings = await loop.run_in_executor(self.executor, self._analyse, item)
+                if findings is not None and not self._stopping:
+                    self._judge(findings)
+        finally:
+            reader.close()
+
+    def _analyse(self, packet: MediaPacket) -> Findings | None:
+        """Worker thread: decode one keyframe, downscale, judge."""
+        started = time.thread_time()
+        video = packet.session.video
+        assert video is not None
+        gray = decode_keyframe(video.codec, video.extradata, packet.data, self.thresholds.analysis_width)
+        findings = self.check.analyse(gray) if gray is not None else None
+        self.analysis_seconds += time.thread_time() - started
+        self.analyses += 1
+        return findings
+
+    def _judge(self, findings: Findings) -> None:
+        was_learning = self.last_findings is None or self.last_findings.learning
+        self.last_findings = findings
+        if was_learning and not findings.learning:
+            log.info("[%s] reference view learned", self.camera)
+        for condition, kind in _PICTURE_ALARMS.items():
+            self._step(kind, condition in findings.conditions, findings.details())
+
+    def _step(self, kind: AlarmType, bad: bool, details: Mapping[str, object]) -> None:
+        state = self._debounce.setdefault(kind, _Debounce())
+        if bad:
+            state.bad += 1
+            state.good = 0
+            if state.bad >= self.thresholds.open_after:
+                self.alarms.open(self.camera, kind, self.severity, dict(details))
+        else:
+            state.good += 1
+            state.bad = 0
+            if state.good >= self.thresholds.close_after and self.alarms.is_open(self.camera, kind):
+                self.alarms.close(self.camera, kind, {"cleared": details})
+
+    # -- rates and recording --------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.thresholds.analyse_seconds)
+            except TimeoutError:
+                pass
+            if self._stopping:
+                return
+            self.check_rates(time.monotonic())
+
+    def check_rates(self, now: float) -> None:
+        online_for = None if self._online_mono is None else now - self._online_mono
+        # low_fps: only while online and once the meter has a full window.
+        if self.thresholds.min_fps > 0 and online_for is not None and online_for >= _FPS_SETTLE_SECONDS:
+            fps = self.source.status().fps
+            self._step(
+                AlarmType.LOW_FPS, fps < self.thresholds.min_fps, {"fps": fps, "min_fps": self.thresholds.min_fps}
+            )
+        elif online_for is None and self.alarms.is_open(self.camera, AlarmType.LOW_FPS):
+            self._step(AlarmType.LOW_FPS, False, {"fps": 0.0, "min_fps": self.thresholds.min_fps})
+        if not self.record:
+            return
+        limit = self.health.recording_stall_seconds
+        if online_for is not None and online_for >= limit:
+            last = self.last_write()
+            stalled = last is None or now - last >= limit
+            if stalled and not self.alarms.is_open(self.camera, AlarmType.RECORDING_STALLED):
+                silent = None if last is None else round(now - last, 1)
+                self.alarms.open(
+                    self.camera, AlarmType.RECORDING_STALLED, self.severity, {"seconds_since_last_write": silent}
+                )
+            elif not stalled:
+                self.alarms.close(self.camera, AlarmType.RECORDING_STALLED)
+        elif online_for is None:
+            # Offline explains the missing recording; that alarm is already open.
+            self.alarms.close(self.camera, AlarmType.RECORDING_STALLED, {"closed_by": "camera offline"})

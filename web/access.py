@@ -1,0 +1,480 @@
+"""Access control for every HTTP route: who is asking, may they, and the trace it leaves.
+
+- **Authentication**: ``Authorization: Bearer <token>`` (API tokens, for
+  machines) or the ``nvr_session`` cookie set by ``POST /api/login``.
+- **Authorization**: :data:`ROUTES` maps every route (method, path template)
+  to one :class:`~nvr.roles.Permission`; a route missing from the table is
+  refused (deny by default).  Camera allow-lists are applied to
+  ``{camera_id}`` in the path and ``?camera=`` here; handlers filter lists
+  and check bodies with :func:`require_camera` / :func:`visible`.
+- **CSRF**: a state-changing request authenticated by the cookie must come
+  from this origin (``Sec-Fetch-Site`` and ``Origin``).
+- **Bad paths**: ``..`` or NUL in the request path, or ``/`` in an id, is
+  refused with 400 and audited.
+- Login, logout, ``/api/me``, the login page and ``GET /api/audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from nvr.audit import AuditQuery
+from nvr.authdb import AuthDatabase
+from nvr.daemon import Daemon
+from nvr.roles import Identity, Permission, Role
+from nvr.timeutil import iso, parse_iso
+from web.app import api_error
+from web.login_throttle import LoginThrottle
+
+log = logging.getLogger(__name__)
+
+COOKIE = "nvr_session"
+P = Permission
+
+# The one route → permission table.  HEAD is checked as GET.
+ROUTES: dict[tuple[str, str], Permission] = {
+    ("GET", "/healthz"): P.PUBLIC,
+    ("GET", "/login"): P.PUBLIC,
+    ("GET", "/static"): P.PUBLIC,  # the console's own HTML/CSS/JS, needed by the login page
+    ("POST", "/api/login"): P.PUBLIC,
+    ("POST", "/api/logout"): P.PUBLIC,  # ends the cookie's session if there is one
+    ("GET", "/api/me"): P.SELF,
+    ("GET", "/"): P.SELF,
+    ("GET", "/api/cameras"): P.CAMERAS,
+    ("GET", "/api/cameras/{camera_id}"): P.CAMERAS,
+    ("POST", "/api/cameras/{camera_id}/whep"): P.LIVE,
+    ("OPTIONS", "/api/cameras/{camera_id}/whep"): P.LIVE,
+    ("DELETE", "/api/whep/sessions/{session_id}"): P.LIVE,
+    ("PATCH", "/api/whep/sessions/{session_id}"): P.LIVE,
+    ("GET", "/api/live/sessions"): P.LIVE_SESSIONS,
+    ("GET", "/api/events"): P.ALARMS,
+    ("GET", "/api/events/stream"): P.ALARMS,
+    ("POST", "/api/cameras/{camera_id}/reference"): P.HEALTH,
+    ("GET", "/metrics"): P.METRICS,
+    ("GET", "/api/coverage"): P.COVERAGE,
+    ("GET", "/playback"): P.RECORDINGS,
+    ("GET", "/api/recordings"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/clip.mp4"): P.RECORDINGS,
+    ("GET", "/api/key"): P.RECORDINGS,
+    ("POST", "/api/exports"): P.EXPORTS,
+    ("GET", "/api/exports/{export_id}"): P.EXPORTS,
+    ("GET", "/api/exports/{export_id}/download"): P.EXPORTS,
+    ("GET", "/api/holds"): P.HOLDS,
+    ("POST", "/api/holds"): P.HOLDS,
+    ("DELETE", "/api/holds/{hold_id}"): P.HOLDS,
+    ("GET", "/api/audit"): P.AUDIT,
+    # The central console (``nvr console``, issue 8): its fleet view and the live relay to stations.
+    ("GET", "/api/fleet"): P.CAMERAS,
+    ("GET", "/api/fleet/alarms"): P.ALARMS,
+    ("GET", "/api/fleet/stream"): P.ALARMS,
+    ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): P.LIVE,
+    ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
+}
+# Browser pages: without a session they redirect to the login page instead of answering 401.
+PAGES = {"/", "/playback"}
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_MAX_AUDIT_ENTRIES = 10_000
+_MAX_CACHE = 10_000
+
+
+def route_key(method: str, canonical: str) -> tuple[str, str]:
+    return ("GET" if method == "HEAD" else method, canonical)
+
+
+class Access:
+    """Per-app state: the auth database, the audit log, the login throttle and the settings."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.db: AuthDatabase = daemon.auth
+        self.audit = daemon.audit
+        auth = daemon.config.auth
+        self.idle_seconds = auth.session_idle_minutes * 60
+        self.max_seconds = auth.session_max_hours * 3600
+        self.throttle = LoginThrottle(auth.login_max_failures, auth.login_max_failures_per_address,
+                                      auth.login_window_seconds, auth.login_lockout_seconds)
+        self.tls = daemon.config.web.tls is not None
+        self.metrics_public = daemon.config.web.metrics_public
+        self.hsts_seconds = daemon.config.web.hsts_seconds
+        # A revoked token or a removed user (changed by the CLI, another process) is refused
+        # after at most this long; logging out in this process takes effect at once.
+        self.cache_seconds = auth.identity_cache_seconds
+        self._cache: dict[str, tuple[float, asyncio.Future[Identity | None]]] = {}
+
+    async def identify(self, request: web.Request) -> tuple[Identity | None, str | None]:
+        """The identity and, when credentials were sent but are no good, why."""
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None, "only 'Authorization: Bearer <token>' is accepted"
+            identity = await self._lookup("t:" + token.strip())
+            return identity, None if identity else "unknown or revoked token"
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            identity = await self._lookup("s:" + session_id)
+            return identity, None if identity else "the session has expired or ended; log in again"
+        return None, None
+
+    async def _lookup(self, key: str) -> Identity | None:
+        """Database lookup, remembered for ``auth.identity_cache_seconds`` (concurrent misses share one)."""
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return await cached[1]
+        if len(self._cache) > _MAX_CACHE:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        kind, secret = key[0], key[2:]
+        if kind == "t":
+            future = asyncio.ensure_future(self.db.call(self.db.token_identity, secret))
+        else:
+            future = asyncio.ensure_future(
+                self.db.call(self.db.session_identity, secret, self.idle_seconds, self.max_seconds))
+        self._cache[key] = (now + self.cache_seconds, future)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._cache.pop(key, None)
+            raise
+
+    def forget(self, session_id: str) -> None:
+        self._cache.pop("s:" + session_id, None)
+
+
+ACCESS = web.AppKey("access", Access)
+
+
+def setup(app: web.Application, daemon: Daemon) -> None:
+    """Install the access-control middleware and mount the login, logout, me and audit routes."""
+    app[ACCESS] = Access(daemon)
+    app.middlewares.append(access_control)
+    app.on_response_prepare.append(_security_headers)
+    app.cleanup_ctx.append(_session_purger)
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/api/audit", read_audit)
+    app.on_startup.append(_check_table)
+
+
+async def _check_table(app: web.Application) -> None:
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is not None and route_key(route.method, resource.canonical) not in ROUTES:
+            log.error("route %s %s is missing from the access table: every request to it is refused",
+                      route.method, resource.canonical)
+
+
+async def _session_purger(app: web.Application) -> AsyncIterator[None]:
+    access = app[ACCESS]
+
+    async def purge() -> None:
+        while True:
+            try:
+                await access.db.call(access.db.purge_sessions, access.idle_seconds, access.max_seconds)
+            except Exception:
+                log.warning("purging expired sessions failed", exc_info=True)
+            await asyncio.sleep(600)
+
+    task = asyncio.get_running_loop().create_task(purge(), name="session-purge")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+# -- helpers for handlers -------------------------------------------------------------------
+
+
+def identity(request: web.Request) -> Identity | None:
+    user = request.get("user")
+    return user if isinstance(user, Identity) else None
+
+
+def visible(request: web.Request, camera_id: str | None) -> bool:
+    """May the requester see this camera's data? (None: station-wide data.)"""
+    who = identity(request)
+    return who is None or who.may_see(camera_id)
+
+
+def require_camera(request: web.Request, camera_id: str) -> None:
+    """403 unless the requester's camera allow-list includes ``camera_id``."""
+    if not visible(request, camera_id):
+        audit(request, "access.denied", camera=camera_id, outcome="denied", reason="camera not in allow-list",
+              method=request.method, path=request.path)
+        raise api_error(web.HTTPForbidden, "camera_forbidden", f"you may not access camera {camera_id!r}")
+
+
+def audit(request: web.Request, action: str, *, camera: str | None = None, outcome: str = "ok",
+          actor: str | None = None, **details: Any) -> None:
+    """Queue an audit entry for this request (never blocks)."""
+    who = identity(request)
+    request.app[ACCESS].audit.record(
+        action, actor=actor or (who.name if who else "anonymous"), role=who.role.value if who else None,
+        camera=camera, outcome=outcome, address=request.remote, **{**via_console(request), **details},
+    )
+
+
+# -- requests relayed by a central console (issue 8) ----------------------------------------
+
+VIA_CONSOLE_HEADER = "X-NVR-Via-Console"
+CENTRAL_USER_HEADER = "X-NVR-Central-User"
+_VIA = "via_console"
+_CONSOLE_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+_CENTRAL_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$")
+
+
+def via_console(request: web.Request) -> dict[str, str]:
+    """``{"via_console": id, "central_user": name}`` when a central console relayed this request, else {}."""
+    via = request.get(_VIA)
+    return dict(via) if isinstance(via, dict) else {}
+
+
+def _read_via_console(request: web.Request, who: Identity) -> None:
+    """Honour the console's headers only for a token of role central, so no one else can claim them."""
+    console, user = request.headers.get(VIA_CONSOLE_HEADER), request.headers.get(CENTRAL_USER_HEADER)
+    if console is None and user is None:
+        return
+    if who.kind != "token" or who.role is not Role.CENTRAL:
+        log.info("ignoring %s/%s headers from %s (%s): only role-central tokens may send them",
+                 VIA_CONSOLE_HEADER, CENTRAL_USER_HEADER, who.name, who.kind)
+        return
+    if not _CONSOLE_ID.match(console or "") or not _CENTRAL_USER.match(user or ""):
+        raise api_error(web.HTTPBadRequest, "bad_via_console",
+                        f"{VIA_CONSOLE_HEADER} must be a console id and {CENTRAL_USER_HEADER} a user name")
+    request[_VIA] = {"via_console": console, "central_user": user}
+
+
+# -- middleware -----------------------------------------------------------------------------
+
+
+def _bad_path(request: web.Request) -> str | None:
+    raw = request.raw_path.split("?", 1)[0]
+    decoded = raw
+    for _ in range(3):  # double and triple encoding
+        decoded = urllib.parse.unquote(decoded)
+    if "\x00" in decoded:
+        return "NUL byte in the path"
+    if ".." in decoded.replace("\\", "/").split("/"):
+        return "'..' in the path"
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical != "/static":
+        for name, value in request.match_info.items():
+            if "/" in value or "\\" in value or value.startswith("."):
+                return f"{name} is not a plain id"
+    return None
+
+
+def _same_origin(request: web.Request) -> bool:
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site is None and origin is None:
+        return False
+    if site is not None and site != "same-origin":
+        return False
+    return origin is None or origin == f"{request.scheme}://{request.host}"
+
+
+def _cross_site(request: web.Request) -> bool:
+    """Definitely sent by another site (used where a request without browser headers is fine)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    return (site is not None and site not in ("same-origin", "none")) or (
+        origin is not None and origin != f"{request.scheme}://{request.host}")
+
+
+def _unauthorized(message: str) -> web.HTTPException:
+    exc = api_error(web.HTTPUnauthorized, "unauthorized", message)
+    exc.headers["WWW-Authenticate"] = 'Bearer realm="nvr"'
+    return exc
+
+
+@web.middleware
+async def access_control(request: web.Request, handler: Any) -> web.StreamResponse:
+    access = request.app[ACCESS]
+    resource = request.match_info.route.resource
+    bad = _bad_path(request)
+    if bad is not None:
+        who, _ = await access.identify(request)
+        if who is not None:
+            request["user"] = who
+        log.warning("refused %s %s from %s: %s", request.method, request.raw_path[:200], request.remote, bad)
+        audit(request, "request.rejected", outcome="denied", reason=bad, method=request.method,
+              path=request.raw_path[:500])
+        raise api_error(web.HTTPBadRequest, "bad_path", f"refused: {bad}")
+    if resource is None:  # no such route (404) or method (405): nothing to protect
+        response: web.StreamResponse = await handler(request)
+        return response
+    method = request.method
+    permission = ROUTES.get(route_key(method, resource.canonical))
+    if permission is None:
+        log.error("refused %s %s: the route is missing from the access table", method, resource.canonical)
+        raise api_error(web.HTTPForbidden, "route_not_authorized", "this route is not in the access table")
+    if permission is P.METRICS and access.metrics_public:
+        permission = P.PUBLIC
+    who, problem = await access.identify(request)
+    if who is not None:
+        request["user"] = who
+        _read_via_console(request, who)
+    if permission is P.PUBLIC:
+        response = await handler(request)
+        return response
+    if who is None:
+        if resource.canonical in PAGES and method in ("GET", "HEAD"):
+            raise web.HTTPFound("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
+        raise _unauthorized(problem or "sign in, or send 'Authorization: Bearer <token>'")
+    if who.kind == "session" and method not in _SAFE_METHODS and not _same_origin(request):
+        audit(request, "access.denied", outcome="denied", reason="cross-site request", method=method,
+              path=request.path, origin=request.headers.get("Origin"))
+        raise api_error(web.HTTPForbidden, "csrf", "cross-site request refused (Origin / Sec-Fetch-Site)")
+    if not who.can(permission):
+        audit(request, "access.denied", outcome="denied", reason=f"role {who.role.value} lacks {permission.value}",
+              method=method, path=request.path)
+        raise api_error(web.HTTPForbidden, "forbidden", f"the {who.role.value} role may not do this")
+    for camera_id in (request.match_info.get("camera_id"), request.query.get("camera")):
+        if camera_id:
+            require_camera(request, camera_id)
+    response = await handler(request)
+    return response
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    access = request.app[ACCESS]
+    if access.tls and access.hsts_seconds:
+        headers.setdefault("Strict-Transport-Security", f"max-age={access.hsts_seconds}")
+    if request.path.startswith("/api/") and "Cache-Control" not in headers:
+        headers["Cache-Control"] = "no-store"
+
+
+# -- login, logout, me ----------------------------------------------------------------------
+
+
+async def login_page(_request: web.Request) -> web.FileResponse:
+    from web.console import _CSP, STATIC_DIR
+
+    return web.FileResponse(STATIC_DIR / "login.html", headers={
+        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
+    })
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+def identity_json(who: Identity) -> dict[str, Any]:
+    return {"name": who.name, "role": who.role.value, "kind": who.kind,
+            "cameras": sorted(who.cameras) if who.cameras is not None else None}
+
+
+async def login(request: web.Request) -> web.Response:
+    access = request.app[ACCESS]
+    if _cross_site(request):
+        raise api_error(web.HTTPForbidden, "csrf", "cross-site login refused")
+    body = await _json_object(request)
+    name, password = body.get("username"), body.get("password")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise api_error(web.HTTPBadRequest, "invalid_username", "username: a string of 1..64 characters")
+    if not isinstance(password, str) or not password or len(password) > 1024:
+        raise api_error(web.HTTPBadRequest, "invalid_password", "password: a string of 1..1024 characters")
+    address = request.remote or "?"
+    wait = access.throttle.retry_after(name, address)
+    if wait > 0:
+        audit(request, "login.locked", actor=name, outcome="denied")
+        exc = api_error(web.HTTPTooManyRequests, "login_locked",
+                        f"too many failed logins; try again in {wait:.0f} s")
+        exc.headers["Retry-After"] = str(int(wait) + 1)
+        raise exc
+    record = await access.db.call(access.db.password_record, name)
+    ok = await asyncio.to_thread(access.db.verify_password, record[1] if record else None, password)
+    if record is None or not ok:
+        access.throttle.failed(name, address)
+        audit(request, "login.failed", actor=name, outcome="failed")
+        raise api_error(web.HTTPUnauthorized, "invalid_credentials", "wrong user name or password")
+    user = record[0]
+    access.throttle.succeeded(name)
+    # Always a new id at login; a session id the browser already had is ended (no fixation).
+    session_id = await access.db.call(access.db.create_session, user.name, address, request.cookies.get(COOKIE))
+    who = Identity(user.name, user.role, user.cameras, "session")
+    request["user"] = who
+    audit(request, "login.ok")
+    response = web.json_response({**identity_json(who), "idle_timeout_seconds": access.idle_seconds,
+                                  "expires_at": iso(time.time() + access.max_seconds)})
+    response.set_cookie(COOKIE, session_id, max_age=int(access.max_seconds), path="/", httponly=True,
+                        samesite="Strict", secure=access.tls or request.secure)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    access = request.app[ACCESS]
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        if _cross_site(request):
+            raise api_error(web.HTTPForbidden, "csrf", "cross-site request refused (Origin / Sec-Fetch-Site)")
+        access.forget(session_id)
+        user = await access.db.call(access.db.end_session, session_id)
+        if user:
+            audit(request, "logout", actor=user)
+    response = web.Response(status=204)
+    response.del_cookie(COOKIE, path="/", samesite="Strict", secure=access.tls or request.secure, httponly=True)
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    who = identity(request)
+    assert who is not None
+    return web.json_response(identity_json(who))
+
+
+# -- the audit log --------------------------------------------------------------------------
+
+
+def _time(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if not text:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError as exc:
+        raise api_error(web.HTTPBadRequest, "invalid_" + name, f"{name}: not an ISO-8601 time ({exc})") from None
+
+
+async def read_audit(request: web.Request) -> web.Response:
+    access = request.app[ACCESS]
+    who = identity(request)
+    try:
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "invalid_limit", "limit: an integer") from None
+    if not 1 <= limit <= _MAX_AUDIT_ENTRIES:
+        raise api_error(web.HTTPBadRequest, "invalid_limit", f"limit: between 1 and {_MAX_AUDIT_ENTRIES}")
+    query = AuditQuery(
+        actor=request.query.get("user") or None, action=request.query.get("action") or None,
+        since=_time(request, "since"), until=_time(request, "until"), limit=limit,
+        cameras=who.cameras if who is not None else None,
+    )
+    if query.since is not None and query.until is not None and query.until < query.since:
+        raise api_error(web.HTTPBadRequest, "invalid_until", "until: before since")
+    entries = await access.audit.db.call(access.audit.query, query)
+    audit(request, "audit.read", filter_user=query.actor, filter_action=query.action, since=iso(query.since),
+          until=iso(query.until), returned=len(entries))
+    return web.json_response({"entries": [entry.json() for entry in entries]})

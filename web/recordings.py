@@ -1,0 +1,319 @@
+"""Auditor endpoints: search, clips, evidence exports, holds and the station key.
+
+Every endpoint takes camera ids and times, never file paths; errors name the
+offending field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+
+from nvr import coverage
+from nvr.timeutil import iso, parse_iso
+from recorder.clip import ClipError, ClipStream
+from recorder.export import ExportRequest
+from recorder.export_jobs import ExportJob, JobState, QueueFull
+from recorder.index import Hold
+from recorder.search import GapExplainer, search
+from web.access import audit, require_camera, visible
+from web.app import DAEMON, api_error
+
+log = logging.getLogger(__name__)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/recordings", search_recordings)
+    app.router.add_get("/api/recordings/{camera_id}/clip.mp4", clip)
+    app.router.add_post("/api/exports", create_export)
+    app.router.add_get("/api/exports/{export_id}", get_export)
+    app.router.add_get("/api/exports/{export_id}/download", download_export)
+    app.router.add_get("/api/holds", list_holds)
+    app.router.add_post("/api/holds", create_hold)
+    app.router.add_delete("/api/holds/{hold_id}", release_hold)
+    app.router.add_get("/api/key", station_key)
+    app.router.add_get("/playback", playback_page)
+
+
+def current_user(request: web.Request) -> str:
+    """The authenticated user's name (set by access control), else 'anonymous'."""
+    user = request.get("user")
+    return str(getattr(user, "name", user) or "anonymous")
+
+
+# -- input --------------------------------------------------------------------------------
+
+
+def bad_request(field: str, message: str) -> web.HTTPException:
+    return api_error(web.HTTPBadRequest, "invalid_" + field, f"{field}: {message}")
+
+
+def parse_time(value: Any, field: str) -> float:
+    if value is None or value == "":
+        raise bad_request(field, "is required (ISO-8601 time with Z or an offset)")
+    if not isinstance(value, str):
+        raise bad_request(field, "must be an ISO-8601 string")
+    try:
+        parsed = parse_iso(value)
+    except ValueError as exc:
+        raise bad_request(field, f"is not a valid ISO-8601 time ({exc})") from None
+    if not math.isfinite(parsed):
+        raise bad_request(field, "is not a valid time")
+    return parsed
+
+
+def parse_range(request: web.Request, start_raw: Any, end_raw: Any, limit_hours: float | None) -> tuple[float, float]:
+    start = parse_time(start_raw, "start")
+    end = parse_time(end_raw, "end")
+    if end <= start:
+        raise bad_request("end", "must be after start")
+    if limit_hours is not None and end - start > limit_hours * 3600:
+        raise bad_request("end", f"the range is longer than the limit of {limit_hours:g} h")
+    return start, end
+
+
+def known_camera(request: web.Request, camera_id: Any, field: str = "camera") -> str:
+    if not isinstance(camera_id, str) or not camera_id:
+        raise bad_request(field, "is required")
+    if camera_id not in request.app[DAEMON].cameras:
+        raise api_error(web.HTTPNotFound, "unknown_camera", f"{field}: no camera with id {camera_id!r}")
+    require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
+    return camera_id
+
+
+def require_index(request: web.Request) -> Any:
+    daemon = request.app[DAEMON]
+    if daemon.index is None:
+        raise api_error(web.HTTPServiceUnavailable, "storage_unavailable",
+                        daemon.storage_error or "the recording storage is not available")
+    return daemon.index
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+async def gap_explainer(request: web.Request, start: float, end: float) -> GapExplainer | None:
+    """Causes of recording gaps from the alarm history and the daemon's runs (as the coverage report)."""
+    health = getattr(request.app[DAEMON], "health", None)
+    if health is None:
+        return None
+    store = health.alarms
+    runs = await store.runs(start, end)
+    alarms = await store.query(None, None, start, end, False, 1_000_000)
+    now = time.time()
+
+    def explain(camera: str, gap_start: float, gap_end: float) -> str | None:
+        pieces = coverage.explain_gap(camera, (gap_start, gap_end), alarms, runs, now)
+        return "; ".join(p.cause + (f" ({p.reason})" if p.reason else "") for p in pieces) or None
+
+    return explain
+
+
+# -- search and clips ---------------------------------------------------------------------
+
+
+async def search_recordings(request: web.Request) -> web.Response:
+    camera = known_camera(request, request.query.get("camera"))
+    start, end = parse_range(request, request.query.get("start"), request.query.get("end"), None)
+    index = require_index(request)
+    result = await index.call(search, index, camera, start, end, await gap_explainer(request, start, end))
+    audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
+          segments=len(result.segments))
+    return web.json_response({
+        "camera": camera,
+        "start": iso(start),
+        "end": iso(end),
+        "recorded_seconds": round(result.recorded_seconds, 3),
+        "spans": [{"start": iso(s.start), "end": iso(s.end), "seconds": round(s.end - s.start, 3)}
+                  for s in result.spans],
+        "gaps": [{"start": iso(g.start), "end": iso(g.end), "seconds": round(g.end - g.start, 3), "cause": g.cause}
+                 for g in result.gaps],
+        "segments": [{"id": s.id, "start": iso(s.start), "end": iso(s.end), "bytes": s.bytes, "sha256": s.sha256,
+                      "frames": s.frames, "codec": s.codec, "width": s.width, "height": s.height,
+                      "status": s.status, "chain_hash": s.chain_hash} for s in result.segments],
+    })
+
+
+async def clip(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    camera = known_camera(request, request.match_info["camera_id"])
+    start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
+                             daemon.config.recordings.max_range_hours)
+    index = require_index(request)
+    segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
+    if not segments:
+        raise api_error(web.HTTPNotFound, "no_recordings", f"no recordings of {camera} between "
+                        f"{iso(start)} and {iso(end)}")
+    stream = ClipStream(daemon.root, segments, start, end)
+    stream.start()
+    first = await asyncio.to_thread(stream.next_chunk)
+    if first is None:
+        message = str(stream.error) if isinstance(stream.error, ClipError) else "the clip could not be built"
+        if stream.error is not None and not isinstance(stream.error, ClipError):
+            log.error("clip of %s failed", camera, exc_info=stream.error)
+        raise api_error(web.HTTPNotFound, "no_recordings", message)
+    audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
+          segment_ids=[s.id for s in segments])
+    response = web.StreamResponse(headers={
+        "Content-Type": "video/mp4",
+        "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
+        "Cache-Control": "no-store",
+    })
+    await response.prepare(request)
+    try:
+        chunk: bytes | None = first
+        while chunk is not None:
+            await response.write(chunk)
+            chunk = await asyncio.to_thread(stream.next_chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        stream.cancel()
+        raise
+    finally:
+        stream.cancel()
+    await response.write_eof()
+    return response
+
+
+# -- exports ------------------------------------------------------------------------------
+
+
+def job_json(job: ExportJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "progress": job.progress,
+        "error": job.error,
+        "cameras": job.request.cameras,
+        "start": iso(job.request.start),
+        "end": iso(job.request.end),
+        "reason": job.request.reason,
+        "user": job.request.user,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+        "download": f"/api/exports/{job.id}/download" if job.state is JobState.DONE else None,
+        **job.summary,
+    }
+
+
+async def create_export(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    body = await json_body(request)
+    cameras = body.get("cameras")
+    if not isinstance(cameras, list) or not cameras:
+        raise bad_request("cameras", "must be a non-empty list of camera ids")
+    cameras = [known_camera(request, c, "cameras") for c in dict.fromkeys(cameras)]
+    start, end = parse_range(request, body.get("start"), body.get("end"), daemon.config.recordings.max_range_hours)
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise bad_request("reason", "is required: say why this evidence is exported")
+    require_index(request)
+    if daemon.exports is None:
+        raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
+    try:
+        job = daemon.exports.submit(ExportRequest(cameras, start, end, reason.strip(), current_user(request)),
+                                    await gap_explainer(request, start, end))
+    except QueueFull as exc:
+        raise api_error(web.HTTPServiceUnavailable, "export_queue_full", str(exc)) from None
+    audit(request, "export.create", cameras=cameras, start=iso(start), end=iso(end), reason=reason.strip(),
+          export_id=job.id)
+    return web.json_response(job_json(job), status=202, headers={"Location": f"/api/exports/{job.id}"})
+
+
+def find_job(request: web.Request) -> ExportJob:
+    exports = request.app[DAEMON].exports
+    job = exports.jobs.get(request.match_info["export_id"]) if exports is not None else None
+    if job is None:
+        raise api_error(web.HTTPNotFound, "unknown_export", "no export with that id")
+    for camera in job.request.cameras:
+        require_camera(request, camera)
+    return job
+
+
+async def get_export(request: web.Request) -> web.Response:
+    return web.json_response(job_json(find_job(request)))
+
+
+async def download_export(request: web.Request) -> web.StreamResponse:
+    job = find_job(request)
+    if job.state is not JobState.DONE or job.path is None:
+        raise api_error(web.HTTPConflict, "export_not_ready", f"the export is {job.state.value}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
+    audit(request, "export.download", export_id=job.id, cameras=job.request.cameras,
+          start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+    return web.FileResponse(job.path, headers={
+        "Content-Type": "application/zip",
+        "Content-Disposition": f'attachment; filename="evidence_{stamp}_{job.id[:8]}.zip"',
+    })
+
+
+# -- holds --------------------------------------------------------------------------------
+
+
+def hold_json(hold: Hold) -> dict[str, Any]:
+    return {"id": hold.id, "camera": hold.camera, "start": iso(hold.start), "end": iso(hold.end),
+            "reason": hold.reason, "created_by": hold.created_by, "created_at": iso(hold.created_at),
+            "released_at": iso(hold.released_at)}
+
+
+async def list_holds(request: web.Request) -> web.Response:
+    index = require_index(request)
+    holds = await index.call(index.active_holds)
+    return web.json_response([hold_json(h) for h in holds if visible(request, h.camera)])
+
+
+async def create_hold(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    camera = known_camera(request, body.get("camera"))
+    start, end = parse_range(request, body.get("start"), body.get("end"), None)
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise bad_request("reason", "is required: say why this footage is held")
+    index = require_index(request)
+    hold = await index.call(index.add_hold, camera, start, end, reason.strip(), current_user(request))
+    log.info("evidence hold %d on %s %s..%s by %s", hold.id, camera, iso(start), iso(end), hold.created_by)
+    audit(request, "hold.create", camera=camera, hold_id=hold.id, start=iso(start), end=iso(end),
+          reason=hold.reason)
+    return web.json_response(hold_json(hold), status=201, headers={"Location": f"/api/holds/{hold.id}"})
+
+
+async def release_hold(request: web.Request) -> web.Response:
+    raw = request.match_info["hold_id"]
+    if not raw.isdigit():
+        raise bad_request("hold_id", "must be a number")
+    index = require_index(request)
+    held = next((h for h in await index.call(index.active_holds) if h.id == int(raw)), None)
+    if held is not None:
+        require_camera(request, held.camera or "*")  # a hold on every camera: only unrestricted users
+    if not await index.call(index.release_hold, int(raw)):
+        raise api_error(web.HTTPNotFound, "unknown_hold", f"no active hold {raw}")
+    log.info("evidence hold %s released by %s", raw, current_user(request))
+    audit(request, "hold.release", camera=held.camera if held else None, hold_id=int(raw))
+    return web.Response(status=204)
+
+
+async def station_key(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    if daemon.key is None:
+        raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
+    return web.json_response({"algorithm": "Ed25519", "fingerprint": daemon.key.fingerprint,
+                              "public_key_pem": daemon.key.public_pem.decode()})
+
+
+async def playback_page(_request: web.Request) -> web.FileResponse:
+    from web.console import STATIC_DIR
+
+    return web.FileResponse(STATIC_DIR / "playback.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,467 @@
+// Monitoring console: a wall of live cameras over WHEP, their states, and open alarms.
+// Plain JavaScript, no dependencies: station networks are closed.
+"use strict";
+
+const POLL_MS = 2000;          // camera states and alarms
+const STALL_MS = 8000;         // no new decoded frame for this long while the camera is online: reconnect
+const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
+const LAYOUTS = { 1: [1, 1], 4: [2, 2], 9: [3, 3], 16: [4, 4] };
+const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
+const REASONS = {
+  unreachable: "camera unreachable", auth_failed: "login refused", stalled: "stream stalled",
+  stream_error: "stream error", stopped: "stopped",
+};
+
+/** One tile's WHEP session: connects, watches for stalls, reconnects with backoff. */
+class LivePlayer {
+  constructor(cameraId, video, onStatus) {
+    this.cameraId = cameraId;
+    this.video = video;
+    this.onStatus = onStatus;       // (kind, detail) => void, for the tile's message
+    this.pc = null;
+    this.location = null;
+    this.stopped = false;
+    this.attempt = 0;
+    this.timer = null;
+    this.lastFrames = 0;
+    this.lastProgress = performance.now();
+    this.cameraOnline = true;
+    this.hasAudio = false;
+    this.watch = setInterval(() => this.checkProgress(), 1000);
+  }
+
+  start() { this.connect(); }
+
+  async connect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.teardown();
+    if (this.stopped) return;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const stream = new MediaStream();
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.ontrack = (event) => {
+      stream.addTrack(event.track);
+      if (event.track.kind === "audio") this.hasAudio = true;
+      if (this.video.srcObject !== stream) this.video.srcObject = stream;
+      this.video.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.pc !== pc) return;
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.retry("connection lost");
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringDone(pc, 1500);
+      if (this.pc !== pc) return;
+      const response = await fetch(`/api/cameras/${encodeURIComponent(this.cameraId)}/whep`, {
+        method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+      });
+      if (response.status !== 201) {
+        const body = await response.json().catch(() => ({}));
+        const error = new Error(body.message || `HTTP ${response.status}`);
+        error.permanent = response.status === 409 || response.status === 400;
+        throw error;
+      }
+      this.location = response.headers.get("Location");
+      const answer = await response.text();
+      if (this.pc !== pc) { this.release(this.location); return; }
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      this.lastProgress = performance.now();
+      this.lastFrames = 0;
+    } catch (error) {
+      if (this.pc !== pc) return;
+      if (error.permanent) {
+        this.teardown();
+        this.onStatus("error", error.message);
+        // A wrong codec does not fix itself quickly; try again much later (config may change).
+        this.timer = setTimeout(() => this.connect(), 60000);
+      } else {
+        this.retry(error.message || String(error));
+      }
+    }
+  }
+
+  retry(why) {
+    if (this.stopped || this.timer) return;
+    this.teardown();
+    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    this.attempt += 1;
+    this.onStatus("reconnecting", why);
+    this.timer = setTimeout(() => { this.timer = null; this.connect(); }, delay);
+  }
+
+  async framesDecoded() {
+    if (!this.pc) return 0;
+    const stats = await this.pc.getStats();
+    let frames = 0;
+    stats.forEach((report) => {
+      if (report.type === "inbound-rtp" && report.kind === "video") frames = report.framesDecoded || 0;
+    });
+    return frames;
+  }
+
+  async checkProgress() {
+    if (this.stopped || !this.pc || this.timer) return;
+    const frames = await this.framesDecoded().catch(() => 0);
+    const now = performance.now();
+    if (frames > this.lastFrames) {
+      this.lastFrames = frames;
+      this.lastProgress = now;
+      this.attempt = 0;
+      this.onStatus("playing", "");
+      return;
+    }
+    // While the camera is offline the session stays open and resumes by itself when it returns;
+    // a stall with the camera online means our session is dead: start a new one.
+    if (!this.cameraOnline) { this.lastProgress = now; return; }
+    if (now - this.lastProgress > STALL_MS) this.retry("no picture");
+  }
+
+  setCameraOnline(online) {
+    if (online && !this.cameraOnline) this.lastProgress = performance.now();
+    this.cameraOnline = online;
+  }
+
+  release(location) {
+    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
+  }
+
+  teardown() {
+    if (this.pc) {
+      const pc = this.pc;
+      this.pc = null;
+      pc.ontrack = null;
+      pc.onconnectionstatechange = null;
+      pc.close();
+    }
+    this.release(this.location);
+    this.location = null;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.watch);
+    this.teardown();
+    this.video.srcObject = null;
+  }
+}
+
+function iceGatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); clearTimeout(timer); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/** The page: layout, pagination, tiles, health panel. */
+class Console {
+  constructor() {
+    this.cameras = [];               // from /api/cameras, in configured order
+    this.alarms = [];                // open alarms, when the daemon offers them
+    this.players = {};               // camera id -> LivePlayer, for the tiles on screen
+    this.tiles = {};                 // camera id -> tile element
+    const params = new URLSearchParams(location.search);
+    this.layout = Number(params.get("layout") || localStorage.getItem("nvr.layout") || 4);
+    if (!LAYOUTS[this.layout]) this.layout = 4;
+    this.page = 0;
+    this.wall = document.getElementById("wall");
+    this.template = document.getElementById("tile-template");
+    if (localStorage.getItem("nvr.health") === "hidden") document.body.classList.add("no-health");
+    this.bindControls();
+    this.tick();
+    setInterval(() => this.tick(), 1000);
+  }
+
+  bindControls() {
+    document.querySelectorAll("#layouts button").forEach((button) => {
+      button.addEventListener("click", () => this.setLayout(Number(button.dataset.layout)));
+    });
+    document.getElementById("prev").addEventListener("click", () => this.setPage(this.page - 1));
+    document.getElementById("next").addEventListener("click", () => this.setPage(this.page + 1));
+    const toggle = document.getElementById("toggle-health");
+    toggle.setAttribute("aria-pressed", String(!document.body.classList.contains("no-health")));
+    toggle.addEventListener("click", () => {
+      const hidden = document.body.classList.toggle("no-health");
+      toggle.setAttribute("aria-pressed", String(!hidden));
+      localStorage.setItem("nvr.health", hidden ? "hidden" : "shown");
+    });
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") document.querySelectorAll(".tile.expanded").forEach((t) => t.classList.remove("expanded"));
+      if (event.key === "PageDown" || event.key === "ArrowRight") this.setPage(this.page + 1);
+      if (event.key === "PageUp" || event.key === "ArrowLeft") this.setPage(this.page - 1);
+    });
+    window.addEventListener("pagehide", () => Object.values(this.players).forEach((p) => p.stop()));
+  }
+
+  async start() {
+    fetch("/healthz").then((r) => r.json()).then((h) => {
+      document.getElementById("station").textContent = h.station || "";
+      document.title = `${h.station} · NVR monitoring`;
+    }).catch(() => {});
+    await this.poll();
+    setInterval(() => this.poll(), POLL_MS);
+  }
+
+  async poll() {
+    const status = document.getElementById("connection");
+    try {
+      const response = await fetch("/api/cameras", { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const cameras = await response.json();
+      const changed = cameras.map((c) => c.id).join() !== this.cameras.map((c) => c.id).join();
+      this.cameras = cameras;
+      status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      status.classList.remove("bad");
+      if (changed) this.render(); else this.update();
+    } catch (error) {
+      status.textContent = `Daemon unreachable (${error.message}); retrying`;
+      status.classList.add("bad");
+    }
+    this.pollAlarms();
+  }
+
+  // Alarms come from /api/events when the daemon has it; until then the areas stay empty.
+  async pollAlarms() {
+    try {
+      const response = await fetch("/api/events?open=true", { cache: "no-store" });
+      if (!response.ok) return;
+      const body = await response.json();
+      const items = Array.isArray(body) ? body : (body.events || []);
+      this.alarms = items.filter((a) => a.open !== false && !a.closed_at);
+      this.renderAlarms();
+    } catch (_error) { /* no alarm source yet */ }
+  }
+
+  pages() { return Math.max(1, Math.ceil(this.cameras.length / this.layout)); }
+
+  setLayout(layout) {
+    if (!LAYOUTS[layout]) return;
+    const first = this.page * this.layout;
+    this.layout = layout;
+    localStorage.setItem("nvr.layout", String(layout));
+    this.page = Math.floor(first / layout);
+    this.render();
+  }
+
+  setPage(page) {
+    const clamped = Math.max(0, Math.min(this.pages() - 1, page));
+    if (clamped === this.page) return;
+    this.page = clamped;
+    this.render();
+  }
+
+  render() {
+    this.page = Math.min(this.page, this.pages() - 1);
+    const [cols, rows] = LAYOUTS[this.layout];
+    this.wall.style.setProperty("--cols", String(cols));
+    this.wall.style.setProperty("--rows", String(rows));
+    document.querySelectorAll("#layouts button").forEach((b) => {
+      b.setAttribute("aria-pressed", String(Number(b.dataset.layout) === this.layout));
+    });
+    const visible = this.cameras.slice(this.page * this.layout, (this.page + 1) * this.layout);
+    const keep = new Set(visible.map((c) => c.id));
+    for (const [id, player] of Object.entries(this.players)) {
+      if (!keep.has(id)) { player.stop(); delete this.players[id]; delete this.tiles[id]; }
+    }
+    this.wall.replaceChildren();
+    for (const camera of visible) this.wall.appendChild(this.tiles[camera.id] || this.makeTile(camera));
+    for (let i = visible.length; i < this.layout && this.cameras.length > this.layout; i++) {
+      const empty = document.createElement("div");
+      empty.className = "tile empty";
+      this.wall.appendChild(empty);
+    }
+    if (!this.cameras.length) {
+      const empty = document.createElement("div");
+      empty.className = "tile empty show-message";
+      empty.innerHTML = '<div class="tile-message"><span class="tile-message-title">No cameras configured</span></div>';
+      this.wall.appendChild(empty);
+    }
+    document.getElementById("page").textContent = `${this.page + 1} / ${this.pages()}`;
+    document.getElementById("prev").disabled = this.page === 0;
+    document.getElementById("next").disabled = this.page >= this.pages() - 1;
+    this.update();
+  }
+
+  makeTile(camera) {
+    const tile = this.template.content.firstElementChild.cloneNode(true);
+    tile.dataset.cameraId = camera.id;
+    tile.classList.toggle("cell", camera.zone === "holding_cell");
+    tile.querySelector(".tile-name").textContent = camera.name;
+    tile.querySelector(".tile-zone").textContent = ZONES[camera.zone] || camera.zone;
+    const video = tile.querySelector(".tile-video");
+    tile.addEventListener("click", () => toggleFullscreen(tile));
+    tile.addEventListener("keydown", (event) => { if (event.key === "Enter") toggleFullscreen(tile); });
+    const audio = tile.querySelector(".tile-audio");
+    audio.addEventListener("click", (event) => {
+      event.stopPropagation();
+      video.muted = !video.muted;
+      audio.setAttribute("aria-pressed", String(!video.muted));
+      audio.title = video.muted ? "Unmute" : "Mute";
+      audio.setAttribute("aria-label", audio.title);
+    });
+    const player = new LivePlayer(camera.id, video, (kind, detail) => this.playerStatus(tile, kind, detail));
+    this.players[camera.id] = player;
+    this.tiles[camera.id] = tile;
+    player.start();
+    return tile;
+  }
+
+  playerStatus(tile, kind, detail) {
+    tile.dataset.player = kind;
+    if (kind === "playing") tile.classList.toggle("has-audio", this.players[tile.dataset.cameraId]?.hasAudio || false);
+    if (kind === "error") tile.dataset.playerError = detail; else delete tile.dataset.playerError;
+    this.updateTile(tile, this.cameras.find((c) => c.id === tile.dataset.cameraId));
+  }
+
+  update() {
+    for (const camera of this.cameras) {
+      const tile = this.tiles[camera.id];
+      if (tile) this.updateTile(tile, camera);
+      this.players[camera.id]?.setCameraOnline(camera.state === "online");
+    }
+    this.renderHealth();
+    this.renderAlarms();
+  }
+
+  updateTile(tile, camera) {
+    if (!camera) return;
+    const state = camera.state;
+    tile.dataset.state = state;
+    tile.classList.toggle("recording", Boolean(camera.recording));
+    const badge = tile.querySelector(".badge");
+    badge.dataset.state = state;
+    badge.textContent = state === "offline" && camera.state_reason ? `offline · ${camera.state_reason.replace("_", " ")}` : state;
+    const live = camera.live || camera;
+    const info = [];
+    if (live.width && live.height) info.push(`${live.width}×${live.height}`);
+    if (live.fps) info.push(`${Math.round(live.fps)} fps`);
+    tile.querySelector(".tile-info").textContent = info.join(" · ");
+    let title = "";
+    let detail = "";
+    if (state === "offline") {
+      title = "No signal";
+      detail = (REASONS[camera.state_reason] || camera.state_reason || "") +
+        (camera.last_packet_at ? ` · last picture ${since(camera.last_packet_at)}` : "");
+    } else if (tile.dataset.playerError) {
+      title = "Live view unavailable";
+      detail = tile.dataset.playerError;
+    } else if (state === "connecting") {
+      title = "Connecting to camera…";
+    } else if (tile.dataset.player !== "playing") {
+      title = "Starting live view…";
+    }
+    tile.classList.toggle("show-message", Boolean(title));
+    tile.querySelector(".tile-message-title").textContent = title;
+    tile.querySelector(".tile-message-detail").textContent = detail;
+  }
+
+  renderHealth() {
+    const list = document.getElementById("camera-list");
+    list.replaceChildren(...this.cameras.map((camera) => {
+      const item = document.createElement("li");
+      item.dataset.state = camera.state;
+      item.dataset.cameraId = camera.id;
+      item.classList.toggle("cell", camera.zone === "holding_cell");
+      const dot = document.createElement("span");
+      dot.className = "dot";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = camera.name;
+      name.title = `${camera.name} (${ZONES[camera.zone] || camera.zone})`;
+      const state = document.createElement("span");
+      state.className = "state";
+      state.textContent = camera.state === "offline" && camera.state_reason ? camera.state_reason.replace("_", " ") : camera.state;
+      item.append(dot, name, state);
+      item.addEventListener("click", () => this.show(camera.id));
+      return item;
+    }));
+    document.getElementById("camera-count").textContent = String(this.cameras.length);
+    const online = this.cameras.filter((c) => c.state === "online").length;
+    const offline = this.cameras.filter((c) => c.state === "offline").length;
+    const recording = this.cameras.filter((c) => c.recording).length;
+    document.getElementById("summary").innerHTML =
+      `<span><b>${online}</b> online</span><span class="${offline ? "bad" : ""}"><b>${offline}</b> offline</span>` +
+      `<span><b>${recording}</b> recording</span><span><b>${this.alarms.length}</b> open alarms</span>`;
+  }
+
+  renderAlarms() {
+    const byCamera = {};
+    for (const alarm of this.alarms) (byCamera[alarmCamera(alarm)] ||= []).push(alarm);
+    for (const [id, tile] of Object.entries(this.tiles)) {
+      const alarms = byCamera[id] || [];
+      tile.classList.toggle("alarm", alarms.length > 0);
+      tile.querySelector(".tile-alarms").replaceChildren(...alarms.slice(0, 4).map((a) => {
+        const item = document.createElement("li");
+        item.textContent = alarmLabel(a);
+        item.classList.toggle("critical", a.severity === "critical");
+        return item;
+      }));
+    }
+    const list = document.getElementById("alarms");
+    document.getElementById("alarm-count").textContent = String(this.alarms.length);
+    if (!this.alarms.length) {
+      list.innerHTML = '<li class="empty">No open alarms</li>';
+      return;
+    }
+    const names = Object.fromEntries(this.cameras.map((c) => [c.id, c.name]));
+    list.replaceChildren(...this.alarms.map((a) => {
+      const item = document.createElement("li");
+      item.classList.toggle("critical", a.severity === "critical");
+      const camera = alarmCamera(a);
+      item.textContent = `${names[camera] || camera || "Station"}: ${alarmLabel(a)}`;
+      const when = document.createElement("span");
+      when.className = "when";
+      when.textContent = a.opened_at ? `since ${since(a.opened_at)}` : "";
+      item.appendChild(when);
+      if (camera) item.addEventListener("click", () => this.show(camera));
+      return item;
+    }));
+  }
+
+  show(cameraId) {
+    const index = this.cameras.findIndex((c) => c.id === cameraId);
+    if (index < 0) return;
+    this.setPage(Math.floor(index / this.layout));
+    this.tiles[cameraId]?.focus();
+  }
+
+  tick() {
+    document.getElementById("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+  }
+}
+
+// Alarms as /api/events returns them: {id, camera, type, severity, opened_at, closed_at, open, details}.
+function alarmCamera(alarm) { return alarm.camera ?? alarm.camera_id ?? null; }
+
+function alarmLabel(alarm) {
+  const text = String(alarm.type || "alarm").replaceAll("_", " ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function since(iso) {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (!Number.isFinite(seconds)) return "";
+  if (seconds < 60) return `${seconds} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  return new Date(iso).toLocaleString();
+}
+
+function toggleFullscreen(tile) {
+  if (document.fullscreenElement) { document.exitFullscreen().catch(() => {}); return; }
+  if (tile.classList.contains("expanded")) { tile.classList.remove("expanded"); return; }
+  if (tile.requestFullscreen) {
+    tile.requestFullscreen().catch(() => tile.classList.add("expanded"));
+  } else {
+    tile.classList.add("expanded");
+  }
+}
+
+window.nvrConsole = new Console();
+window.nvrConsole.start();

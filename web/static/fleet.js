@@ -1,0 +1,359 @@
+// Central console: every station's cameras, states and alarms, and live video relayed through the console.
+// Plain JavaScript, no dependencies. Data comes from /api/fleet/stream (Server-Sent Events); live video
+// is WHEP through /api/stations/{station}/cameras/{camera}/whep, media straight from the station.
+"use strict";
+
+const MAX_TILES = 4;
+const STALL_MS = 8000;
+const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
+const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
+const REASONS = {
+  unauthorized: "token refused (401)", forbidden: "token lacks permission (403)", tls_error: "TLS / certificate error",
+  connection_refused: "connection refused", timeout: "timed out", unresolvable: "host name does not resolve",
+  network_error: "network error", bad_response: "not an nvr answer", http_error: "HTTP error",
+};
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function since(iso) {
+  if (!iso) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (seconds < 90) return `${Math.round(seconds)} s ago`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  return `${Math.round(seconds / 3600)} h ago`;
+}
+
+function iceGatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); clearTimeout(timer); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/** One tile's WHEP session through the console; reconnects with backoff, ends with DELETE. */
+class RelayPlayer {
+  constructor(url, video, onStatus) {
+    this.url = url;
+    this.video = video;
+    this.onStatus = onStatus;
+    this.pc = null;
+    this.location = null;
+    this.stopped = false;
+    this.attempt = 0;
+    this.timer = null;
+    this.lastFrames = 0;
+    this.lastProgress = performance.now();
+    this.watch = setInterval(() => this.checkProgress(), 1000);
+  }
+
+  async connect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.teardown();
+    if (this.stopped) return;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const stream = new MediaStream();
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.ontrack = (event) => {
+      stream.addTrack(event.track);
+      if (this.video.srcObject !== stream) this.video.srcObject = stream;
+      this.video.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.pc === pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) {
+        this.retry("connection lost");
+      }
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringDone(pc, 1500);
+      if (this.pc !== pc) return;
+      this.onStatus("connecting", "");
+      const response = await fetch(this.url, {
+        method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+      });
+      if (response.status !== 201) {
+        const body = await response.json().catch(() => ({}));
+        throw new Error(body.message || `HTTP ${response.status}`);
+      }
+      this.location = response.headers.get("Location");
+      const answer = await response.text();
+      if (this.pc !== pc) { this.release(this.location); return; }
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      this.lastProgress = performance.now();
+      this.lastFrames = 0;
+    } catch (error) {
+      if (this.pc === pc) this.retry(error.message || String(error));
+    }
+  }
+
+  retry(why) {
+    if (this.stopped || this.timer) return;
+    this.teardown();
+    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    this.attempt += 1;
+    this.onStatus("reconnecting", why);
+    this.timer = setTimeout(() => { this.timer = null; this.connect(); }, delay);
+  }
+
+  async framesDecoded() {
+    if (!this.pc) return 0;
+    const stats = await this.pc.getStats();
+    let frames = 0;
+    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") frames = r.framesDecoded || 0; });
+    return frames;
+  }
+
+  async checkProgress() {
+    if (this.stopped || !this.pc || this.timer) return;
+    const frames = await this.framesDecoded().catch(() => 0);
+    const now = performance.now();
+    if (frames > this.lastFrames) {
+      this.lastFrames = frames;
+      this.lastProgress = now;
+      this.attempt = 0;
+      this.onStatus("playing", "");
+    } else if (now - this.lastProgress > STALL_MS) {
+      this.retry("no picture");
+    }
+  }
+
+  release(location) {
+    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
+  }
+
+  teardown() {
+    if (this.pc) {
+      const pc = this.pc;
+      this.pc = null;
+      pc.ontrack = null;
+      pc.onconnectionstatechange = null;
+      pc.close();
+    }
+    this.release(this.location);
+    this.location = null;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.watch);
+    this.teardown();
+    this.video.srcObject = null;
+  }
+}
+
+/** The page: station cards, the live wall, the merged alarm list. */
+class Fleet {
+  constructor() {
+    this.stations = new Map();   // id -> station JSON from /api/fleet
+    this.players = {};           // "station/camera" -> RelayPlayer
+    this.tiles = new Map();      // "station/camera" -> tile element
+    this.alarmTimer = null;
+  }
+
+  start() {
+    const tick = () => { document.getElementById("clock").textContent = new Date().toLocaleTimeString(); };
+    tick();
+    setInterval(tick, 1000);
+    this.follow();
+    this.refreshAlarms();
+    setInterval(() => this.refreshAlarms(), 5000);
+    window.addEventListener("pagehide", () => Object.values(this.players).forEach((p) => p.stop()));
+  }
+
+  follow() {
+    const connection = document.getElementById("connection");
+    const source = new EventSource("/api/fleet/stream");
+    source.addEventListener("fleet", (e) => {
+      const fleet = JSON.parse(e.data);
+      document.getElementById("console-name").textContent = fleet.console.name;
+      this.stations = new Map(fleet.stations.map((s) => [s.id, s]));
+      this.render();
+      connection.textContent = "";
+      connection.classList.remove("bad");
+    });
+    source.addEventListener("station", (e) => {
+      const station = JSON.parse(e.data);
+      this.stations.set(station.id, station);
+      this.render();
+      this.scheduleAlarms();
+    });
+    const onAlarm = () => this.scheduleAlarms();
+    source.addEventListener("alarm.opened", onAlarm);
+    source.addEventListener("alarm.closed", onAlarm);
+    source.onerror = () => {
+      connection.textContent = "console connection lost; reconnecting";
+      connection.classList.add("bad");
+      if (source.readyState === EventSource.CLOSED) setTimeout(() => this.follow(), 3000);
+    };
+  }
+
+  scheduleAlarms() {
+    if (this.alarmTimer) return;
+    this.alarmTimer = setTimeout(() => { this.alarmTimer = null; this.refreshAlarms(); }, 200);
+  }
+
+  async refreshAlarms() {
+    try {
+      const response = await fetch("/api/fleet/alarms", { cache: "no-store" });
+      if (response.status === 401) { location.href = "/login?next=/"; return; }
+      this.renderAlarms((await response.json()).alarms);
+    } catch (_) { /* the event stream shows the connection state */ }
+  }
+
+  render() {
+    const nav = document.getElementById("stations");
+    nav.replaceChildren(...[...this.stations.values()].map((s) => this.stationCard(s)));
+    const stations = [...this.stations.values()];
+    const reachable = stations.filter((s) => s.reachable).length;
+    const cams = stations.reduce((n, s) => n + s.counts.cameras, 0);
+    const online = stations.reduce((n, s) => n + s.counts.online, 0);
+    const summary = document.getElementById("summary");
+    summary.replaceChildren();
+    const part = (label, value, bad) => {
+      const span = el("span", bad ? "bad" : "");
+      span.append(el("b", "", String(value)), ` ${label}`);
+      summary.append(span);
+    };
+    part(`of ${stations.length} stations reachable`, reachable, reachable < stations.length);
+    part(`of ${cams} cameras online`, online, online < cams);
+    for (const [key, tile] of this.tiles) this.updateTile(key, tile);
+  }
+
+  stationCard(station) {
+    const card = el("section", "station-card");
+    card.dataset.stationId = station.id;
+    card.dataset.state = station.state;
+    const head = el("header");
+    head.append(el("span", "station-name", station.name));
+    const counts = el("span", "station-counts");
+    counts.append(`${station.counts.online}/${station.counts.cameras} online`);
+    if (station.counts.alarms_open) {
+      counts.append(" · ", el("span", station.counts.critical_open ? "bad" : "", `${station.counts.alarms_open} alarm(s)`));
+    }
+    head.append(counts, el("span", "badge", station.state));
+    head.lastChild.dataset.state = station.reachable ? "online" : station.state === "connecting" ? "connecting" : "offline";
+    card.append(head);
+    const reason = el("div", "station-reason",
+      `${REASONS[station.reason] || station.reason || ""}: ${station.message || ""} (since ${since(station.since)})`);
+    card.append(reason);
+    const list = el("ul", "camera-list");
+    for (const camera of station.cameras) {
+      const li = el("li");
+      li.dataset.state = station.reachable ? camera.state : "unknown";
+      li.dataset.cameraId = camera.id;
+      if (camera.zone === "holding_cell") li.classList.add("cell");
+      li.append(el("span", "dot"), el("span", "name", camera.name),
+        el("span", "state", station.reachable ? camera.state : `${camera.state}?`));
+      const key = `${station.id}/${camera.id}`;
+      const button = el("button", "live-button", "Live");
+      button.type = "button";
+      button.setAttribute("aria-pressed", this.tiles.has(key) ? "true" : "false");
+      button.addEventListener("click", () => this.toggleLive(station.id, camera.id));
+      li.append(button);
+      if (camera.open_alarms.length) {
+        const alarms = el("span", "alarms");
+        for (const a of camera.open_alarms) alarms.append(el("span", a.severity, a.type));
+        li.append(alarms);
+      }
+      list.append(li);
+    }
+    card.append(list);
+    return card;
+  }
+
+  renderAlarms(alarms) {
+    document.getElementById("alarm-count").textContent = String(alarms.length);
+    const list = document.getElementById("alarms");
+    if (!alarms.length) { list.replaceChildren(el("li", "empty", "No open alarms")); return; }
+    list.replaceChildren(...alarms.map((a) => {
+      const li = el("li", a.severity);
+      if (a.type === "station_unreachable") li.classList.add("unreachable");
+      li.dataset.station = a.station;
+      li.dataset.type = a.type;
+      const where = a.camera ? `${a.station_name} · ${a.camera_name || a.camera}` : a.station_name;
+      li.append(el("span", "where", where), a.type.replace("_", " "));
+      if (a.details && a.details.message) li.append(` — ${a.details.message}`);
+      li.append(el("span", "when", `${a.severity}, ${since(a.opened_at)}`));
+      return li;
+    }));
+  }
+
+  camera(stationId, cameraId) {
+    const station = this.stations.get(stationId);
+    return station ? station.cameras.find((c) => c.id === cameraId) : undefined;
+  }
+
+  toggleLive(stationId, cameraId) {
+    const key = `${stationId}/${cameraId}`;
+    if (this.tiles.has(key)) this.closeLive(key); else this.openLive(stationId, cameraId);
+    this.render();
+  }
+
+  openLive(stationId, cameraId) {
+    const key = `${stationId}/${cameraId}`;
+    if (this.tiles.has(key)) return this.players[key];
+    if (this.tiles.size >= MAX_TILES) this.closeLive(this.tiles.keys().next().value);
+    const tile = document.getElementById("tile-template").content.firstElementChild.cloneNode(true);
+    tile.dataset.key = key;
+    tile.dataset.station = stationId;
+    tile.dataset.cameraId = cameraId;
+    tile.querySelector(".tile-close").addEventListener("click", () => { this.closeLive(key); this.render(); });
+    const wall = document.getElementById("wall");
+    wall.append(tile);
+    wall.classList.add("has-tiles");
+    const title = tile.querySelector(".tile-message-title");
+    const detail = tile.querySelector(".tile-message-detail");
+    const url = `/api/stations/${encodeURIComponent(stationId)}/cameras/${encodeURIComponent(cameraId)}/whep`;
+    const player = new RelayPlayer(url, tile.querySelector("video"), (kind, why) => {
+      tile.classList.toggle("show-message", kind !== "playing");
+      title.textContent = kind === "playing" ? "" : kind === "connecting" ? "Connecting…" : "Reconnecting…";
+      detail.textContent = why || "";
+    });
+    this.players[key] = player;
+    this.tiles.set(key, tile);
+    this.updateTile(key, tile);
+    player.connect();
+    return player;
+  }
+
+  closeLive(key) {
+    const tile = this.tiles.get(key);
+    if (!tile) return;
+    this.players[key].stop();
+    delete this.players[key];
+    this.tiles.delete(key);
+    tile.remove();
+    if (!this.tiles.size) document.getElementById("wall").classList.remove("has-tiles");
+  }
+
+  updateTile(key, tile) {
+    const [stationId, cameraId] = key.split("/");
+    const station = this.stations.get(stationId);
+    const camera = this.camera(stationId, cameraId);
+    tile.querySelector(".tile-name").textContent = `${station ? station.name : stationId} · ${camera ? camera.name : cameraId}`;
+    tile.querySelector(".tile-zone").textContent = camera ? ZONES[camera.zone] || camera.zone : "";
+    tile.classList.toggle("cell", !!camera && camera.zone === "holding_cell");
+    const state = station && !station.reachable ? "unreachable" : camera ? camera.state : "unknown";
+    const badge = tile.querySelector(".badge");
+    badge.textContent = state;
+    badge.dataset.state = state === "unreachable" ? "offline" : state;
+    const alarms = tile.querySelector(".tile-alarms");
+    alarms.replaceChildren(...(camera ? camera.open_alarms : []).map((a) => el("li", a.severity, a.type)));
+    tile.classList.toggle("alarm", !!camera && camera.open_alarms.length > 0);
+  }
+}
+
+window.nvrFleet = new Fleet();
+window.nvrFleet.start();

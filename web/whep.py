@@ -1,0 +1,369 @@
+"""Live view over WebRTC: WHEP (RFC 9725) sessions relaying camera packets without transcoding.
+
+``POST /api/cameras/{id}/whep`` with an SDP offer answers ``201`` with the SDP
+answer and a ``Location`` for the session; ``DELETE`` on it ends the session.
+Candidates are gathered before answering (no trickle ICE; ``PATCH`` answers
+405).  No STUN or TURN servers are configured: station networks are closed,
+and aiortc's default (a public STUN server) costs a timeout before every
+answer there.
+
+Each session is one :class:`~aiortc.RTCPeerConnection` whose tracks read one
+bounded hub reader through a :class:`~web.live_feed.LiveFeed`.  A session
+ends on ``DELETE``, when its peer fails or closes, when the peer never
+connects within ``live.connect_timeout_seconds``, and at shutdown; the feed
+detaches from the hub at once, whatever the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as pysecrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from nvr.config import Live
+from nvr.daemon import CameraRuntime, Daemon
+from nvr.roles import Role
+from nvr.timeutil import iso
+from streams.bitstream import iter_nal_units
+from streams.media import TrackInfo
+from web.access import audit, identity, via_console, visible
+from web.app import error_response, find_camera
+from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
+from web.live_track import LiveTrack
+
+log = logging.getLogger(__name__)
+
+SDP_TYPE = "application/sdp"
+MAX_OFFER_BYTES = 64 * 1024
+SESSION_PATH = "/api/whep/sessions/{session_id}"
+
+
+class WhepError(Exception):
+    """A request we refuse; becomes a JSON error response."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True, eq=False)
+class WhepSession:
+    id: str
+    camera_id: str
+    pc: RTCPeerConnection
+    feed: LiveFeed
+    peer: str
+    audio_codec: str | None
+    created_at: float = field(default_factory=time.time)
+    created_mono: float = field(default_factory=time.monotonic)
+    answer_seconds: float = 0.0
+    connected_mono: float | None = None
+    watchdog: asyncio.Task[None] | None = None
+    user: str = "anonymous"  # who opened it, for the audit log and DELETE
+    via: dict[str, str] = field(default_factory=dict)  # central console and user, when relayed by one
+
+    def to_json(self) -> dict[str, Any]:
+        feed = self.feed
+        now = time.monotonic()
+        first = feed.first_sent_mono
+        return {
+            "id": self.id,
+            "camera_id": self.camera_id,
+            "state": self.pc.connectionState,
+            "age_seconds": round(now - self.created_mono, 3),
+            "answer_ms": round(self.answer_seconds * 1000, 1),
+            "connect_ms": round((self.connected_mono - self.created_mono) * 1000, 1)
+            if self.connected_mono is not None else None,
+            "first_packet_ms": round((first - self.created_mono) * 1000, 1) if first is not None else None,
+            "audio_codec": self.audio_codec,
+            "video_packets": feed.video_sent,
+            "audio_packets": feed.audio_sent,
+            "dropped_packets": feed.dropped + feed.parked_dropped,
+            "queued_packets": feed.reader.queued if feed.reader is not None else 0,
+            "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
+            if feed.relay_delay_count else None,
+        }
+
+
+def h264_preferences(video: TrackInfo | None) -> list[RTCRtpCodecCapability]:
+    """H.264 packetization-mode 1 only (plus RTX), the camera's own profile first when we know it."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    h264 = [
+        c for c in codecs
+        if c.mimeType.lower() == "video/h264" and c.parameters.get("packetization-mode") == "1"
+    ]
+    plain_baseline = False
+    if video is not None:
+        sps = _first_sps(video.extradata)
+        # profile_idc 66 without constraint_set1: Baseline proper, not Constrained Baseline.
+        plain_baseline = len(sps) > 2 and sps[1] == 66 and not sps[2] & 0x40
+    wanted = "42001f" if plain_baseline else "42e01f"
+    h264.sort(key=lambda c: c.parameters.get("profile-level-id") != wanted)
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+    return h264 + rtx
+
+
+def _first_sps(extradata: bytes) -> bytes:
+    for nal in iter_nal_units(extradata):
+        if nal and nal[0] & 0x1F == 7:
+            return nal
+    return b""
+
+
+def _offered(offer: aiortc_sdp.SessionDescription, kind: str) -> list[str]:
+    """Lower-case MIME types (with packetization-mode for H.264) offered for ``kind``."""
+    names: list[str] = []
+    for media in offer.media:
+        if media.kind != kind:
+            continue
+        for codec in media.rtp.codecs:
+            name = codec.mimeType.lower()
+            if name == "video/h264":
+                name += ";pm=" + str(codec.parameters.get("packetization-mode", "0"))
+            names.append(name)
+    return names
+
+
+class WhepRelay:
+    """Owns every live WHEP session of the daemon."""
+
+    def __init__(self, daemon: Daemon, config: Live) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.sessions: dict[str, WhepSession] = {}
+        self.opened_total = 0
+        self._closing = False
+
+    def view_info(self, runtime: CameraRuntime) -> tuple[TrackInfo | None, TrackInfo | None]:
+        """Video and audio of the stream viewers get: current session, else the last one seen."""
+        hub = runtime.view_hub
+        source = runtime.live_source or runtime.source
+        session = hub.session or source.session
+        if session is None:
+            return None, None
+        return session.video, session.audio
+
+    async def open(self, runtime: CameraRuntime, offer_sdp: str, peer: str) -> tuple[WhepSession, str]:
+        camera_id = runtime.config.id
+        if self._closing:
+            raise WhepError(503, "shutting_down", "the daemon is shutting down")
+        if len(self.sessions) >= self.config.max_sessions:
+            raise WhepError(503, "too_many_sessions", f"at most {self.config.max_sessions} live sessions")
+        video, audio = self.view_info(runtime)
+        if video is not None and video.codec != "h264":
+            raise WhepError(
+                409, "codec_unsupported",
+                f"camera {camera_id} streams {video.codec} for live view; browsers need H.264 "
+                "(configure an H.264 live_url substream)",
+            )
+        try:
+            offer = aiortc_sdp.SessionDescription.parse(offer_sdp)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, KeyError, IndexError... on bad SDP
+            raise WhepError(400, "bad_offer", f"the SDP offer cannot be parsed: {type(exc).__name__}") from None
+        if not offer.media or not any(m.kind == "video" for m in offer.media):
+            raise WhepError(400, "bad_offer", "the SDP offer has no video media section")
+        if "video/h264;pm=1" not in _offered(offer, "video"):
+            raise WhepError(
+                400, "no_common_codec", "the offer has no H.264 with packetization-mode=1; nothing else is relayed"
+            )
+        audio_mime = None
+        if audio is not None and audio.codec in PASSTHROUGH_AUDIO:
+            mime = "audio/" + PASSTHROUGH_AUDIO[audio.codec].lower()
+            if mime in _offered(offer, "audio"):
+                audio_mime = mime
+
+        session_id = pysecrets.token_urlsafe(16)
+        feed = LiveFeed(
+            runtime.view_hub, f"whep:{session_id[:8]}", self.config.viewer_queue_packets, audio=audio_mime is not None
+        )
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = WhepSession(
+            id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
+            audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None,
+        )
+        started = time.monotonic()
+        try:
+            transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
+            transceiver.setCodecPreferences(h264_preferences(video))
+            if audio_mime is not None:
+                transceiver = pc.addTransceiver(LiveTrack(feed, "audio"), direction="sendonly")
+                transceiver.setCodecPreferences(
+                    [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == audio_mime]
+                )
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - whatever aiortc refuses in an offer is the client's error
+            feed.close()
+            await pc.close()
+            log.info("[%s] WHEP offer from %s refused: %s", camera_id, peer, exc)
+            raise WhepError(400, "bad_offer", f"the SDP offer was not accepted: {exc}") from None
+        session.answer_seconds = time.monotonic() - started
+        self.sessions[session_id] = session
+        self.opened_total += 1
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected" and session.connected_mono is None:
+                session.connected_mono = time.monotonic()
+                log.debug("[%s] live session %s connected in %.0f ms", camera_id, session_id[:8],
+                          (session.connected_mono - session.created_mono) * 1000)
+            elif state in ("failed", "closed"):
+                await self.close(session_id, f"peer {state}")
+
+        session.watchdog = asyncio.get_running_loop().create_task(
+            self._connect_deadline(session), name=f"whep-deadline:{session_id[:8]}"
+        )
+        log.info(
+            "[%s] live view opened by %s: session %s, H.264%s, answered in %.0f ms",
+            camera_id, peer, session_id[:8], f" + {session.audio_codec}" if session.audio_codec else "",
+            session.answer_seconds * 1000,
+        )
+        assert pc.localDescription is not None
+        return session, pc.localDescription.sdp
+
+    async def _connect_deadline(self, session: WhepSession) -> None:
+        await asyncio.sleep(self.config.connect_timeout_seconds)
+        if session.connected_mono is None:
+            await self.close(session.id, "peer never connected")
+
+    async def close(self, session_id: str, reason: str) -> bool:
+        """End a session; False if there is none. Idempotent."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.feed.close()
+        watchdog = session.watchdog
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+        try:
+            await session.pc.close()
+        except Exception:
+            log.warning("[%s] closing live session %s failed", session.camera_id, session_id[:8], exc_info=True)
+        feed = session.feed
+        delay = feed.relay_delay_sum / feed.relay_delay_count * 1000 if feed.relay_delay_count else 0.0
+        log.info(
+            "[%s] live view session %s closed (%s) after %.0f s: %d video packet(s) sent, %d dropped, "
+            "relay delay %.2f ms",
+            session.camera_id, session_id[:8], reason, time.monotonic() - session.created_mono,
+            feed.video_sent, feed.dropped + feed.parked_dropped, delay,
+        )
+        self.daemon.audit.record(
+            "live.stop", actor=session.user, camera=session.camera_id, address=session.peer,
+            session=session_id[:8], started_at=iso(session.created_at),
+            duration_seconds=round(time.monotonic() - session.created_mono, 1), reason=reason, **session.via,
+        )
+        return True
+
+    async def close_all(self, reason: str = "shutdown") -> None:
+        self._closing = True
+        await asyncio.gather(*(self.close(sid, reason) for sid in list(self.sessions)))
+
+    def readers(self) -> dict[str, int]:
+        """Live viewers attached to each camera's view hub (for leak checks)."""
+        return {
+            camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
+            for camera_id, runtime in self.daemon.cameras.items()
+        }
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+WHEP = web.AppKey("whep", WhepRelay)
+
+
+def add_routes(app: web.Application, daemon: Daemon) -> WhepRelay:
+    """Mount the WHEP endpoints; sessions are closed when the app shuts down."""
+    relay = WhepRelay(daemon, daemon.config.live)
+    app[WHEP] = relay
+    app.router.add_post("/api/cameras/{camera_id}/whep", post_offer)
+    app.router.add_route("OPTIONS", "/api/cameras/{camera_id}/whep", options_whep)
+    app.router.add_delete(SESSION_PATH, delete_session)
+    app.router.add_patch(SESSION_PATH, patch_session)
+    app.router.add_get("/api/live/sessions", list_sessions)
+
+    async def shutdown(_app: web.Application) -> None:
+        await relay.close_all()
+
+    app.on_shutdown.append(shutdown)
+    return relay
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    response = error_response(status, code, message)
+    response.headers.update(headers)
+    return response
+
+
+async def post_offer(request: web.Request) -> web.Response:
+    runtime = find_camera(request)
+    if request.content_type != SDP_TYPE:
+        return _error(415, "unsupported_media_type", f"send the SDP offer as {SDP_TYPE}", **{"Accept-Post": SDP_TYPE})
+    if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
+        return _error(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
+    body = await request.content.read(MAX_OFFER_BYTES + 1)
+    if len(body) > MAX_OFFER_BYTES:
+        return _error(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
+    try:
+        offer = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "bad_offer", "the SDP offer is not UTF-8 text")
+    if not offer.lstrip().startswith("v=0"):
+        return _error(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
+    relay = request.app[WHEP]
+    try:
+        session, answer = await relay.open(runtime, offer, request.remote or "?")
+    except WhepError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    who = identity(request)
+    session.user = who.name if who is not None else "anonymous"
+    session.via = via_console(request)
+    audit(request, "live.start", camera=session.camera_id, session=session.id[:8])
+    location = SESSION_PATH.format(session_id=session.id)
+    return web.Response(
+        status=201, text=answer, content_type=SDP_TYPE,
+        headers={"Location": location, "Cache-Control": "no-store"},
+    )
+
+
+async def options_whep(request: web.Request) -> web.Response:
+    find_camera(request)
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    relay = request.app[WHEP]
+    session = relay.sessions.get(request.match_info["session_id"])
+    who = identity(request)
+    if session is not None and who is not None and who.role is not Role.ADMIN and session.user != who.name:
+        return _error(403, "forbidden", "this live session belongs to someone else")
+    if not await relay.close(request.match_info["session_id"], "ended by the viewer"):
+        return _error(404, "unknown_session", "no such live session")
+    return web.Response(status=204)
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    relay = request.app[WHEP]
+    if request.match_info["session_id"] not in relay.sessions:
+        return _error(404, "unknown_session", "no such live session")
+    # All our candidates are in the answer and we take the offer's: no trickle ICE, no ICE restart.
+    return _error(405, "method_not_allowed", "trickle ICE and ICE restarts are not supported", Allow="DELETE")
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    relay = request.app[WHEP]
+    return web.json_response({
+        "sessions": [s.to_json() for s in relay.sessions.values() if visible(request, s.camera_id)],
+        "opened_total": relay.opened_total,
+        "readers": relay.readers(),
+    })
