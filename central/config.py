@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from nvr import secrets
 from nvr.config import (
     _ONLY_REFS,
     Auth,
+    Backoff,
     ConfigError,
     Log,
     Tls,
@@ -62,7 +63,7 @@ class ConsoleStorage(_Model):
         return value
 
 
-class Follow(_Model):
+class Follow(Backoff):
     """How stations are followed: polling, the alarm feed, timeouts and reconnect backoff."""
 
     poll_seconds: Annotated[float, Field(gt=0, le=300, description="Camera list and open alarms this often")] = 3.0
@@ -70,14 +71,6 @@ class Follow(_Model):
     stream_idle_seconds: Annotated[
         float, Field(gt=0, le=600, description="An alarm feed silent this long is dead (stations send keepalives)")
     ] = 40.0
-    backoff_initial_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
-    backoff_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> Follow:
-        if self.backoff_max_seconds < self.backoff_initial_seconds:
-            raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
-        return self
 
 
 class StationLinkConfig(_Model):

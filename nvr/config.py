@@ -196,19 +196,24 @@ class Alerts(_Model):
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
-class Ingest(_Model):
-    open_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
-    read_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+class Backoff(_Model):
+    """Capped exponential backoff between reconnection attempts."""
+
     backoff_initial_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     backoff_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
-    reader_queue_packets: Annotated[int, Field(ge=16, le=100_000)] = 600
-    gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> Ingest:
+    def _backoff_order(self) -> Backoff:
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
         return self
+
+
+class Ingest(Backoff):
+    open_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    reader_queue_packets: Annotated[int, Field(ge=16, le=100_000)] = 600
+    gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
 
 
 class Live(_Model):

@@ -34,7 +34,7 @@ from recorder.recorder import Recorder
 from recorder.retention import Retention
 from recorder.storage import INDEX_FILE, StorageError, check_storage
 from streams.hub import Hub
-from streams.rtsp_source import RtspSource
+from streams.rtsp_source import RtspSource, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,25 @@ class Daemon:
                 await asyncio.sleep(_RESTART_PAUSE)
 
     def healthy(self) -> bool:
-        """Fed to the systemd watchdog: every component task is alive."""
-        return not self._stopping and all(not t.done() for t in self._tasks)
+        """Fed to the systemd watchdog: every component task is alive and no recorder is stuck."""
+        if self._stopping or any(t.done() for t in self._tasks):
+            return False
+        return not self.stuck_recorders()
+
+    def stuck_recorders(self) -> list[str]:
+        """Cameras online for a while whose recorder wrote nothing for twice the stall limit and says
+        no why (a write error or a refused disk is reported, not stuck): a hung thread, which only a
+        restart by the watchdog cures."""
+        limit = 2 * self.config.health.recording_stall_seconds
+        now_mono, now = time.monotonic(), time.time()
+        stuck = []
+        for runtime in self.cameras.values():
+            recorder, source = runtime.recorder, runtime.source
+            if recorder is None or recorder.core.error is not None or source.state is not SourceState.ONLINE:
+                continue
+            if now - source.changed_at > limit and now_mono - recorder.core.last_write_mono > limit:
+                stuck.append(runtime.config.id)
+        return stuck
 
     async def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         self._stopping = True
@@ -330,7 +347,8 @@ def _start_watchdog(daemon: Daemon) -> asyncio.Task[None] | None:
             if daemon.healthy():
                 systemd.notify("WATCHDOG=1")
             else:
-                log.error("not feeding the systemd watchdog: a component stopped")
+                log.error("not feeding the systemd watchdog: a component stopped or a recorder is stuck (%s)",
+                          ", ".join(daemon.stuck_recorders()) or "no recorder")
             await asyncio.sleep(interval)
 
     return asyncio.get_running_loop().create_task(ping(), name="watchdog")

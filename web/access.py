@@ -31,7 +31,7 @@ from nvr.authdb import AuthDatabase
 from nvr.daemon import Daemon
 from nvr.roles import Identity, Permission, Role
 from nvr.timeutil import iso, parse_iso
-from web.app import api_error
+from web.app import api_error, json_body
 from web.login_throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -369,16 +369,6 @@ async def login_page(_request: web.Request) -> web.FileResponse:
     })
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
-    return body
 
 
 def identity_json(who: Identity) -> dict[str, Any]:
@@ -390,7 +380,7 @@ async def login(request: web.Request) -> web.Response:
     access = request.app[ACCESS]
     if _cross_site(request):
         raise api_error(web.HTTPForbidden, "csrf", "cross-site login refused")
-    body = await _json_object(request)
+    body = await json_body(request)
     name, password = body.get("username"), body.get("password")
     if not isinstance(name, str) or not name or len(name) > 64:
         raise api_error(web.HTTPBadRequest, "invalid_username", "username: a string of 1..64 characters")

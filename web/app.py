@@ -113,6 +113,19 @@ def find_camera(request: web.Request) -> CameraRuntime:
     return runtime
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, or a JSON error saying what is wrong with it."""
+    if request.content_type != "application/json":
+        raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
+    return body
+
+
 def api_error(kind: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
     """An HTTP error with our JSON body, to raise from a handler."""
     body = json.dumps({"error": code, "message": secrets.redact(message)})

@@ -22,7 +22,7 @@ from recorder.export_jobs import ExportJob, JobState, QueueFull
 from recorder.index import Hold
 from recorder.search import GapExplainer, search
 from web.access import audit, require_camera, visible
-from web.app import DAEMON, api_error
+from web.app import DAEMON, api_error, json_body
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,6 @@ def require_index(request: web.Request) -> Any:
     return daemon.index
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
-    return body
 
 
 async def gap_explainer(request: web.Request, start: float, end: float) -> GapExplainer | None:

@@ -3,162 +3,12 @@
 "use strict";
 
 const POLL_MS = 2000;          // camera states and alarms
-const STALL_MS = 8000;         // no new decoded frame for this long while the camera is online: reconnect
-const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 const LAYOUTS = { 1: [1, 1], 4: [2, 2], 9: [3, 3], 16: [4, 4] };
 const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
 const REASONS = {
   unreachable: "camera unreachable", auth_failed: "login refused", stalled: "stream stalled",
   stream_error: "stream error", stopped: "stopped",
 };
-
-/** One tile's WHEP session: connects, watches for stalls, reconnects with backoff. */
-class LivePlayer {
-  constructor(cameraId, video, onStatus) {
-    this.cameraId = cameraId;
-    this.video = video;
-    this.onStatus = onStatus;       // (kind, detail) => void, for the tile's message
-    this.pc = null;
-    this.location = null;
-    this.stopped = false;
-    this.attempt = 0;
-    this.timer = null;
-    this.lastFrames = 0;
-    this.lastProgress = performance.now();
-    this.cameraOnline = true;
-    this.hasAudio = false;
-    this.watch = setInterval(() => this.checkProgress(), 1000);
-  }
-
-  start() { this.connect(); }
-
-  async connect() {
-    clearTimeout(this.timer);
-    this.timer = null;
-    this.teardown();
-    if (this.stopped) return;
-    const pc = new RTCPeerConnection({ iceServers: [] });
-    this.pc = pc;
-    const stream = new MediaStream();
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
-    pc.ontrack = (event) => {
-      stream.addTrack(event.track);
-      if (event.track.kind === "audio") this.hasAudio = true;
-      if (this.video.srcObject !== stream) this.video.srcObject = stream;
-      this.video.play().catch(() => {});
-    };
-    pc.onconnectionstatechange = () => {
-      if (this.pc !== pc) return;
-      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.retry("connection lost");
-    };
-    try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGatheringDone(pc, 1500);
-      if (this.pc !== pc) return;
-      const response = await fetch(`/api/cameras/${encodeURIComponent(this.cameraId)}/whep`, {
-        method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-      });
-      if (response.status !== 201) {
-        const body = await response.json().catch(() => ({}));
-        const error = new Error(body.message || `HTTP ${response.status}`);
-        error.permanent = response.status === 409 || response.status === 400;
-        throw error;
-      }
-      this.location = response.headers.get("Location");
-      const answer = await response.text();
-      if (this.pc !== pc) { this.release(this.location); return; }
-      await pc.setRemoteDescription({ type: "answer", sdp: answer });
-      this.lastProgress = performance.now();
-      this.lastFrames = 0;
-    } catch (error) {
-      if (this.pc !== pc) return;
-      if (error.permanent) {
-        this.teardown();
-        this.onStatus("error", error.message);
-        // A wrong codec does not fix itself quickly; try again much later (config may change).
-        this.timer = setTimeout(() => this.connect(), 60000);
-      } else {
-        this.retry(error.message || String(error));
-      }
-    }
-  }
-
-  retry(why) {
-    if (this.stopped || this.timer) return;
-    this.teardown();
-    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
-    this.attempt += 1;
-    this.onStatus("reconnecting", why);
-    this.timer = setTimeout(() => { this.timer = null; this.connect(); }, delay);
-  }
-
-  async framesDecoded() {
-    if (!this.pc) return 0;
-    const stats = await this.pc.getStats();
-    let frames = 0;
-    stats.forEach((report) => {
-      if (report.type === "inbound-rtp" && report.kind === "video") frames = report.framesDecoded || 0;
-    });
-    return frames;
-  }
-
-  async checkProgress() {
-    if (this.stopped || !this.pc || this.timer) return;
-    const frames = await this.framesDecoded().catch(() => 0);
-    const now = performance.now();
-    if (frames > this.lastFrames) {
-      this.lastFrames = frames;
-      this.lastProgress = now;
-      this.attempt = 0;
-      this.onStatus("playing", "");
-      return;
-    }
-    // While the camera is offline the session stays open and resumes by itself when it returns;
-    // a stall with the camera online means our session is dead: start a new one.
-    if (!this.cameraOnline) { this.lastProgress = now; return; }
-    if (now - this.lastProgress > STALL_MS) this.retry("no picture");
-  }
-
-  setCameraOnline(online) {
-    if (online && !this.cameraOnline) this.lastProgress = performance.now();
-    this.cameraOnline = online;
-  }
-
-  release(location) {
-    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
-  }
-
-  teardown() {
-    if (this.pc) {
-      const pc = this.pc;
-      this.pc = null;
-      pc.ontrack = null;
-      pc.onconnectionstatechange = null;
-      pc.close();
-    }
-    this.release(this.location);
-    this.location = null;
-  }
-
-  stop() {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    clearInterval(this.watch);
-    this.teardown();
-    this.video.srcObject = null;
-  }
-}
-
-function iceGatheringDone(pc, timeoutMs) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); clearTimeout(timer); resolve(); };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    const timer = setTimeout(done, timeoutMs);
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
 
 /** The page: layout, pagination, tiles, health panel. */
 class Console {
@@ -306,7 +156,8 @@ class Console {
       audio.title = video.muted ? "Unmute" : "Mute";
       audio.setAttribute("aria-label", audio.title);
     });
-    const player = new LivePlayer(camera.id, video, (kind, detail) => this.playerStatus(tile, kind, detail));
+    const url = `/api/cameras/${encodeURIComponent(camera.id)}/whep`;
+    const player = new LivePlayer(url, video, (kind, detail) => this.playerStatus(tile, kind, detail));
     this.players[camera.id] = player;
     this.tiles[camera.id] = tile;
     player.start();

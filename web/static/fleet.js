@@ -4,8 +4,6 @@
 "use strict";
 
 const MAX_TILES = 4;
-const STALL_MS = 8000;
-const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
 const REASONS = {
   unauthorized: "token refused (401)", forbidden: "token lacks permission (403)", tls_error: "TLS / certificate error",
@@ -28,136 +26,12 @@ function since(iso) {
   return `${Math.round(seconds / 3600)} h ago`;
 }
 
-function iceGatheringDone(pc, timeoutMs) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); clearTimeout(timer); resolve(); };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    const timer = setTimeout(done, timeoutMs);
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
-
-/** One tile's WHEP session through the console; reconnects with backoff, ends with DELETE. */
-class RelayPlayer {
-  constructor(url, video, onStatus) {
-    this.url = url;
-    this.video = video;
-    this.onStatus = onStatus;
-    this.pc = null;
-    this.location = null;
-    this.stopped = false;
-    this.attempt = 0;
-    this.timer = null;
-    this.lastFrames = 0;
-    this.lastProgress = performance.now();
-    this.watch = setInterval(() => this.checkProgress(), 1000);
-  }
-
-  async connect() {
-    clearTimeout(this.timer);
-    this.timer = null;
-    this.teardown();
-    if (this.stopped) return;
-    const pc = new RTCPeerConnection({ iceServers: [] });
-    this.pc = pc;
-    const stream = new MediaStream();
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
-    pc.ontrack = (event) => {
-      stream.addTrack(event.track);
-      if (this.video.srcObject !== stream) this.video.srcObject = stream;
-      this.video.play().catch(() => {});
-    };
-    pc.onconnectionstatechange = () => {
-      if (this.pc === pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) {
-        this.retry("connection lost");
-      }
-    };
-    try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGatheringDone(pc, 1500);
-      if (this.pc !== pc) return;
-      this.onStatus("connecting", "");
-      const response = await fetch(this.url, {
-        method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-      });
-      if (response.status !== 201) {
-        const body = await response.json().catch(() => ({}));
-        throw new Error(body.message || `HTTP ${response.status}`);
-      }
-      this.location = response.headers.get("Location");
-      const answer = await response.text();
-      if (this.pc !== pc) { this.release(this.location); return; }
-      await pc.setRemoteDescription({ type: "answer", sdp: answer });
-      this.lastProgress = performance.now();
-      this.lastFrames = 0;
-    } catch (error) {
-      if (this.pc === pc) this.retry(error.message || String(error));
-    }
-  }
-
-  retry(why) {
-    if (this.stopped || this.timer) return;
-    this.teardown();
-    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
-    this.attempt += 1;
-    this.onStatus("reconnecting", why);
-    this.timer = setTimeout(() => { this.timer = null; this.connect(); }, delay);
-  }
-
-  async framesDecoded() {
-    if (!this.pc) return 0;
-    const stats = await this.pc.getStats();
-    let frames = 0;
-    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") frames = r.framesDecoded || 0; });
-    return frames;
-  }
-
-  async checkProgress() {
-    if (this.stopped || !this.pc || this.timer) return;
-    const frames = await this.framesDecoded().catch(() => 0);
-    const now = performance.now();
-    if (frames > this.lastFrames) {
-      this.lastFrames = frames;
-      this.lastProgress = now;
-      this.attempt = 0;
-      this.onStatus("playing", "");
-    } else if (now - this.lastProgress > STALL_MS) {
-      this.retry("no picture");
-    }
-  }
-
-  release(location) {
-    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
-  }
-
-  teardown() {
-    if (this.pc) {
-      const pc = this.pc;
-      this.pc = null;
-      pc.ontrack = null;
-      pc.onconnectionstatechange = null;
-      pc.close();
-    }
-    this.release(this.location);
-    this.location = null;
-  }
-
-  stop() {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    clearInterval(this.watch);
-    this.teardown();
-    this.video.srcObject = null;
-  }
-}
 
 /** The page: station cards, the live wall, the merged alarm list. */
 class Fleet {
   constructor() {
     this.stations = new Map();   // id -> station JSON from /api/fleet
-    this.players = {};           // "station/camera" -> RelayPlayer
+    this.players = {};           // "station/camera" -> LivePlayer
     this.tiles = new Map();      // "station/camera" -> tile element
     this.alarmTimer = null;
   }
@@ -316,7 +190,7 @@ class Fleet {
     const title = tile.querySelector(".tile-message-title");
     const detail = tile.querySelector(".tile-message-detail");
     const url = `/api/stations/${encodeURIComponent(stationId)}/cameras/${encodeURIComponent(cameraId)}/whep`;
-    const player = new RelayPlayer(url, tile.querySelector("video"), (kind, why) => {
+    const player = new LivePlayer(url, tile.querySelector("video"), (kind, why) => {
       tile.classList.toggle("show-message", kind !== "playing");
       title.textContent = kind === "playing" ? "" : kind === "connecting" ? "Connecting…" : "Reconnecting…";
       detail.textContent = why || "";

@@ -1,0 +1,35 @@
+"""Lifecycle checks that need no camera: the watchdog is fed only while recording really progresses."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from nvr import config
+from nvr.daemon import Daemon
+from streams.rtsp_source import SourceState
+
+
+def test_watchdog_starves_on_a_silently_stuck_recorder_only(tmp_path: Path) -> None:
+    cfg = config.parse(
+        f"station: {{id: st-1, name: S}}\nstorage: {{path: {tmp_path}}}\nhealth: {{recording_stall_seconds: 10}}\n"
+        "cameras:\n  - {id: a, name: A, url: 'rtsp://127.0.0.1:1/x'}\n",
+        environ={},
+    )
+    daemon = Daemon(cfg)
+    runtime = daemon.cameras["a"]
+    core = SimpleNamespace(error=None, last_write_mono=time.monotonic())
+    runtime.recorder = SimpleNamespace(core=core)  # type: ignore[assignment]
+    runtime.source.state = SourceState.ONLINE
+    runtime.source.changed_at = time.time() - 3600
+    assert daemon.healthy()  # writing: fine
+
+    core.last_write_mono = time.monotonic() - 25  # online for an hour, nothing written for 25 s, no reason given
+    assert daemon.stuck_recorders() == ["a"] and not daemon.healthy()
+
+    core.error = "write failed: No space left on device"  # a reported error is not a hang
+    assert daemon.healthy()
+    core.error = None
+    runtime.source.state = SourceState.OFFLINE  # nothing to record
+    assert daemon.healthy()
