@@ -36,7 +36,8 @@ from streams.media import MediaPacket, Session, TrackInfo, TrackKind
 
 log = logging.getLogger(__name__)
 
-_WATCH_INTERVAL = 0.1
+_WATCH_INTERVAL = 0.1  # while connecting
+_MIN_WAIT = 0.01
 _RATE_WINDOW = 5.0
 
 
@@ -246,14 +247,21 @@ class RtspSource:
                     if silent >= self.health.stall_seconds:
                         outcome = (OfflineReason.STALLED, f"no packets for {silent:.1f} s")
                         break
-                elif now - opened_mono > open_limit:
-                    outcome = (OfflineReason.UNREACHABLE, "no answer within the open timeout")
-                    break
+                    deadline = self.last_packet_mono + self.health.stall_seconds
+                else:
+                    if now - opened_mono > open_limit:
+                        outcome = (OfflineReason.UNREACHABLE, "no answer within the open timeout")
+                        break
+                    deadline = min(opened_mono + open_limit, now + _WATCH_INTERVAL)
+                # Sleep until the stall deadline (packets move it on), the session's end or stop():
+                # one wake-up per stall period on a healthy stream, not one per poll.
                 self._wake.clear()
+                stopper = asyncio.ensure_future(self._wake.wait())
                 try:
-                    await asyncio.wait_for(asyncio.shield(finished), timeout=_WATCH_INTERVAL)
-                except TimeoutError:
-                    pass
+                    await asyncio.wait((finished, stopper), timeout=max(deadline - now, _MIN_WAIT),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopper.cancel()
         finally:
             stop.set()
         if outcome is not None and not self._stopping:
