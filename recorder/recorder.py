@@ -54,7 +54,7 @@ class _Run:
     last_ts: float
     frame_interval: float
     clock_offset: float  # time.time() - time.monotonic() when the run started
-    refine: bool = True  # anchor may still move earlier while the first segment is open
+    refine: bool = True  # anchor may still move earlier: first seconds of the run, first segment open
 
     def wall(self, ts: float) -> float:
         return self.anchor_wall + (ts - self.anchor_ts)
@@ -176,7 +176,7 @@ class RecorderCore:
             self._open_segment(run, packet, ticks, ts)
         if self.open is None:
             return
-        if run.refine:
+        if self._refining(run, ts):
             # Packets buffered while connecting arrive late; the earliest
             # arrival relative to media time is the best anchor we get.
             earliest = packet.received_at - (ts - run.anchor_ts)
@@ -193,11 +193,16 @@ class RecorderCore:
         offset = packet.received_at - packet.received_mono
         if abs(offset - run.clock_offset) > _CLOCK_STEP_SECONDS:
             return "host clock step"
-        if not run.refine:
+        if not self._refining(run, ts):
             drift = packet.received_at - run.wall(ts)
             if abs(drift) > self.storage.drift_tolerance_seconds:
                 return f"media time drifted {drift:+.1f} s from the wall clock"
         return None
+
+    def _refining(self, run: _Run, ts: float) -> bool:
+        """Packets buffered while connecting arrive in a burst: for the first seconds of a run the
+        anchor is refined, after that a difference between media time and arrival is drift."""
+        return run.refine and ts - run.anchor_ts < self.storage.drift_tolerance_seconds
 
     def _start_run(self, packet: MediaPacket, ts: float) -> _Run:
         anchor = max(packet.received_at, self.last_end)

@@ -199,3 +199,44 @@ def test_storage_marker_refuses_unmounted_or_foreign_disk(tmp_path: Path) -> Non
     with pytest.raises(StorageError, match="pins"):
         check_storage(tmp_path / "disk", "st-2", "other-id")
     assert check_storage(tmp_path / "disk", "st-2", marker.id).id == marker.id
+
+
+def _shifted(pkts: list, start: int, wall_shift: float = 0.0, mono_shift: float = 0.0) -> list:
+    """The same packets from index ``start`` on, arriving ``wall_shift`` later by the wall clock
+    (and ``mono_shift`` later by the monotonic clock)."""
+    from dataclasses import replace
+
+    return pkts[:start] + [replace(p, received_at=p.received_at + wall_shift,
+                                   received_mono=p.received_mono + mono_shift) for p in pkts[start:]]
+
+
+def test_drift_between_camera_and_wall_clock_starts_a_new_run_at_a_keyframe(store: tuple[Path, SegmentIndex]) -> None:
+    root, index = store
+    units = encode_h264(15 * 12, gop=15)
+    session = make_session(units)
+    # From second 6 on, packets arrive 8 s later than the camera's timestamps say (a camera clock that
+    # runs slow, or a long network stall): beyond the 5 s tolerance.
+    pkts = _shifted(packets(session, units), 15 * 6, wall_shift=8.0, mono_shift=8.0)
+    core = core_for(root, index, segment_seconds=60)
+    core.handle(pkts)
+    core.handle([SessionEnded(session, "stop")])
+    rows = index.all_segments("cam")
+    assert len(rows) == 2, rows  # cut at the first keyframe after the drift was seen
+    assert rows[1].start >= rows[0].end
+    assert rows[1].start == pytest.approx(session.started_at + 6 + 8, abs=0.2)  # re-anchored to the wall clock
+    assert sum(r.frames for r in rows) == len(units)  # nothing lost at the cut
+
+
+def test_host_clock_step_starts_a_new_run_and_never_overlaps(store: tuple[Path, SegmentIndex]) -> None:
+    root, index = store
+    units = encode_h264(15 * 8, gop=15)
+    session = make_session(units)
+    # The host clock steps back 30 s at second 4 (NTP correction); monotonic time goes on.
+    pkts = _shifted(packets(session, units), 15 * 4, wall_shift=-30.0)
+    core = core_for(root, index, segment_seconds=60)
+    core.handle(pkts)
+    core.handle([SessionEnded(session, "stop")])
+    rows = index.all_segments("cam")
+    assert len(rows) == 2
+    assert rows[1].start >= rows[0].end  # the step back cannot make segments overlap
+    assert sum(r.frames for r in rows) == len(units)
