@@ -139,3 +139,33 @@ def test_resolution_change_and_inband_parameter_sets(cameras, daemon_factory) ->
         return c["state"] == "online" and (c["width"], c["height"]) == (480, 272)
 
     wait_until(resized, 15, "new resolution never reported")
+
+
+def test_damaged_packets_are_survived_and_recording_goes_on(cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    from recorder.index import SegmentIndex
+    from tests.rtsp_mangler import RtspMangler
+
+    cam = cameras("mangled", fps=15, gop=15)
+    mangler = RtspMangler(cam.port, every=25)
+    mangler.start()
+    try:
+        daemon = daemon_factory([cam_entry("m", f"rtsp://127.0.0.1:{mangler.port}/stream")],
+                                storage={"segment_seconds": 3})
+        daemon.wait_state("m", "online", timeout=20)
+
+        def damaged_and_recorded() -> bool:
+            index = SegmentIndex(daemon.storage / "index.sqlite3")
+            try:
+                segments = len(index.all_segments("m"))
+            finally:
+                index.close()
+            d = mangler.damage
+            return d.corrupted >= 3 and d.truncated >= 3 and d.inserted >= 3 and segments >= 3
+
+        wait_until(damaged_and_recorded, 40, f"no damage survived ({mangler.damage})")
+        cam_state = daemon.camera("m")
+        assert cam_state["state"] == "online" and cam_state["reconnects"] == 0, cam_state
+        assert cam_state["recording"] is True and 12 <= cam_state["fps"] <= 18
+    finally:
+        mangler.stop()
+    assert "Traceback" not in daemon.log()  # no session failed: damage was dropped, not fatal

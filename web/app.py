@@ -147,6 +147,7 @@ def source_json(source: RtspSource) -> dict[str, Any]:
         "last_packet_at": iso(status.last_packet_at),
         "audio_codec": status.audio_codec,
         "reconnects": status.reconnects,
+        "invalid_packets": status.garbage_packets,
     }
 
 
