@@ -31,6 +31,7 @@ from nvr.config import (
     _Model,
     _substitute,
     _where,
+    first_duplicate,
     format_path,
     split_host_port,
 )
@@ -119,10 +120,9 @@ class ConsoleConfig(_Model):
     @field_validator("stations")
     @classmethod
     def _unique_ids(cls, stations: list[StationLinkConfig]) -> list[StationLinkConfig]:
-        ids = [s.id for s in stations]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate station id {duplicates[0]!r}")
+        duplicate = first_duplicate([s.id for s in stations])
+        if duplicate is not None:
+            raise ValueError(f"duplicate station id {duplicate!r}")
         return stations
 
     def station(self, station_id: str) -> StationLinkConfig | None:

@@ -310,10 +310,9 @@ class Config(_Model):
     @field_validator("cameras")
     @classmethod
     def _unique_ids(cls, cameras: list[Camera]) -> list[Camera]:
-        ids = [camera.id for camera in cameras]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate camera id {duplicates[0]!r}")
+        duplicate = first_duplicate([camera.id for camera in cameras])
+        if duplicate is not None:
+            raise ValueError(f"duplicate camera id {duplicate!r}")
         return cameras
 
     def camera(self, camera_id: str) -> Camera | None:
@@ -322,6 +321,15 @@ class Config(_Model):
     @property
     def auth_database(self) -> Path:
         return self.auth.database or self.storage.path / "auth.sqlite3"
+
+
+def first_duplicate(ids: list[str]) -> str | None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def split_host_port(value: str) -> tuple[str, int]:
