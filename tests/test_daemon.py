@@ -33,3 +33,26 @@ def test_watchdog_starves_on_a_silently_stuck_recorder_only(tmp_path: Path) -> N
     core.error = None
     runtime.source.state = SourceState.OFFLINE  # nothing to record
     assert daemon.healthy()
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """What systemd sees of a Type=notify service, through a NOTIFY_SOCKET of our own."""
+    import signal
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(20)
+    daemon = daemon_factory([], start=False, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+    daemon.start()
+    messages: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
+        messages.extend(sock.recv(4096).decode().splitlines())
+    assert "READY=1" in messages and messages.count("WATCHDOG=1") >= 3
+    daemon.signal(signal.SIGTERM)
+    while "STOPPING=1" not in messages:
+        messages.extend(sock.recv(4096).decode().splitlines())
+    assert daemon.proc.wait(15) == 0  # type: ignore[union-attr]
+    sock.close()
