@@ -35,6 +35,10 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         daemon, health = self.daemon, self.health
         up = GaugeMetricFamily("nvr_camera_up", "1 while the camera's main stream delivers packets", labels=["camera"])
+        # Join on camera to route alerts by zone (holding cells first) and show names.
+        info = GaugeMetricFamily(
+            "nvr_camera_info", "Always 1: the camera's zone and name", labels=["camera", "zone", "name"]
+        )
         last = GaugeMetricFamily(
             "nvr_camera_last_packet_timestamp_seconds",
             "Wall-clock time of the last packet (0: none yet)",
@@ -70,6 +74,7 @@ class DaemonCollector(Collector):
         for camera_id, runtime in daemon.cameras.items():
             status = runtime.source.status()
             up.add_metric([camera_id], 1.0 if status.state is SourceState.ONLINE else 0.0)
+            info.add_metric([camera_id, runtime.config.zone.value, runtime.config.name], 1.0)
             last.add_metric([camera_id], status.last_packet_at or 0.0)
             fps.add_metric([camera_id], status.fps)
             bitrate.add_metric([camera_id], status.bitrate_bps)
@@ -101,6 +106,7 @@ class DaemonCollector(Collector):
 
         yield from (
             up,
+            info,
             last,
             fps,
             bitrate,

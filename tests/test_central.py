@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import http.server
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -260,6 +263,98 @@ def test_console_follows_stations_alarms_outages_and_bad_stations(
             assert token not in text, f"a station token leaked into the console's {name}"
     assert "unauthorized" in console.log()  # the reason is logged, once
     assert console.log().count("[st-wrong] station unreachable: unauthorized") == 1
+
+
+def _certificate(tmp: Path, name: str, valid_days: float = 1.0) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (IP SAN); expired when ``valid_days`` is negative."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    not_after = now + datetime.timedelta(days=valid_days)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(min(now, not_after) - datetime.timedelta(days=2)).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def tls_station(daemon_factory: Callable[..., Daemon], station_id: str, cameras: list[dict[str, Any]],
+                cert: Path, key: Path) -> tuple[Daemon, str]:
+    """A station serving HTTPS with ``cert``; the test itself talks to it without verifying (it may be expired)."""
+    from nvr.access_cli import create_token
+    from nvr.roles import Role
+
+    daemon = daemon_factory(cameras, start=False, station={"id": station_id, "name": f"Station {station_id}"},
+                            web={"tls": {"cert": str(cert), "key": str(key)}})
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    daemon.ssl_context = context
+    daemon.start()
+    assert daemon.base_url.startswith("https://")
+    return daemon, create_token(daemon.auth_db, "central", Role.CENTRAL)
+
+
+def test_console_verifies_station_tls_pinned_untrusted_foreign_and_expired(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon],
+        console_factory: Callable[..., Console]) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = _certificate(certs, "station")
+    other, _ = _certificate(certs, "other")
+    expired, expired_key = _certificate(certs, "expired", valid_days=-1)
+    hall = cameras("tls-hall", **CAMERA)
+    st_tls, token = tls_station(daemon_factory, "st-tls", [{"id": "hall-1", "name": "TLS hall", "url": hall.url}],
+                                cert, key)
+    # A station whose certificate has expired still starts (it only loads the pair) and serves HTTPS.
+    st_old, old_token = tls_station(daemon_factory, "st-old", [], expired, expired_key)
+    assert st_old.get("/healthz")[0] in (200, 503)
+    console = console_factory([
+        {"id": "st-pinned", "url": st_tls.base_url, "token": "${TOKEN}", "ca": str(cert)},
+        {"id": "st-system", "url": st_tls.base_url, "token": "${TOKEN}"},
+        {"id": "st-foreign", "url": st_tls.base_url, "token": "${TOKEN}", "ca": str(other)},
+        {"id": "st-expired", "url": st_old.base_url, "token": "${OLD_TOKEN}", "ca": str(expired)},
+    ], env={"TOKEN": token, "OLD_TOKEN": old_token})
+
+    # Pinned to its own certificate: followed over HTTPS, its camera listed.
+    def pinned() -> dict[str, Any] | None:
+        fleet = console.fleet()
+        ok = fleet["st-pinned"]["reachable"] and [c["id"] for c in fleet["st-pinned"]["cameras"]] == ["hall-1"]
+        return fleet if ok and all(fleet[s]["reason"] for s in ("st-system", "st-foreign", "st-expired")) else None
+
+    fleet = wait_until(pinned, 25, "the pinned station was never followed, or a bad one never got a reason")
+    assert fleet["st-pinned"]["reason"] is None and fleet["st-pinned"]["cameras"][0]["name"] == "TLS hall"
+
+    # System trust, a foreign pin, an expired certificate: each unreachable, with a TLS reason that says why.
+    for sid in ("st-system", "st-foreign", "st-expired"):
+        assert not fleet[sid]["reachable"] and fleet[sid]["state"] == "unreachable", fleet[sid]
+        assert fleet[sid]["reason"] == "tls_error", fleet[sid]
+        assert fleet[sid]["cameras"] == [], fleet[sid]
+    assert "self-signed" in fleet["st-system"]["message"] or "self signed" in fleet["st-system"]["message"]
+    assert "not accepted" in fleet["st-foreign"]["message"]
+    assert "self-signed" in fleet["st-foreign"]["message"] or "self signed" in fleet["st-foreign"]["message"]
+    assert "expired" in fleet["st-expired"]["message"]
+    assert not fleet["st-system"]["alarm_feed"]["connected"]
+    assert fleet["st-system"]["alarm_feed"]["reason"] == "tls_error"
+
+    # The stations' tokens never reach the console's log or its answers.
+    log, answer = console.log(), console.raw("/api/fleet")
+    assert "[st-system] station unreachable: tls_error" in log
+    assert "[st-expired] station unreachable: tls_error" in log
+    for name, text in {"log": log, "fleet": answer, "alarms": console.raw("/api/fleet/alarms")}.items():
+        for secret in (token, old_token):
+            assert secret not in text, f"a station token leaked into the console's {name}"
 
 
 def _read_stream(console: Console, path: str) -> str:

@@ -37,14 +37,14 @@ def open_alarm(daemon: Daemon, camera: str, kind: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def metric(daemon: Daemon, name: str, **labels: str) -> float | None:
+def metric(daemon: Daemon, metric_name: str, **labels: str) -> float | None:
     status, body = daemon.get("/metrics")
     assert status == 200
     text = body.decode() if isinstance(body, bytes) else str(body)
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-        if match and match.group(1) == name:
+        if match and match.group(1) == metric_name:
             got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
             if got == wanted:
                 return float(match.group(3))
@@ -118,6 +118,7 @@ def test_outage_is_alarmed_alerted_counted_and_shown_as_a_coverage_gap(
     daemon.wait_state("cell-1", "online", timeout=30)
     # Every camera's series exists from the start.
     assert metric(daemon, "nvr_camera_up", camera="cell-1") == 1.0
+    assert metric(daemon, "nvr_camera_info", camera="cell-1", zone="holding_cell", name="Cell 1") == 1.0
     assert metric(daemon, "nvr_alarms_open", camera="cell-1", type="offline") == 0.0
     # Let something be recorded before the outage.
     wait_until(lambda: metric(daemon, "nvr_recording_segments_total", camera="cell-1"), 30, "no segment recorded")
