@@ -203,3 +203,28 @@ def test_disk_pressure_deletes_oldest_unprotected_and_keeps_recording(small_disk
     wait_until(lambda: rows(daemon.storage, "p")[-1].id > kept[-1].id, 20, "recording stopped")
     assert daemon.camera("p")["recording"] is True
     assert before >= 2
+
+
+def test_write_error_on_one_camera_is_reported_and_retried_while_the_other_records(cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    a = cameras("wa", fps=FPS, gop=GOP)
+    b = cameras("wb", fps=FPS, gop=GOP)
+    daemon = daemon_factory([entry("a", a.url), entry("b", b.url)], storage={"segment_seconds": 2})
+    wait_until(lambda: len(rows(daemon.storage, "a")) >= 1 and len(rows(daemon.storage, "b")) >= 1, 30,
+               "both cameras recording")
+    # Camera a's directory turns into something that cannot hold files (an I/O failure on its path).
+    directory = daemon.storage / "recordings" / "a"
+    moved = directory.with_name("a.moved")
+    directory.rename(moved)
+    directory.write_bytes(b"not a directory")
+    try:
+        failing = wait_until(lambda: daemon.camera("a")["recording_error"], 15, "the write error was not reported")
+        assert "director" in failing.lower() or "exists" in failing.lower(), failing
+        before_b = len(rows(daemon.storage, "b"))
+        wait_until(lambda: len(rows(daemon.storage, "b")) >= before_b + 2, 20, "camera b stopped recording")
+        assert daemon.camera("b")["recording_error"] is None and daemon.camera("b")["recording"] is True
+    finally:
+        directory.unlink()
+        moved.rename(directory)
+    before_a = len(rows(daemon.storage, "a"))
+    wait_until(lambda: len(rows(daemon.storage, "a")) >= before_a + 1, 30, "camera a never recorded again")
+    assert daemon.camera("a")["recording_error"] is None
