@@ -14,7 +14,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from nvr import secrets
@@ -26,13 +25,13 @@ from nvr.config import (
     Log,
     Tls,
     Web,
-    _collect_lines,
     _describe,
     _Model,
     _substitute,
     _where,
     first_duplicate,
     format_path,
+    read_yaml,
     split_host_port,
 )
 
@@ -152,19 +151,7 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
 
 
 def parse(text: str, *, source: str = "<console config>", environ: dict[str, str]) -> ConsoleConfig:
-    lines: dict[tuple[str | int, ...], int] = {}
-    problems: list[str] = []
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
-    if node is not None:
-        _collect_lines(node, (), lines, problems, source)
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
+    data, lines, problems = read_yaml(text, source)
     problems += _literal_tokens(data, source, lines)
     data = _substitute(data, (), environ, problems, source, lines)
     config: ConsoleConfig | None = None

@@ -370,8 +370,12 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
     return parse(text, source=str(path), environ=os.environ if environ is None else environ)
 
 
-def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._Environ[str]) -> Config:
-    lines: dict[tuple[str | int, ...], int] = {}
+Lines = dict[tuple[str | int, ...], int]
+
+
+def read_yaml(text: str, source: str) -> tuple[dict[str, Any], Lines, list[str]]:
+    """The top-level mapping, the line of every key (for messages), and duplicate-key problems."""
+    lines: Lines = {}
     problems: list[str] = []
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -386,6 +390,11 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
+    return data, lines, problems
+
+
+def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._Environ[str]) -> Config:
+    data, lines, problems = read_yaml(text, source)
 
     problems += _literal_passwords(data, source, lines)
     data = _substitute(data, (), environ, problems, source, lines)
