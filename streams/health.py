@@ -138,7 +138,7 @@ class CameraHealth:
 
     async def _analyse_keyframes(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS)
+        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS, keyframes_only=True)
         next_due = 0.0
         try:
             while not self._stopping:

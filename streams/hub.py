@@ -30,10 +30,12 @@ class ReaderClosed(Exception):
 class HubReader:
     """One consumer's view of a hub: an async iterator of packets and session ends."""
 
-    def __init__(self, hub: Hub, name: str, maxsize: int) -> None:
+    def __init__(self, hub: Hub, name: str, maxsize: int, keyframes_only: bool = False) -> None:
         self.hub = hub
         self.name = name
         self.maxsize = maxsize
+        # A reader that only looks at pictures (health checks) is not woken for every packet.
+        self.keyframes_only = keyframes_only
         self.dropped = 0
         self.delivered = 0
         self._items: deque[HubItem] = deque()
@@ -48,6 +50,8 @@ class HubReader:
         if self._closed:
             return
         if isinstance(item, MediaPacket):
+            if self.keyframes_only and not (item.kind is TrackKind.VIDEO and item.is_keyframe):
+                return
             if item.kind is TrackKind.VIDEO:
                 if self._need_keyframe and not item.is_keyframe:
                     self._drop()
@@ -144,9 +148,9 @@ class Hub:
     def readers(self) -> tuple[HubReader, ...]:
         return tuple(self._readers)
 
-    def reader(self, name: str, maxsize: int | None = None) -> HubReader:
+    def reader(self, name: str, maxsize: int | None = None, *, keyframes_only: bool = False) -> HubReader:
         """Attach a reader; it starts with the cached packets since the last keyframe."""
-        reader = HubReader(self, name, maxsize or self.reader_queue_packets)
+        reader = HubReader(self, name, maxsize or self.reader_queue_packets, keyframes_only)
         for packet in self._gop:
             reader.offer(packet)
         self._readers.append(reader)

@@ -106,3 +106,15 @@ def test_parameter_sets_deduplicated_and_stop_at_slice() -> None:
     hau = b"".join(b"\x00\x00\x01" + n for n in (vps, hsps, hpps, irap))
     assert bitstream.parameter_sets("hevc", hau).count(b"\x00\x00\x00\x01") == 3
     assert bitstream.has_slice("hevc", hau)
+
+
+async def test_keyframes_only_reader_sees_keyframes_and_session_ends_only() -> None:
+    hub = Hub("cam")
+    pictures = hub.reader("health", keyframes_only=True)
+    sess = session()
+    for p in gop_stream(sess, 30):
+        hub.publish(p)
+    hub.end_session("camera lost")
+    items = [pictures.get_nowait() for _ in range(4)]
+    assert [i.pts for i in items[:3]] == [0, 10 * 3000, 20 * 3000]  # type: ignore[union-attr]
+    assert isinstance(items[3], SessionEnded) and pictures.dropped == 0
