@@ -8,8 +8,6 @@ import signal
 import ssl
 import time
 
-from aiohttp import web
-
 from central.app import ConsoleRuntime, create_console_app
 from central.config import ConsoleConfig
 from nvr import systemd
@@ -21,7 +19,7 @@ SHUTDOWN_SECONDS = 10.0
 
 async def serve(config: ConsoleConfig) -> None:
     """Run the console in the foreground until SIGTERM or SIGINT."""
-    from nvr.daemon import tls_context
+    from nvr.daemon import start_web, tls_context
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -45,16 +43,10 @@ async def serve(config: ConsoleConfig) -> None:
     log.info("audit log head: entry %d, hash %s", *head)
     runtime.audit.record("console.start", actor="system", console=config.console.id,
                          stations=[s.id for s in config.stations])
-    app = create_console_app(runtime)
-    # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.web.host, config.web.port, reuse_address=True, ssl_context=ssl_context)
     try:
-        await site.start()
+        runner = await start_web(create_console_app(runtime), config.web.host, config.web.port, ssl_context)
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.console.listen, exc.strerror)
-        await runner.cleanup()
         await asyncio.to_thread(runtime.auth.close)
         raise SystemExit(1) from None
     runtime.fleet.start()

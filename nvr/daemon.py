@@ -287,6 +287,19 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+    """Serve ``app`` (the station's or the central console's); raises OSError if it cannot listen."""
+    # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 async def serve(config: Config, config_file: Path | None = None) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     from web.app import create_app  # web depends on nvr, not the other way round at import time
@@ -309,17 +322,11 @@ async def serve(config: Config, config_file: Path | None = None) -> None:
         )
     daemon = Daemon(config, config_file)
     await daemon.start()
-    app = create_app(daemon)
-    # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.web.host, config.web.port, reuse_address=True, ssl_context=ssl_context)
     try:
-        await site.start()
+        runner = await start_web(create_app(daemon), config.web.host, config.web.port, ssl_context)
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.web.listen, exc.strerror)
         await daemon.stop()
-        await runner.cleanup()
         raise SystemExit(1) from None
     log.info("web server listening on %s://%s", "https" if ssl_context else "http", config.web.listen)
     systemd.notify("READY=1\nSTATUS=running")
