@@ -232,6 +232,9 @@ class Recordings(_Model):
     """Auditor retrieval: search, clips and evidence exports."""
 
     max_range_hours: Annotated[float, Field(gt=0, le=24 * 366, description="Longest clip or export range")] = 24.0
+    max_search_hours: Annotated[
+        float, Field(gt=0, le=24 * 366, description="Longest range of one GET /api/recordings search")
+    ] = 168.0
     max_export_jobs: Annotated[
         int, Field(ge=1, le=100, description="Exports queued or running at once; more answer 503")
     ] = 4

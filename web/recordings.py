@@ -80,9 +80,10 @@ def parse_range(request: web.Request, start_raw: Any, end_raw: Any, limit_hours:
 def known_camera(request: web.Request, camera_id: Any, field: str = "camera") -> str:
     if not isinstance(camera_id, str) or not camera_id:
         raise bad_request(field, "is required")
+    # The allow-list first: a restricted user gets the same 403 for an unknown camera as for a forbidden one.
+    require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
     if camera_id not in request.app[DAEMON].cameras:
         raise api_error(web.HTTPNotFound, "unknown_camera", f"{field}: no camera with id {camera_id!r}")
-    require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
     return camera_id
 
 
@@ -118,7 +119,8 @@ async def gap_explainer(request: web.Request, start: float, end: float) -> GapEx
 
 async def search_recordings(request: web.Request) -> web.Response:
     camera = known_camera(request, request.query.get("camera"))
-    start, end = parse_range(request, request.query.get("start"), request.query.get("end"), None)
+    start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
+                             request.app[DAEMON].config.recordings.max_search_hours)
     index = require_index(request)
     result = await index.call(search, index, camera, start, end, await gap_explainer(request, start, end))
     audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
@@ -304,6 +306,8 @@ async def station_key(request: web.Request) -> web.Response:
 
 
 async def playback_page(_request: web.Request) -> web.FileResponse:
-    from web.console import STATIC_DIR
+    from web.console import _CSP, STATIC_DIR
 
-    return web.FileResponse(STATIC_DIR / "playback.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "playback.html", headers={
+        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
+    })
