@@ -238,6 +238,28 @@ class Recordings(_Model):
     max_export_jobs: Annotated[
         int, Field(ge=1, le=100, description="Exports queued or running at once; more answer 503")
     ] = 4
+    exports_path: Path | None = Field(
+        default=None, description="Finished evidence packages; default <storage.path>/exports (absolute path)"
+    )
+    export_quota_mb: Annotated[
+        float, Field(gt=0, le=1 << 30, description="Packages kept at once, in MB; an export that would exceed it fails")
+    ] = 20480
+    export_keep_hours: Annotated[
+        float, Field(gt=0, le=24 * 366, description="A package never downloaded is deleted this long after it is made")
+    ] = 168
+    export_keep_hours_after_download: Annotated[
+        float, Field(gt=0, le=24 * 366, description="A downloaded package is deleted this long after its download")
+    ] = 24
+    checkpoint_seconds: Annotated[
+        float, Field(ge=1, le=86400, description="How often the station signs a checkpoint of its chain heads")
+    ] = 300
+
+    @field_validator("exports_path")
+    @classmethod
+    def _exports_absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
 
 
 class Auth(_Model):
@@ -324,6 +346,10 @@ class Config(_Model):
     @property
     def auth_database(self) -> Path:
         return self.auth.database or self.storage.path / "auth.sqlite3"
+
+    @property
+    def exports_path(self) -> Path:
+        return self.recordings.exports_path or self.storage.path / "exports"
 
 
 def first_duplicate(ids: list[str]) -> str | None:
