@@ -71,6 +71,9 @@ class Follow(Backoff):
     stream_idle_seconds: Annotated[
         float, Field(gt=0, le=600, description="An alarm feed silent this long is dead (stations send keepalives)")
     ] = 40.0
+    checkpoint_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="Collect the stations' signed checkpoints this often")
+    ] = 60.0
 
 
 class StationLinkConfig(_Model):
