@@ -11,9 +11,11 @@ Routes (documented in README, "Central console"):
 - ``POST /api/stations/{station_id}/cameras/{camera_id}/whep`` and
   ``DELETE /api/stations/{station_id}/whep/sessions/{session_id}``: WHEP relay.
 
-Users, sessions, tokens, CSRF and the audit log are the station's own code
-(:mod:`web.access`, :mod:`nvr.authdb`, :mod:`nvr.audit`) over the console's
-database.
+Users, sessions, tokens, CSRF, the limits on sign-ins and event feeds and the
+identity watch that ends streams are the station's own code (:mod:`web.access`,
+:mod:`nvr.authdb`, :mod:`nvr.audit`, :mod:`web.identity_watch`) over the
+console's database.  Camera allow-lists name cameras ``STATION/CAMERA``
+(:func:`web.access.may_see`).
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ from typing import Any
 
 from aiohttp import web
 
+from central import witness
 from central.config import ConsoleConfig
 from central.fleet import Fleet
-from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay
+from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay, RelayedSession
 from central.station_link import StationError, StationLink
+from central.witness import WITNESS_FILE, Witness
 from nvr import __version__
 from nvr.audit import AuditLog
 from nvr.authdb import AuthDatabase
 from nvr.roles import Role
-from web.app import api_error, error_response, json_errors
+from web.app import api_error, error_response, json_errors, read_body
+from web.slots import LimitReached
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,9 @@ class ConsoleRuntime:
         self.config = config
         self.auth = AuthDatabase(config.auth_database)
         self.audit = AuditLog(self.auth)
-        self.fleet = Fleet(config)
+        # Checkpoints and keys of the stations, kept where no station can write (issue 11).
+        self.witness = Witness(config.storage.path / WITNESS_FILE)
+        self.fleet = Fleet(config, self.witness)
         self.relay = LiveRelay()
         self.sse_closers: set[Callable[[], None]] = set()
 
@@ -73,6 +80,8 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
     app.router.add_post("/api/stations/{station_id}/cameras/{camera_id}/whep", post_offer)
     app.router.add_delete("/api/stations/{station_id}/whep/sessions/{session_id}", delete_session)
     app.on_shutdown.append(_close_streams)
+    witness.setup(app, runtime.witness, runtime.config.console.id,
+                  {s.id: s.name or s.id for s in runtime.config.stations})
     access.setup(app, runtime)  # type: ignore[arg-type]  # reads .auth, .audit, .config.auth, .config.web
     return app
 
@@ -109,14 +118,21 @@ def _sse(event: str, body: dict[str, Any]) -> bytes:
 
 
 async def stream_fleet(request: web.Request) -> web.StreamResponse:
+    from web.access import ACCESS, limit_error, may_see, station_camera
+
     runtime = request.app[RUNTIME]
     fleet = runtime.fleet
     who = _who(request)
+    access = request.app[ACCESS]
+    try:
+        slot = access.event_streams.take(who.name if who is not None else "anonymous")  # before any await
+    except LimitReached as limit:
+        raise limit_error(limit) from None
     queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_SSE_QUEUE)
     ended = asyncio.Event()
 
     def listener(name: str, body: dict[str, Any]) -> None:
-        if name.startswith("alarm.") and who is not None and not who.may_see(body["alarm"].get("camera")):
+        if name.startswith("alarm.") and not may_see(who, station_camera(body["station"], body["alarm"].get("camera"))):
             return
         try:
             queue.put_nowait((name, body))
@@ -133,13 +149,14 @@ async def stream_fleet(request: web.Request) -> web.StreamResponse:
         except asyncio.QueueFull:
             pass
 
+    unwatch = access.watch.watch(who, "fleet feed", lambda _reason: close())
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
-    await response.prepare(request)
     fleet.listeners.append(listener)
     runtime.sse_closers.add(close)
     try:
+        await response.prepare(request)
         await response.write(_sse("fleet", fleet.fleet_json(who)))
         while not ended.is_set():
             try:
@@ -167,6 +184,8 @@ async def stream_fleet(request: web.Request) -> web.StreamResponse:
     finally:
         runtime.sse_closers.discard(close)
         close()
+        unwatch()
+        slot.release()
     return response
 
 
@@ -208,9 +227,7 @@ async def post_offer(request: web.Request) -> web.Response:
         response = error_response(415, "unsupported_media_type", f"send the SDP offer as {SDP_TYPE}")
         response.headers["Accept-Post"] = SDP_TYPE
         return response
-    body = await request.content.read(MAX_OFFER_BYTES + 1)
-    if len(body) > MAX_OFFER_BYTES:
-        return error_response(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
+    body = await read_body(request, MAX_OFFER_BYTES, "an SDP offer")
     if not body.lstrip().startswith(b"v=0"):
         return error_response(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
     who = _who(request)
@@ -231,14 +248,20 @@ async def post_offer(request: web.Request) -> web.Response:
         if status in (401, 403):  # the console's own token is refused: not the viewer's fault
             return error_response(502, "station_refused",
                                   f"station {link.id} refused the console's token (HTTP {status}, {code})")
-        if status in (400, 404, 409, 413, 415, 503):
+        if status in (400, 404, 409, 413, 415, 429, 503):
             return error_response(status, code, f"station {link.id}: {message}")
         return error_response(502, "station_error", f"station {link.id} answered HTTP {status} ({code})")
     session_id = LiveRelay.station_session(headers.get("Location"))
     if session_id is None:
         audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, error="bad_location")
         return error_response(502, "station_error", f"station {link.id} answered without a session Location")
-    location = runtime.relay.add(link, camera_id, session_id, user)
+    from web.access import ACCESS
+
+    session = runtime.relay.add(link, camera_id, session_id, user)
+    session.unwatch = request.app[ACCESS].watch.watch(
+        who, f"live session {session_id[:8]} of {link.id}/{camera_id}",
+        lambda reason: _end_for_identity(runtime, link, session, reason))
+    location = LiveRelay.location(session)
     audit(request, "live.start", camera=camera_id, station=link.id, session=session_id[:8])
     log.info("[%s] live view of %s relayed for %s: session %s", link.id, camera_id, user, session_id[:8])
     return web.Response(status=201, body=answer, content_type=SDP_TYPE,
@@ -258,13 +281,28 @@ async def delete_session(request: web.Request) -> web.Response:
     if who is not None and who.role is not Role.ADMIN and session.user != who.name:
         return error_response(403, "forbidden", "this live session belongs to someone else")
     runtime.relay.remove(link.id, session_id)
-    user = who.name if who is not None else "anonymous"
+    status = await _stop_at_station(link, session_id, who.name if who is not None else "anonymous")
+    audit(request, "live.stop", camera=session.camera, station=link.id, session=session_id[:8],
+          station_status=status, reason="ended by the viewer")
+    return web.Response(status=204)
+
+
+async def _stop_at_station(link: StationLink, session_id: str, user: str) -> int:
+    """Relay the end of a live session to its station; its HTTP status, 0 when it cannot be reached."""
     try:
         status, _, _ = await link.request("DELETE", f"/api/whep/sessions/{session_id}",
                                           headers=link.central_headers(user))
     except StationError as exc:
-        status = 0
         log.info("[%s] ending live session %s: %s", link.id, session_id[:8], exc.problem.message)
-    audit(request, "live.stop", camera=session.camera, station=link.id, session=session_id[:8],
-          station_status=status)
-    return web.Response(status=204)
+        return 0
+    return status
+
+
+async def _end_for_identity(runtime: ConsoleRuntime, link: StationLink, session: RelayedSession,
+                            reason: str) -> None:
+    """The console user who opened a relayed session logged out, expired or was removed: end it at the station."""
+    if runtime.relay.remove(link.id, session.session_id) is None:
+        return  # already ended
+    status = await _stop_at_station(link, session.session_id, session.user)
+    runtime.audit.record("live.stop", actor=session.user, camera=session.camera, station=link.id,
+                         session=session.session_id[:8], station_status=status, reason=reason)

@@ -10,6 +10,7 @@ A station token must be a ``${NAME}`` reference, never written literally.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 
 from nvr import secrets
+from nvr.authdb import AuthError
 from nvr.config import (
     _ONLY_REFS,
     Auth,
@@ -35,6 +37,8 @@ from nvr.config import (
     split_host_port,
 )
 
+_CAMERA_ID = re.compile(r"^[a-z0-9_-]{1,64}$")  # as nvr.config.Camera.id
+
 
 class ConsoleSection(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64, description="Console id, sent to stations")]
@@ -42,6 +46,12 @@ class ConsoleSection(_Model):
     listen: str = Field(default="127.0.0.1:8090", description="host:port of the console's HTTP server")
     tls: Tls | None = Field(default=None, description="Serve HTTPS with this certificate and key")
     hsts_seconds: Annotated[int, Field(ge=0, le=2 * 365 * 86400)] = 31536000
+    max_event_streams: Annotated[
+        int, Field(ge=1, le=10_000, description="Open fleet feeds (SSE) in all; more answer 503")
+    ] = 64
+    max_event_streams_per_user: Annotated[
+        int, Field(ge=1, le=10_000, description="Open fleet feeds per user or token; more answer 429")
+    ] = 8
 
     @field_validator("listen")
     @classmethod
@@ -131,13 +141,29 @@ class ConsoleConfig(_Model):
         return next((s for s in self.stations if s.id == station_id), None)
 
     def camera(self, camera_id: str) -> str | None:
-        """Any id: station cameras are not known offline (``nvr user add --cameras`` on a console file)."""
-        return camera_id
+        """An allow-list entry of a console user or token (``nvr user add --cameras`` on a console file).
+
+        Camera ids are only unique within a station, so a console names a camera
+        ``STATION/CAMERA`` (or ``STATION/*``: every camera of that station); the
+        station must be in this file.  A bare id is refused with a message saying so
+        (its cameras are not known offline, so the camera part is not checked).
+        """
+        station, sep, camera = camera_id.partition("/")
+        if not sep:
+            raise AuthError(
+                f"--cameras: {camera_id!r} is a bare camera id; on a central console write STATION/CAMERA "
+                f"(e.g. {self.stations[0].id}/{camera_id}) or STATION/* for every camera of a station")
+        if self.station(station) is None:
+            return None
+        return camera_id if camera == "*" or _CAMERA_ID.match(camera) else None
 
     @property
     def web(self) -> Web:
         """The console's HTTP settings in the shape the shared web code (access control, TLS) reads."""
-        return Web(listen=self.console.listen, tls=self.console.tls, hsts_seconds=self.console.hsts_seconds)
+        console = self.console
+        return Web(listen=console.listen, tls=console.tls, hsts_seconds=console.hsts_seconds,
+                   max_event_streams=console.max_event_streams,
+                   max_event_streams_per_user=console.max_event_streams_per_user)
 
     @property
     def auth_database(self) -> Path:

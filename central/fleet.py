@@ -5,7 +5,9 @@ configured station and turns their states into JSON: stations with
 reachability and counts, cameras grouped by station with their open alarms,
 and one merged alarm list (critical first, holding cells first among equals,
 newest first).  An unreachable station adds a console-side critical alarm
-``station_unreachable`` to the merged list.  Listeners (the console's SSE
+``station_unreachable`` to the merged list.  Camera allow-lists of console
+users name cameras ``STATION/CAMERA`` (or ``STATION/*``), since camera ids
+are unique only within a station.  Listeners (the console's SSE
 streams) get every change; they must not block.
 """
 
@@ -18,8 +20,10 @@ from typing import Any
 
 from central.config import ConsoleConfig
 from central.station_link import Reachability, StationAlarm, StationLink
+from central.witness import Witness
 from nvr.roles import Identity
 from nvr.timeutil import iso
+from web.access import may_see, station_camera
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,10 @@ _CAMERA_FIELDS = ("id", "name", "zone", "state", "state_reason", "state_message"
 
 
 class Fleet:
-    def __init__(self, config: ConsoleConfig) -> None:
+    def __init__(self, config: ConsoleConfig, witness: Witness | None = None) -> None:
         self.config = config
         self.links: dict[str, StationLink] = {
-            s.id: StationLink(s, config.follow, config.console.id, self._changed) for s in config.stations
+            s.id: StationLink(s, config.follow, config.console.id, self._changed, witness) for s in config.stations
         }
         self.listeners: list[FleetListener] = []
 
@@ -78,13 +82,13 @@ class Fleet:
         link = self.links[station_id]
         state = link.state
         stale = state.reachability is not Reachability.REACHABLE
-        alarms = [a for a in link.open_alarms() if who is None or who.may_see(a.camera)]
+        alarms = [a for a in link.open_alarms() if may_see(who, station_camera(link.id, a.camera))]
         by_camera: dict[str | None, list[dict[str, Any]]] = {}
         for alarm in alarms:
             by_camera.setdefault(alarm.camera, []).append(self._alarm_json(link, alarm))
         cameras = []
         for camera in state.cameras:
-            if who is not None and not who.may_see(camera.id):
+            if not may_see(who, station_camera(link.id, camera.id)):
                 continue
             body = {name: getattr(camera, name) for name in _CAMERA_FIELDS}
             body["stale"] = stale  # the last state the station reported, while it cannot be asked
@@ -139,7 +143,8 @@ class Fleet:
                     "station": link.id, "station_name": link.config.display_name, "camera_name": None,
                     "zone": None,
                 })
-            merged += [self._alarm_json(link, a) for a in link.open_alarms() if who is None or who.may_see(a.camera)]
+            merged += [self._alarm_json(link, a) for a in link.open_alarms()
+                       if may_see(who, station_camera(link.id, a.camera))]
         merged.sort(key=lambda a: a["opened_at"] or "", reverse=True)
         merged.sort(key=lambda a: (a["severity"] != "critical", a["zone"] != "holding_cell"))
         return merged

@@ -8,7 +8,8 @@ central user), and returns the station's answer.  The answer's ICE candidates
 are the station's, so media flows from the station to the browser; the
 console never sees a video packet.  ``DELETE`` on the returned ``Location``
 is relayed the same way.  The console remembers which user opened which
-session (bounded), so only that user or an admin can end it.
+session (bounded), so only that user or an admin can end it, and ends it at
+the station when that user's identity ends (:mod:`web.identity_watch`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from central.station_link import StationLink
 
@@ -31,13 +33,14 @@ _STATION_SESSION = re.compile(r"^/api/whep/sessions/([A-Za-z0-9_-]{8,128})$")
 _MAX_SESSIONS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class RelayedSession:
     station: str
     camera: str
     session_id: str
     user: str
     created_mono: float
+    unwatch: Callable[[], None] = field(default=lambda: None)  # stop following the identity that opened it
 
 
 class LiveRelay:
@@ -51,15 +54,23 @@ class LiveRelay:
         match = _STATION_SESSION.match(location or "")
         return match.group(1) if match else None
 
-    def add(self, link: StationLink, camera: str, session_id: str, user: str) -> str:
-        self.sessions[(link.id, session_id)] = RelayedSession(link.id, camera, session_id, user, time.monotonic())
+    def add(self, link: StationLink, camera: str, session_id: str, user: str) -> RelayedSession:
+        session = RelayedSession(link.id, camera, session_id, user, time.monotonic())
+        self.sessions[(link.id, session_id)] = session
         self.opened_total += 1
         while len(self.sessions) > _MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-        return SESSION_PATH.format(station_id=link.id, session_id=session_id)
+            self.sessions.popitem(last=False)[1].unwatch()
+        return session
+
+    @staticmethod
+    def location(session: RelayedSession) -> str:
+        return SESSION_PATH.format(station_id=session.station, session_id=session.session_id)
 
     def get(self, station: str, session_id: str) -> RelayedSession | None:
         return self.sessions.get((station, session_id))
 
     def remove(self, station: str, session_id: str) -> RelayedSession | None:
-        return self.sessions.pop((station, session_id), None)
+        session = self.sessions.pop((station, session_id), None)
+        if session is not None:
+            session.unwatch()
+        return session

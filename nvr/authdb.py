@@ -288,6 +288,35 @@ class AuthDatabase:
         self.db.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
         return str(row[0]) if row else None
 
+    def ended_identities(self, sessions: dict[str, str], tokens: set[str], idle_seconds: float,
+                         max_seconds: float) -> dict[tuple[str, str], str]:
+        """Which of these identities have ended, and why (read-only: checking is not using).
+
+        ``sessions`` maps session-id hashes to their user, ``tokens`` holds token names.  Answers
+        ``{("session", hash) | ("token", name): reason}`` for the ones that ended: ``user removed``,
+        ``session expired``, ``session ended`` (logged out elsewhere, password changed),
+        ``token revoked``, ``token removed``.
+        """
+        ended: dict[tuple[str, str], str] = {}
+        db = self.db
+        now = time.time()
+        users = {row[0] for row in db.execute("SELECT name FROM users")} if sessions else set()
+        for id_hash, user in sessions.items():
+            row = db.execute("SELECT created_at, last_seen FROM sessions WHERE id_hash = ?", (id_hash,)).fetchone()
+            if user not in users:
+                ended[("session", id_hash)] = "user removed"
+            elif row is None:
+                ended[("session", id_hash)] = "session ended"
+            elif now - row[1] > idle_seconds or now - row[0] > max_seconds:
+                ended[("session", id_hash)] = "session expired"
+        for name in tokens:
+            row = db.execute("SELECT revoked_at FROM tokens WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                ended[("token", name)] = "token removed"
+            elif row[0] is not None:
+                ended[("token", name)] = "token revoked"
+        return ended
+
     def purge_sessions(self, idle_seconds: float, max_seconds: float) -> int:
         now = time.time()
         return self.db.execute(

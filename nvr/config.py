@@ -94,6 +94,12 @@ class Web(_Model):
     tls: Tls | None = Field(default=None, description="Serve HTTPS (TLS 1.2+) with this certificate and key")
     hsts_seconds: Annotated[int, Field(ge=0, le=2 * 365 * 86400, description="HSTS max-age under TLS")] = 31536000
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token")
+    max_event_streams: Annotated[
+        int, Field(ge=1, le=10_000, description="Open event feeds (SSE) in all; more answer 503")
+    ] = 64
+    max_event_streams_per_user: Annotated[
+        int, Field(ge=1, le=10_000, description="Open event feeds per user or token; more answer 429")
+    ] = 8
 
     @field_validator("listen")
     @classmethod
@@ -223,6 +229,9 @@ class Live(_Model):
         int, Field(ge=16, le=10_000, description="Per viewer; a slower viewer drops packets, counted")
     ] = 300
     max_sessions: Annotated[int, Field(ge=1, le=1000, description="Concurrent WHEP sessions; more answer 503")] = 64
+    max_sessions_per_user: Annotated[
+        int, Field(ge=1, le=1000, description="Concurrent WHEP sessions per user or token; more answer 429")
+    ] = 16
     connect_timeout_seconds: Annotated[
         float, Field(gt=0, le=300, description="A session whose peer does not connect in time is closed")
     ] = 20.0
@@ -275,6 +284,12 @@ class Auth(_Model):
     identity_cache_seconds: Annotated[
         float, Field(ge=0, le=300, description="Tokens and sessions are looked up again after this long")
     ] = 5
+    password_check_threads: Annotated[
+        int, Field(ge=1, le=64, description="Threads of the Argon2 pool (sign-ins only, not the default executor)")
+    ] = 2
+    max_pending_logins: Annotated[
+        int, Field(ge=1, le=10_000, description="Sign-ins being checked at once; more answer 503 login_busy")
+    ] = 16
 
     @field_validator("database")
     @classmethod

@@ -11,7 +11,16 @@
   from this origin (``Sec-Fetch-Site`` and ``Origin``).
 - **Bad paths**: ``..`` or NUL in the request path, or ``/`` in an id, is
   refused with 400 and audited.
-- Login, logout, ``/api/me``, the login page and ``GET /api/audit``.
+- **Limits**: sign-in attempts are reserved before the password is checked
+  (:mod:`web.login_throttle`), and Argon2 runs in a bounded pool of its own
+  (``auth.password_check_threads``), never in the default executor that clips
+  and exports use.  Event feeds take a slot (:mod:`web.slots`) before their
+  first await; every long-lived stream is closed when its identity ends
+  (:mod:`web.identity_watch`).
+- **Redirects**: the page to return to after sign-in is checked here
+  (:func:`safe_next`), so it never leaves the site.
+- Login, logout, ``/api/me``, the login page, ``GET /api/audit`` and
+  ``GET /api/openapi.json`` (:mod:`web.openapi`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +42,9 @@ from nvr.daemon import Daemon
 from nvr.roles import Identity, Permission, Role
 from nvr.timeutil import iso, parse_iso
 from web.app import api_error, json_body
+from web.identity_watch import IdentityWatch, session_key
 from web.login_throttle import LoginThrottle
+from web.slots import LimitReached, Slots
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/api/login"): P.PUBLIC,
     ("POST", "/api/logout"): P.PUBLIC,  # ends the cookie's session if there is one
     ("GET", "/api/me"): P.SELF,
+    ("GET", "/api/openapi.json"): P.SELF,
     ("GET", "/"): P.SELF,
     ("GET", "/api/cameras"): P.CAMERAS,
     ("GET", "/api/cameras/{camera_id}"): P.CAMERAS,
@@ -64,6 +77,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/recordings"): P.RECORDINGS,
     ("GET", "/api/recordings/{camera_id}/clip.mp4"): P.RECORDINGS,
     ("GET", "/api/key"): P.RECORDINGS,
+    ("GET", "/api/checkpoints"): P.CHECKPOINTS,
     ("POST", "/api/exports"): P.EXPORTS,
     ("GET", "/api/exports/{export_id}"): P.EXPORTS,
     ("GET", "/api/exports/{export_id}/download"): P.EXPORTS,
@@ -77,6 +91,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/fleet/stream"): P.ALARMS,
     ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): P.LIVE,
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
+    ("GET", "/api/stations/{station_id}/checkpoints"): P.AUDIT,  # what the console witnessed (issue 11)
+    ("GET", "/api/keyring"): P.AUDIT,
 }
 # Browser pages: without a session they redirect to the login page instead of answering 401.
 PAGES = {"/", "/playback"}
@@ -100,7 +116,13 @@ class Access:
         self.idle_seconds = auth.session_idle_minutes * 60
         self.max_seconds = auth.session_max_hours * 3600
         self.throttle = LoginThrottle(auth.login_max_failures, auth.login_max_failures_per_address,
-                                      auth.login_window_seconds, auth.login_lockout_seconds)
+                                      auth.login_window_seconds, auth.login_lockout_seconds,
+                                      auth.max_pending_logins)
+        # Argon2 is slow on purpose: a pool of its own, so a sign-in flood never starves clips and exports.
+        self.password_pool = ThreadPoolExecutor(auth.password_check_threads, thread_name_prefix="argon2")
+        web_config = daemon.config.web
+        self.event_streams = Slots("streams", "event streams", web_config.max_event_streams,
+                                   web_config.max_event_streams_per_user)
         self.tls = daemon.config.web.tls is not None
         self.metrics_public = daemon.config.web.metrics_public
         self.hsts_seconds = daemon.config.web.hsts_seconds
@@ -108,6 +130,8 @@ class Access:
         # after at most this long; logging out in this process takes effect at once.
         self.cache_seconds = auth.identity_cache_seconds
         self._cache: dict[str, tuple[float, asyncio.Future[Identity | None]]] = {}
+        # Open streams are checked as often as identities are looked up again (at least every second).
+        self.watch = IdentityWatch(self.db, self.idle_seconds, self.max_seconds, max(1.0, self.cache_seconds))
 
     async def identify(self, request: web.Request) -> tuple[Identity | None, str | None]:
         """The identity and, when credentials were sent but are no good, why."""
@@ -158,11 +182,15 @@ def setup(app: web.Application, daemon: Daemon) -> None:
     app.middlewares.append(access_control)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_session_purger)
+    app.cleanup_ctx.append(_stream_watch)
     app.router.add_get("/login", login_page)
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/me", me)
     app.router.add_get("/api/audit", read_audit)
+    from web import openapi
+
+    app.router.add_get("/api/openapi.json", openapi.serve)
     app.on_startup.append(_check_table)
 
 
@@ -191,6 +219,13 @@ async def _session_purger(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _stream_watch(app: web.Application) -> AsyncIterator[None]:
+    access = app[ACCESS]
+    async for _ in access.watch.running():
+        yield
+    access.password_pool.shutdown(wait=False, cancel_futures=True)
+
+
 # -- helpers for handlers -------------------------------------------------------------------
 
 
@@ -199,10 +234,26 @@ def identity(request: web.Request) -> Identity | None:
     return user if isinstance(user, Identity) else None
 
 
+def may_see(who: Identity | None, camera_id: str | None) -> bool:
+    """Camera allow-list check (None: station-wide data, visible to all).
+
+    On the central console cameras are ``STATION/CAMERA`` (:func:`station_camera`), and
+    ``STATION/*`` in an allow-list stands for every camera of that station.
+    """
+    if who is None or who.may_see(camera_id):
+        return True
+    station, sep, _ = (camera_id or "").partition("/")
+    return bool(sep) and who.cameras is not None and f"{station}/*" in who.cameras
+
+
+def station_camera(station_id: str, camera_id: str | None) -> str | None:
+    """A camera as the central console's allow-lists name it: ``STATION/CAMERA`` (None stays None)."""
+    return f"{station_id}/{camera_id}" if camera_id is not None else None
+
+
 def visible(request: web.Request, camera_id: str | None) -> bool:
     """May the requester see this camera's data? (None: station-wide data.)"""
-    who = identity(request)
-    return who is None or who.may_see(camera_id)
+    return may_see(identity(request), camera_id)
 
 
 def require_camera(request: web.Request, camera_id: str) -> None:
@@ -339,9 +390,11 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
         audit(request, "access.denied", outcome="denied", reason=f"role {who.role.value} lacks {permission.value}",
               method=method, path=request.path)
         raise api_error(web.HTTPForbidden, "forbidden", f"the {who.role.value} role may not do this")
+    station_id = request.match_info.get("station_id")
     for camera_id in (request.match_info.get("camera_id"), request.query.get("camera")):
         if camera_id:
-            require_camera(request, camera_id)
+            # Before the handler looks the camera up: an unknown camera answers like a forbidden one.
+            require_camera(request, f"{station_id}/{camera_id}" if station_id else camera_id)
     response = await handler(request)
     return response
 
@@ -371,6 +424,41 @@ async def login_page(_request: web.Request) -> web.FileResponse:
 
 
 
+def limit_error(limit: LimitReached) -> web.HTTPException:
+    """The JSON error for a limit (429, else 503), with ``Retry-After`` when it says one."""
+    kind = web.HTTPTooManyRequests if limit.status == 429 else web.HTTPServiceUnavailable
+    exc = api_error(kind, limit.code, limit.message)
+    if limit.retry_after is not None:
+        exc.headers["Retry-After"] = str(limit.retry_after)
+    return exc
+
+
+# Anything a browser's URL parser drops or turns into '/' (tab, CR, LF, other controls, backslash).
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+_MAX_NEXT = 2000
+
+
+def safe_next(value: Any) -> str:
+    """The page to go to after sign-in: ``value`` if it is a path on this site, else ``/``.
+
+    Browsers remove tabs and newlines from a URL and read ``\\`` as ``/``, so
+    ``/<TAB>/evil.example`` and ``/\\evil.example`` would become ``//evil.example``, another
+    site.  The value is checked as sent and percent-decoded (up to three times,
+    for encoded variants): no control character or backslash, one leading ``/``
+    and no second one, no scheme and no host.
+    """
+    if not isinstance(value, str) or not value or len(value) > _MAX_NEXT:
+        return "/"
+    decoded = value
+    for _ in range(3):
+        decoded = urllib.parse.unquote(decoded)
+    for text in (value, decoded):
+        if _UNSAFE_IN_NEXT.search(text) or not text.startswith("/") or text.startswith("//"):
+            return "/"
+    parts = urllib.parse.urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else "/"
+
+
 def identity_json(who: Identity) -> dict[str, Any]:
     return {"name": who.name, "role": who.role.value, "kind": who.kind,
             "cameras": sorted(who.cameras) if who.cameras is not None else None}
@@ -387,28 +475,30 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(password, str) or not password or len(password) > 1024:
         raise api_error(web.HTTPBadRequest, "invalid_password", "password: a string of 1..1024 characters")
     address = request.remote or "?"
-    wait = access.throttle.retry_after(name, address)
-    if wait > 0:
-        audit(request, "login.locked", actor=name, outcome="denied")
-        exc = api_error(web.HTTPTooManyRequests, "login_locked",
-                        f"too many failed logins; try again in {wait:.0f} s")
-        exc.headers["Retry-After"] = str(int(wait) + 1)
-        raise exc
-    record = await access.db.call(access.db.password_record, name)
-    ok = await asyncio.to_thread(access.db.verify_password, record[1] if record else None, password)
-    if record is None or not ok:
-        access.throttle.failed(name, address)
-        audit(request, "login.failed", actor=name, outcome="failed")
-        raise api_error(web.HTTPUnauthorized, "invalid_credentials", "wrong user name or password")
+    try:
+        # Reserved before any await: concurrent guesses cannot all get past the limit.
+        attempt = access.throttle.begin(name, address)
+    except LimitReached as limit:
+        audit(request, "login.locked", actor=name, outcome="denied", reason=limit.code)
+        raise limit_error(limit) from None
+    with attempt:  # an attempt abandoned half-way (client gone) counts as failed
+        record = await access.db.call(access.db.password_record, name)
+        ok = await asyncio.get_running_loop().run_in_executor(
+            access.password_pool, access.db.verify_password, record[1] if record else None, password)
+        if record is None or not ok:
+            attempt.failed()
+            audit(request, "login.failed", actor=name, outcome="failed")
+            raise api_error(web.HTTPUnauthorized, "invalid_credentials", "wrong user name or password")
+        attempt.succeeded()
     user = record[0]
-    access.throttle.succeeded(name)
     # Always a new id at login; a session id the browser already had is ended (no fixation).
     session_id = await access.db.call(access.db.create_session, user.name, address, request.cookies.get(COOKIE))
     who = Identity(user.name, user.role, user.cameras, "session")
     request["user"] = who
     audit(request, "login.ok")
     response = web.json_response({**identity_json(who), "idle_timeout_seconds": access.idle_seconds,
-                                  "expires_at": iso(time.time() + access.max_seconds)})
+                                  "expires_at": iso(time.time() + access.max_seconds),
+                                  "next": safe_next(body.get("next"))})
     response.set_cookie(COOKIE, session_id, max_age=int(access.max_seconds), path="/", httponly=True,
                         samesite="Strict", secure=access.tls or request.secure)
     return response
@@ -421,6 +511,7 @@ async def logout(request: web.Request) -> web.Response:
         if _cross_site(request):
             raise api_error(web.HTTPForbidden, "csrf", "cross-site request refused (Origin / Sec-Fetch-Site)")
         access.forget(session_id)
+        access.watch.end(session_key(session_id), "logout")  # its event feeds and live views end now
         user = await access.db.call(access.db.end_session, session_id)
         if user:
             audit(request, "logout", actor=user)

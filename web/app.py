@@ -126,6 +126,30 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def read_body(request: web.Request, limit: int, what: str = "the body") -> bytes:
+    """The whole request body, at most ``limit`` bytes, else 413 ``payload_too_large``.
+
+    ``request.content.read(n)`` returns what has arrived so far, so a body split
+    across TCP segments or TLS records would be cut short: read until the end.
+    """
+    def too_large(size: int) -> web.HTTPException:
+        body = json.dumps({"error": "payload_too_large", "message": f"{what} is at most {limit} bytes"})
+        return web.HTTPRequestEntityTooLarge(limit, size, text=body, content_type="application/json")
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large(size)
+
+
 def api_error(kind: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
     """An HTTP error with our JSON body, to raise from a handler."""
     body = json.dumps({"error": code, "message": secrets.redact(message)})

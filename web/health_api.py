@@ -3,7 +3,10 @@
 - ``GET /api/events?camera=&type=&since=&until=&open=true&limit=``: alarms as intervals;
 - ``GET /api/events/stream``: Server-Sent Events, one ``alarm.opened`` /
   ``alarm.closed`` event per change (a slow client is cut off, not buffered
-  without bound; it reconnects and reads the history);
+  without bound; it reconnects and reads the history).  Feeds are bounded
+  (``web.max_event_streams`` in all, 503; ``web.max_event_streams_per_user``,
+  429), the slot taken before the first await, and a feed ends within
+  seconds of its identity (:mod:`web.identity_watch`);
 - ``POST /api/cameras/{id}/reference``: learn the camera's reference view again;
 - ``GET /metrics``: Prometheus text format from the daemon's own registry;
 - ``GET /api/coverage?start=&end=[&camera=]``: recorded seconds, coverage and
@@ -26,8 +29,9 @@ from nvr.alarms import AlarmChange, AlarmType
 from nvr.health_monitor import HealthMonitor
 from nvr.metrics import CONTENT_TYPE, render
 from nvr.timeutil import iso, parse_iso
-from web.access import visible
+from web.access import ACCESS, identity, limit_error, visible
 from web.app import DAEMON, api_error, find_camera
+from web.slots import LimitReached
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     store = _health(request).alarms
     queue: asyncio.Queue[AlarmChange] = asyncio.Queue(_SSE_QUEUE)
     closers = request.app[SSE_CLOSERS]
+    access = request.app[ACCESS]
+    who = identity(request)
+    try:
+        slot = access.event_streams.take(who.name if who is not None else "anonymous")  # before any await
+    except LimitReached as limit:
+        raise limit_error(limit) from None
 
     ended = asyncio.Event()
 
@@ -120,6 +130,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             store.listeners.remove(listener)
         ended.set()
 
+    unwatch = access.watch.watch(who, "alarm feed", lambda _reason: close())
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -127,10 +138,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    await response.prepare(request)
     store.listeners.append(listener)
     closers.add(close)
     try:
+        await response.prepare(request)
         # The current open alarms first, so a console that (re)connects starts complete.
         await response.write(b": nvr alarm feed\n\n")
         for alarm in filter(lambda a: visible(request, a.camera), store.open_alarms()):
@@ -160,6 +171,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     finally:
         closers.discard(close)
         close()
+        unwatch()
+        slot.release()
     return response
 
 

@@ -10,8 +10,15 @@ answer there.
 Each session is one :class:`~aiortc.RTCPeerConnection` whose tracks read one
 bounded hub reader through a :class:`~web.live_feed.LiveFeed`.  A session
 ends on ``DELETE``, when its peer fails or closes, when the peer never
-connects within ``live.connect_timeout_seconds``, and at shutdown; the feed
-detaches from the hub at once, whatever the reason.
+connects within ``live.connect_timeout_seconds``, when the identity that
+opened it ends (logout, expiry, user removed, token revoked:
+:mod:`web.identity_watch`), and at shutdown; the feed detaches from the hub
+at once, whatever the reason, and ``live.stop`` is audited with it.
+
+A session takes a slot (:class:`~web.slots.Slots`: ``live.max_sessions`` in
+all, 503; ``live.max_sessions_per_user``, 429) before the offer handler's
+first ``await``, so concurrent offers cannot overrun the limits.  A session
+relayed by a central console counts for the central user it names.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import logging
 import secrets as pysecrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +42,11 @@ from nvr.roles import Role
 from nvr.timeutil import iso
 from streams.bitstream import iter_nal_units
 from streams.media import TrackInfo
-from web.access import audit, identity, via_console, visible
-from web.app import error_response, find_camera
+from web.access import ACCESS, audit, identity, via_console, visible
+from web.app import error_response, find_camera, read_body
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
+from web.slots import LimitReached, Slot, Slots
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,8 @@ class WhepSession:
     watchdog: asyncio.Task[None] | None = None
     user: str = "anonymous"  # who opened it, for the audit log and DELETE
     via: dict[str, str] = field(default_factory=dict)  # central console and user, when relayed by one
+    slot: Slot | None = None
+    unwatch: Callable[[], None] | None = None  # stop following the identity that opened it
 
     def to_json(self) -> dict[str, Any]:
         feed = self.feed
@@ -142,6 +153,7 @@ class WhepRelay:
         self.config = config
         self.sessions: dict[str, WhepSession] = {}
         self.opened_total = 0
+        self.slots = Slots("sessions", "live sessions", config.max_sessions, config.max_sessions_per_user)
         self._closing = False
 
     def view_info(self, runtime: CameraRuntime) -> tuple[TrackInfo | None, TrackInfo | None]:
@@ -153,12 +165,22 @@ class WhepRelay:
             return None, None
         return session.video, session.audio
 
-    async def open(self, runtime: CameraRuntime, offer_sdp: str, peer: str) -> tuple[WhepSession, str]:
-        camera_id = runtime.config.id
+    async def open(self, runtime: CameraRuntime, offer_sdp: str, peer: str, user: str = "anonymous",
+                   via: dict[str, str] | None = None) -> tuple[WhepSession, str]:
         if self._closing:
             raise WhepError(503, "shutting_down", "the daemon is shutting down")
-        if len(self.sessions) >= self.config.max_sessions:
-            raise WhepError(503, "too_many_sessions", f"at most {self.config.max_sessions} live sessions")
+        via = via or {}
+        try:
+            # Before the first await: the slot is counted the moment it is checked.
+            slot = self.slots.take(f"{user}/{via['central_user']}" if "central_user" in via else user)
+        except LimitReached as limit:
+            raise WhepError(limit.status, limit.code, limit.message) from None
+        with slot:  # given back if the offer is refused; the session holds it otherwise
+            return await self._open(runtime, offer_sdp, peer, user, via, slot)
+
+    async def _open(self, runtime: CameraRuntime, offer_sdp: str, peer: str, user: str,
+                    via: dict[str, str], slot: Slot) -> tuple[WhepSession, str]:
+        camera_id = runtime.config.id
         video, audio = self.view_info(runtime)
         if video is not None and video.codec != "h264":
             raise WhepError(
@@ -189,7 +211,8 @@ class WhepRelay:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session = WhepSession(
             id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
-            audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None,
+            audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None, user=user, via=via,
+            slot=slot,
         )
         started = time.monotonic()
         try:
@@ -242,6 +265,10 @@ class WhepRelay:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
+        if session.slot is not None:
+            session.slot.release()
+        if session.unwatch is not None:
+            session.unwatch()
         session.feed.close()
         watchdog = session.watchdog
         if watchdog is not None and watchdog is not asyncio.current_task():
@@ -269,11 +296,11 @@ class WhepRelay:
         self._closing = True
         await asyncio.gather(*(self.close(sid, reason) for sid in list(self.sessions)))
 
-    def readers(self) -> dict[str, int]:
-        """Live viewers attached to each camera's view hub (for leak checks)."""
+    def readers(self, may_see: Callable[[str], bool] = lambda _camera: True) -> dict[str, int]:
+        """Live viewers attached to each camera's view hub (for leak checks), of the cameras ``may_see``."""
         return {
             camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
-            for camera_id, runtime in self.daemon.cameras.items()
+            for camera_id, runtime in self.daemon.cameras.items() if may_see(camera_id)
         }
 
 
@@ -309,11 +336,7 @@ async def post_offer(request: web.Request) -> web.Response:
     runtime = find_camera(request)
     if request.content_type != SDP_TYPE:
         return _error(415, "unsupported_media_type", f"send the SDP offer as {SDP_TYPE}", **{"Accept-Post": SDP_TYPE})
-    if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-        return _error(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
-    body = await request.content.read(MAX_OFFER_BYTES + 1)
-    if len(body) > MAX_OFFER_BYTES:
-        return _error(413, "payload_too_large", f"an SDP offer is at most {MAX_OFFER_BYTES} bytes")
+    body = await read_body(request, MAX_OFFER_BYTES, "an SDP offer")
     try:
         offer = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -321,13 +344,17 @@ async def post_offer(request: web.Request) -> web.Response:
     if not offer.lstrip().startswith("v=0"):
         return _error(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
     relay = request.app[WHEP]
-    try:
-        session, answer = await relay.open(runtime, offer, request.remote or "?")
-    except WhepError as exc:
-        return _error(exc.status, exc.code, exc.message)
     who = identity(request)
-    session.user = who.name if who is not None else "anonymous"
-    session.via = via_console(request)
+    try:
+        session, answer = await relay.open(runtime, offer, request.remote or "?",
+                                           who.name if who is not None else "anonymous", via_console(request))
+    except WhepError as exc:
+        headers = {"Retry-After": "5"} if exc.status in (429, 503) else {}
+        return _error(exc.status, exc.code, exc.message, **headers)
+    if session.id in relay.sessions:  # not already closed while answering
+        session.unwatch = request.app[ACCESS].watch.watch(
+            who, f"live session {session.id[:8]} of {session.camera_id}",
+            lambda reason: relay.close(session.id, reason))
     audit(request, "live.start", camera=session.camera_id, session=session.id[:8])
     location = SESSION_PATH.format(session_id=session.id)
     return web.Response(
@@ -365,5 +392,5 @@ async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response({
         "sessions": [s.to_json() for s in relay.sessions.values() if visible(request, s.camera_id)],
         "opened_total": relay.opened_total,
-        "readers": relay.readers(),
+        "readers": relay.readers(lambda camera_id: visible(request, camera_id)),
     })

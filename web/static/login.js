@@ -6,10 +6,20 @@
   const error = document.getElementById("error");
   const submit = document.getElementById("submit");
 
-  // Only a path on this site: never an absolute or protocol-relative URL (no open redirect).
-  function nextPage() {
-    const next = new URLSearchParams(location.search).get("next") || "/";
-    return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+  // The page to return to. The daemon checks it (web/access.py safe_next) and answers it back only if
+  // it is a path on this site; the browser checks again: same origin after URL parsing, no control
+  // characters or backslashes (browsers drop tabs and newlines, so "/\t/evil.example" is "//evil.example").
+  const requested = new URLSearchParams(location.search).get("next") || "/";
+
+  function sameSite(next) {
+    if (typeof next !== "string" || !next.startsWith("/") || next.startsWith("//")) return "/";
+    if (/[\u0000-\u001f\u007f\\]/.test(next)) return "/";
+    try {
+      const url = new URL(next, location.origin);
+      return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+    } catch (err) {
+      return "/";
+    }
   }
 
   form.addEventListener("submit", async (event) => {
@@ -24,10 +34,12 @@
         body: JSON.stringify({
           username: document.getElementById("username").value,
           password: document.getElementById("password").value,
+          next: requested,
         }),
       });
       if (response.ok) {
-        location.replace(nextPage());
+        const body = await response.json().catch(() => ({}));
+        location.replace(sameSite(body.next));
         return;
       }
       const body = await response.json().catch(() => ({}));

@@ -1,0 +1,142 @@
+"""``GET /api/openapi.json``: an OpenAPI 3.1 description of the API, generated from the route table.
+
+The operations are the app's own routes (so the station and the central
+console each describe what they serve) with the permission each needs from
+:data:`web.access.ROUTES`; :data:`OPERATIONS` adds what the route table does
+not know: a summary, the query parameters and the request body's schema.  A
+route served but missing here is still listed (with its permission), so the
+description never hides a route.  The robustness tests fuzz every JSON body
+from this document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from nvr import __version__
+from web.access import ROUTES, route_key
+
+_TIME = {"type": "string", "format": "date-time", "description": "ISO-8601 with Z or an offset"}
+_ID = {"type": "string", "pattern": "^[a-z0-9_-]+$"}
+_ERROR = {
+    "type": "object", "required": ["error", "message"],
+    "properties": {"error": {"type": "string", "description": "stable code"}, "message": {"type": "string"}},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    summary: str
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    json_body: dict[str, Any] | None = None  # JSON schema of an application/json body
+    body_type: str | None = None  # another request media type (WHEP: application/sdp)
+
+
+def _object(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_RANGE = {"start": _TIME, "end": _TIME}
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("GET", "/healthz"): Operation("Liveness: 200, or 503 when a component has stopped"),
+    ("GET", "/login"): Operation("The sign-in page"),
+    ("POST", "/api/login"): Operation("Sign in: sets the session cookie", json_body=_object(
+        ["username", "password"], username={"type": "string", "minLength": 1, "maxLength": 64},
+        password={"type": "string", "minLength": 1, "maxLength": 1024},
+        next={"type": "string", "description": "page to return to; answered back only if it is on this site"})),
+    ("POST", "/api/logout"): Operation("End the cookie's session and its streams"),
+    ("GET", "/api/me"): Operation("Who am I"),
+    ("GET", "/api/openapi.json"): Operation("This description"),
+    ("GET", "/"): Operation("The monitoring console"),
+    ("GET", "/api/cameras"): Operation("Every camera the caller may see"),
+    ("GET", "/api/cameras/{camera_id}"): Operation("One camera"),
+    ("POST", "/api/cameras/{camera_id}/whep"): Operation("WHEP: an SDP offer in, the answer out",
+                                                         body_type="application/sdp"),
+    ("DELETE", "/api/whep/sessions/{session_id}"): Operation("End a live session"),
+    ("GET", "/api/live/sessions"): Operation("Live sessions of the cameras the caller may see"),
+    ("GET", "/api/events"): Operation("Alarms as intervals", query={
+        "camera": _ID, "type": {"type": "string"}, "since": _TIME, "until": _TIME,
+        "open": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}),
+    ("GET", "/api/events/stream"): Operation("Alarm feed (Server-Sent Events)"),
+    ("POST", "/api/cameras/{camera_id}/reference"): Operation("Learn the camera's reference view again"),
+    ("GET", "/metrics"): Operation("Prometheus metrics"),
+    ("GET", "/api/coverage"): Operation("Recorded seconds and gaps with causes",
+                                        query={**_RANGE, "camera": _ID}),
+    ("GET", "/playback"): Operation("The playback page"),
+    ("GET", "/api/recordings"): Operation("Spans, gaps and segments of one camera",
+                                          query={"camera": _ID, **_RANGE}),
+    ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation("An MP4 clip, streamed", query=_RANGE),
+    ("GET", "/api/key"): Operation("The station's public key"),
+    ("POST", "/api/exports"): Operation("Queue a signed evidence export", json_body=_object(
+        ["cameras", "start", "end", "reason"], cameras={"type": "array", "items": _ID, "minItems": 1},
+        start=_TIME, end=_TIME, reason={"type": "string", "minLength": 1})),
+    ("GET", "/api/exports/{export_id}"): Operation("An export job"),
+    ("GET", "/api/exports/{export_id}/download"): Operation("The signed package"),
+    ("GET", "/api/holds"): Operation("Active evidence holds"),
+    ("POST", "/api/holds"): Operation("Hold footage against deletion", json_body=_object(
+        ["camera", "start", "end", "reason"], camera=_ID, start=_TIME, end=_TIME,
+        reason={"type": "string", "minLength": 1})),
+    ("DELETE", "/api/holds/{hold_id}"): Operation("Release a hold"),
+    ("GET", "/api/audit"): Operation("The audit log", query={
+        "user": {"type": "string"}, "action": {"type": "string"}, "since": _TIME, "until": _TIME,
+        "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}),
+    ("GET", "/api/fleet"): Operation("Stations, their cameras and counts"),
+    ("GET", "/api/fleet/alarms"): Operation("Open alarms of every station, most urgent first"),
+    ("GET", "/api/fleet/stream"): Operation("Fleet feed (Server-Sent Events)"),
+    ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): Operation(
+        "WHEP through the console", body_type="application/sdp"),
+    ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): Operation("End a relayed live session"),
+}
+
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI document of ``app``'s routes."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or route.method == "HEAD" or resource.canonical == "/static":
+            continue
+        key = route_key(route.method, resource.canonical)
+        permission = ROUTES.get(key)
+        if permission is None:
+            continue  # refused anyway (deny by default)
+        op = OPERATIONS.get(key, Operation(""))
+        body: dict[str, Any] = {
+            "summary": op.summary,
+            "x-nvr-permission": permission.value,
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PARAM.findall(resource.canonical)
+            ] + [{"name": name, "in": "query", "schema": schema} for name, schema in op.query.items()],
+            "responses": {"default": {"description": "an error", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+        }
+        if permission.value != "public":
+            body["security"] = [{"bearer": []}, {"session": []}]
+        if op.json_body is not None:
+            body["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.json_body}}}
+        elif op.body_type is not None:
+            body["requestBody"] = {"required": True, "content": {op.body_type: {"schema": {"type": "string"}}}}
+        paths.setdefault(resource.canonical, {})[route.method.lower()] = body
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "nvr", "version": __version__,
+                 "description": "Errors are JSON {error, message}; times are ISO-8601 UTC with Z."},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "session": {"type": "apiKey", "in": "cookie", "name": "nvr_session"}},
+        },
+    }
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.json_response(document(request.app))
