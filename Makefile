@@ -8,7 +8,9 @@ APT_PACKAGES := python3 python3-venv python3-gi python3-numpy gir1.2-gst-rtsp-se
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium fonts-dejavu-core iproute2
 PYTEST_ARGS ?=
 
-.PHONY: all system venv demo test bench lint clean
+SYSTEM_TEST_PACKAGES := debootstrap systemd-container iproute2 ffmpeg
+
+.PHONY: all system venv demo test test-system bench lint clean
 
 all: venv
 
@@ -33,6 +35,16 @@ demo: venv
 
 test: venv
 	tests/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+# A real systemd as PID 1 in a container runs deploy/install-station.sh and systemd/nvr.service
+# (tests/system; root). The Debian image and wheels are cached in /var/cache/nvr-system-test.
+test-system: venv
+	@missing=$$(for p in $(SYSTEM_TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(SUDO) $(PY) -m pytest -m system -o log_cli=true --log-cli-level=INFO tests/system $(PYTEST_ARGS)
 
 bench: venv
 	tests/isolated.sh $(PY) bench/run.py

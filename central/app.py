@@ -29,10 +29,12 @@ from typing import Any
 
 from aiohttp import web
 
+from central import witness
 from central.config import ConsoleConfig
 from central.fleet import Fleet
 from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay, RelayedSession
 from central.station_link import StationError, StationLink
+from central.witness import WITNESS_FILE, Witness
 from nvr import __version__
 from nvr.audit import AuditLog
 from nvr.authdb import AuthDatabase
@@ -53,7 +55,9 @@ class ConsoleRuntime:
         self.config = config
         self.auth = AuthDatabase(config.auth_database)
         self.audit = AuditLog(self.auth)
-        self.fleet = Fleet(config)
+        # Checkpoints and keys of the stations, kept where no station can write (issue 11).
+        self.witness = Witness(config.storage.path / WITNESS_FILE)
+        self.fleet = Fleet(config, self.witness)
         self.relay = LiveRelay()
         self.sse_closers: set[Callable[[], None]] = set()
 
@@ -76,6 +80,8 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
     app.router.add_post("/api/stations/{station_id}/cameras/{camera_id}/whep", post_offer)
     app.router.add_delete("/api/stations/{station_id}/whep/sessions/{session_id}", delete_session)
     app.on_shutdown.append(_close_streams)
+    witness.setup(app, runtime.witness, runtime.config.console.id,
+                  {s.id: s.name or s.id for s in runtime.config.stations})
     access.setup(app, runtime)  # type: ignore[arg-type]  # reads .auth, .audit, .config.auth, .config.web
     return app
 

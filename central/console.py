@@ -63,6 +63,7 @@ async def serve(config: ConsoleConfig) -> None:
     except TimeoutError:
         log.warning("web shutdown took longer than %.0f s", SHUTDOWN_SECONDS / 2)
     await runtime.fleet.stop()
+    await asyncio.to_thread(runtime.witness.close)
     await runner.cleanup()
     runtime.audit.record("console.stop", actor="system")
     await asyncio.to_thread(runtime.auth.close)

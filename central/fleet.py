@@ -20,6 +20,7 @@ from typing import Any
 
 from central.config import ConsoleConfig
 from central.station_link import Reachability, StationAlarm, StationLink
+from central.witness import Witness
 from nvr.roles import Identity
 from nvr.timeutil import iso
 from web.access import may_see, station_camera
@@ -32,10 +33,10 @@ _CAMERA_FIELDS = ("id", "name", "zone", "state", "state_reason", "state_message"
 
 
 class Fleet:
-    def __init__(self, config: ConsoleConfig) -> None:
+    def __init__(self, config: ConsoleConfig, witness: Witness | None = None) -> None:
         self.config = config
         self.links: dict[str, StationLink] = {
-            s.id: StationLink(s, config.follow, config.console.id, self._changed) for s in config.stations
+            s.id: StationLink(s, config.follow, config.console.id, self._changed, witness) for s in config.stations
         }
         self.listeners: list[FleetListener] = []
 

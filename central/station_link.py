@@ -35,6 +35,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from central.config import Follow, StationLinkConfig
+from central.witness import Witness
 from nvr import secrets
 from nvr.timeutil import iso
 
@@ -124,6 +125,19 @@ class _Events(_Lenient):
 _CAMERAS = TypeAdapter(list[StationCamera])
 
 
+class _CheckpointRow(_Lenient):
+    seq: int
+    body: str
+    signature: str
+
+
+class _Checkpoints(_Lenient):
+    station: str
+    fingerprint: str
+    public_key_pem: str
+    checkpoints: list[_CheckpointRow]
+
+
 def classify(exc: BaseException, timeout: float) -> Problem:
     """A precise, secret-free reason for a failed request."""
     if isinstance(exc, StationError):
@@ -203,8 +217,12 @@ ChangeListener = Callable[["StationLink", str, Any], None]
 class StationLink:
     """Follows one station; ``on_change(link, kind, payload)`` is called on every change (loop thread)."""
 
-    def __init__(self, config: StationLinkConfig, follow: Follow, console_id: str, on_change: ChangeListener) -> None:
+    def __init__(self, config: StationLinkConfig, follow: Follow, console_id: str, on_change: ChangeListener,
+                 witness: Witness | None = None) -> None:
         self.config = config
+        self.witness = witness
+        self.checkpoints_collected = 0
+        self._checkpoint_problem: str | None = None
         self.follow = follow
         self.console_id = console_id
         self.on_change = on_change
@@ -243,6 +261,8 @@ class StationLink:
             loop.create_task(self._poll_loop(), name=f"station-poll:{self.id}"),
             loop.create_task(self._feed_loop(), name=f"station-feed:{self.id}"),
         ]
+        if self.witness is not None:
+            self._tasks.append(loop.create_task(self._checkpoint_loop(), name=f"station-checkpoints:{self.id}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -293,6 +313,60 @@ class StationLink:
     def central_headers(self, user: str) -> dict[str, str]:
         """Who, at the console, a relayed request is for (honoured by stations for role-central tokens)."""
         return {"X-NVR-Via-Console": self.console_id, "X-NVR-Central-User": user}
+
+    # -- the witness: collecting signed checkpoints (central/witness.py) --------------------
+
+    async def _checkpoint_loop(self) -> None:
+        assert self.witness is not None
+        while True:
+            try:
+                await self.collect_checkpoints()
+                self._note_checkpoint_problem(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                problem = classify(exc, self.follow.timeout_seconds)
+                self._note_checkpoint_problem(f"{problem.reason.value}: {problem.message}")
+            await asyncio.sleep(self.follow.checkpoint_seconds)
+
+    async def collect_checkpoints(self) -> int:
+        """Fetch every checkpoint newer than the last one kept, check and keep them; returns how many."""
+        witness = self.witness
+        assert witness is not None
+        stored_total = 0
+        while True:
+            after = await witness.call(witness.last_seq, self.id)
+            page = _parse(TypeAdapter(_Checkpoints), await self.get_json(f"/api/checkpoints?after={after}&limit=500"),
+                          "/api/checkpoints")
+            if page.station != self.id:
+                raise StationError(Reason.BAD_RESPONSE, f"/api/checkpoints: checkpoints of station {page.station!r}")
+            try:
+                previous = await witness.call(witness.record_key, self.id, page.public_key_pem, time.time())
+            except ValueError as exc:
+                raise StationError(Reason.BAD_RESPONSE, f"/api/checkpoints: unusable station key ({exc})") from None
+            if previous is not None:
+                log.warning("[%s] the station's signing key changed from %s to %s; both are kept in the keyring",
+                            self.id, previous, page.fingerprint)
+            rows = [(c.seq, c.body, c.signature) for c in page.checkpoints]
+            stored, problems = await witness.call(witness.add_checkpoints, self.id, page.public_key_pem, rows,
+                                                  time.time())
+            for problem in problems[:5]:
+                log.warning("[%s] checkpoint refused: %s", self.id, secrets.redact(problem))
+            stored_total += stored
+            self.checkpoints_collected += stored
+            if len(page.checkpoints) < 500 or not stored:
+                return stored_total
+
+    def _note_checkpoint_problem(self, problem: str | None) -> None:
+        if problem == self._checkpoint_problem:
+            if problem is not None:
+                log.debug("[%s] checkpoints still not collected: %s", self.id, problem)
+            return
+        if problem is None:
+            log.info("[%s] collecting checkpoints again", self.id)
+        else:
+            log.warning("[%s] cannot collect the station's checkpoints: %s", self.id, problem)
+        self._checkpoint_problem = problem
 
     # -- the poller -----------------------------------------------------------------------
 

@@ -64,6 +64,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     audits = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = audits.add_parser("verify", help="walk the hash chain; exit 1 naming the first broken entry")
     add_config(check)
+    check.add_argument("--checkpoints", metavar="FILE",
+                       help="the station's checkpoints as the central console exported them: also catch "
+                            "deleted or rewritten newest entries")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -75,10 +78,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
         report = verify(path)
         for entry_id, problem in report.failures:
             print(f"FAIL entry {entry_id}: {problem}")
-        if report.ok:
-            print(f"OK: {report.entries} audit entries, chain intact; head {report.head}")
+        witnessed_failures: list[str] = []
+        if getattr(args, "checkpoints", None):
+            witnessed_failures = _check_witnessed(args.checkpoints, config)
+            if witnessed_failures and witnessed_failures[0].startswith("error:"):
+                print(witnessed_failures[0], file=sys.stderr)
+                return 2
+            for problem in witnessed_failures:
+                print(f"FAIL {problem}")
+        if report.ok and not witnessed_failures:
+            witnessed = " and every checkpointed entry present" if getattr(args, "checkpoints", None) else ""
+            print(f"OK: {report.entries} audit entries, chain intact{witnessed}; head {report.head}")
             return 0
-        print(f"FAILED: the audit log was tampered with at entry {report.failures[0][0]}")
+        first = report.failures[0][0] if report.failures else "the end"
+        print(f"FAILED: the audit log was tampered with at entry {first}")
         return 1
     db = AuthDatabase(path)
     actor = f"cli:{getpass.getuser()}"
@@ -89,6 +102,25 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
     finally:
         db.close()
+
+
+def _check_witnessed(file: str, config: Config) -> list[str]:
+    """Failures of the audit log against the checkpoints in ``file``; ["error: ..."] if they cannot be read."""
+    from pathlib import Path
+
+    from recorder.checkpoint import CheckpointError, check_audit, load_file
+    from recorder.keys import load_station_public
+
+    station = getattr(config, "station", None)
+    if station is None:
+        return ["error: --checkpoints: checkpoints are made by stations; this is not a station's config"]
+    try:
+        witnessed = load_file(Path(file), station.id, load_station_public(config.storage.path))
+    except CheckpointError as exc:
+        return [f"error: --checkpoints: {exc}"]
+    for note in witnessed.notes:
+        print(f"note: {note}")
+    return [*witnessed.failures, *check_audit(config.auth_database, witnessed)]
 
 
 def _record(db: AuthDatabase, actor: str, action: str, **details: object) -> None:

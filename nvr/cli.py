@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(verify_storage)
     verify_storage.add_argument("--camera", help="only this camera")
+    verify_storage.add_argument("--checkpoints", metavar="FILE",
+                                help="the station's checkpoints as the central console exported them: also "
+                                     "catch deleted or rewritten newest segments")
 
     export = commands.add_parser("export", help="write a signed evidence package (zip)")
     _add_config(export)
@@ -58,9 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(console)
     console.add_argument("--check", action="store_true", help="validate the console config and exit")
 
-    verify = commands.add_parser("verify", help="verify an evidence package offline")
+    verify = commands.add_parser(
+        "verify", help="verify an evidence package offline (exit 0 OK, 1 FAILED, 3 intact but signer unknown)")
     verify.add_argument("package", help="PACKAGE.zip")
-    verify.add_argument("--pubkey", help="the station's public key (PEM); default: the one in the package")
+    anchor = verify.add_mutually_exclusive_group()
+    anchor.add_argument("--pubkey", metavar="PEM", help="the station's public key, obtained from the station")
+    anchor.add_argument("--fingerprint", metavar="HEX",
+                        help="the station key's fingerprint (SHA256:...), obtained out of band")
+    anchor.add_argument("--keyring", metavar="FILE", help="station keys as the central console exports them")
     return parser
 
 
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storage {config.storage.path} belongs to station {marker.station}; disk id {marker.id}")
         return 0
     if args.command == "verify":
-        return _verify(args.package, args.pubkey)
+        return _verify(args)
     from nvr import access_cli
 
     if args.command == "console":
@@ -161,23 +169,38 @@ def _console(path: str, check: bool) -> int:
     return 0
 
 
-def _verify(package: str, pubkey: str | None) -> int:
+def _verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recorder.verify import verify_package
+    from recorder import trust
+    from recorder.verify import Verdict, verify_package
 
     try:
-        pem = Path(pubkey).read_bytes() if pubkey else None
-    except OSError as exc:
-        print(f"cannot read --pubkey {pubkey}: {exc.strerror}", file=sys.stderr)
-        return 1
-    report = verify_package(Path(package), pem)
-    for note in report.notes:
-        print(f"note: {note}")
+        if args.pubkey:
+            anchor: trust.TrustAnchor | None = trust.from_pubkey(Path(args.pubkey))
+        elif args.fingerprint:
+            anchor = trust.from_fingerprint(args.fingerprint)
+        elif args.keyring:
+            anchor = trust.from_keyring(Path(args.keyring))
+        else:
+            anchor = None
+    except trust.TrustError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = verify_package(Path(args.package), anchor)
     for failure in report.failures:
         print(f"FAIL {failure}")
-    print("OK: package verified" if report.ok else f"FAILED: {len(report.failures)} problem(s)")
-    return 0 if report.ok else 1
+    for note in report.notes:
+        print(f"note: {note}")
+    verdict = report.verdict
+    if verdict is Verdict.OK:
+        print(f"OK: package verified: authentic (signed by {report.signer}) and intact")
+    elif verdict is Verdict.UNAUTHENTICATED:
+        print("UNAUTHENTICATED: the contents are intact, but the signer is NOT authenticated: verify again with "
+              "--pubkey, --fingerprint or --keyring obtained from the station (exit 3)")
+    else:
+        print(f"FAILED: {len(report.failures)} problem(s)")
+    return int(verdict)
 
 
 def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
@@ -186,7 +209,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
     from pathlib import Path
 
     from nvr.timeutil import parse_iso
-    from recorder.export import ExportRequest, build_package
+    from recorder.export import ExportError, ExportRequest, build_package
     from recorder.index import SegmentIndex
     from recorder.keys import StationKey
     from recorder.storage import INDEX_FILE, StorageError, check_storage
@@ -206,7 +229,17 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
     index = SegmentIndex(root / INDEX_FILE)
     try:
         if args.command == "verify-storage":
-            report = verify_storage(root, index, args.camera)
+            witnessed = None
+            if args.checkpoints:
+                from recorder.checkpoint import CheckpointError, load_file
+                from recorder.keys import load_station_public
+
+                try:
+                    witnessed = load_file(Path(args.checkpoints), config.station.id, load_station_public(root))
+                except CheckpointError as exc:
+                    print(f"error: --checkpoints: {exc}", file=sys.stderr)
+                    return EXIT_CONFIG
+            report = verify_storage(root, index, args.camera, witnessed)
             for note in report.notes:
                 print(f"note: {note}")
             for failure in report.failures:
@@ -232,11 +265,21 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         key = StationKey.load_or_create(root)
         request = ExportRequest(list(dict.fromkeys(args.camera)), start, end, args.reason.strip(),
                                 f"cli:{getpass.getuser()}")
-        manifest = build_package(
-            root=root, index=index, key=key, station={"id": config.station.id, "name": config.station.name},
-            camera_info={c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras},
-            request=request, output=Path(args.output), now=time.time(),
-        )
+        # Held while it is copied, so that a running daemon's retention leaves the range alone.
+        holds = [index.add_hold(c, start, end, "export from the command line in progress", request.user)
+                 for c in request.cameras]
+        try:
+            manifest = build_package(
+                root=root, index=index, key=key, station={"id": config.station.id, "name": config.station.name},
+                camera_info={c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras},
+                request=request, output=Path(args.output), now=time.time(),
+            )
+        except ExportError as exc:
+            print(f"export failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for hold in holds:
+                index.release_hold(hold.id)
         count = sum(len(c["segments"]) for c in manifest["cameras"])
         print(f"wrote {args.output}: {count} segment(s), signed by {key.fingerprint}")
         return 0

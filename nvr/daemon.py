@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -26,7 +27,8 @@ from nvr.authdb import AuthDatabase
 from nvr.config import Camera, Config
 from nvr.health_monitor import HealthMonitor
 from nvr.timeutil import iso
-from recorder.export_jobs import ExportQueue
+from recorder import checkpoint as checkpoints
+from recorder.export_jobs import ExportLimits, ExportQueue
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.keys import StationKey
 from recorder.reconcile import reconcile
@@ -84,6 +86,7 @@ class Daemon:
         self.storage_error: str | None = None
         self.key: StationKey | None = None
         self.exports: ExportQueue | None = None
+        self._checkpoint_lock = asyncio.Lock()
         for camera in config.cameras:
             self.cameras[camera.id] = self._build_camera(camera)
         # Built before any source runs so that it sees every state change.
@@ -139,14 +142,25 @@ class Daemon:
         self.spawn("retention", self.retention.run)
         self.key = await asyncio.to_thread(StationKey.load_or_create, self.root)
         log.info("station signing key %s", self.key.fingerprint)
+        recordings = self.config.recordings
         self.exports = ExportQueue(
             self.root,
+            self.config.exports_path,
             self.key,
             {"id": self.config.station.id, "name": self.config.station.name},
             {c.id: {"name": c.name, "zone": c.zone.value} for c in self.config.cameras},
-            self.config.recordings.max_export_jobs,
+            recordings.max_export_jobs,
+            ExportLimits(quota_bytes=int(recordings.export_quota_mb * (1 << 20)),
+                         keep_seconds=recordings.export_keep_hours * 3600,
+                         keep_after_download_seconds=recordings.export_keep_hours_after_download * 3600,
+                         min_free_percent=storage.min_free_percent),
+            index=index,
+            checkpoint=self.checkpoint,
         )
+        await asyncio.to_thread(self.exports.prepare)
+        self.retention.free_other = self.exports.free_space_for_recordings
         self.spawn("exports", self.exports.run)
+        self.spawn("checkpoints", self._checkpoint_loop)
         loop = asyncio.get_running_loop()
         retention = self.retention
 
@@ -189,6 +203,39 @@ class Daemon:
         self.audit.record("retention.delete", actor="system", camera=record.camera, segment_id=record.id,
                           start=iso(record.start), end=iso(record.end), sha256=record.sha256,
                           chain_hash=record.chain_hash, reason=reason)
+
+    async def checkpoint(self, reason: str) -> dict[str, Any] | None:
+        """Sign a checkpoint of the audit log's and every camera's chain head, keep it in the index for
+        witnesses to collect (GET /api/checkpoints) and write it to the journal. Returns its body."""
+        index, key = self.index, self.key
+        if index is None or key is None:
+            return None
+        async with self._checkpoint_lock:
+            try:
+                audit_head: tuple[int, str] | None = await self.audit.db.call(self.audit.head)
+            except Exception as exc:  # noqa: BLE001 - the segment heads are still worth witnessing
+                log.error("checkpoint without the audit head: the audit log is unavailable (%s)", exc)
+                audit_head = None
+            station = self.config.station.id
+
+            def make() -> tuple[dict[str, Any], checkpoints.Envelope]:
+                body = checkpoints.make_body(station=station, seq=index.next_checkpoint_seq(), now=time.time(),
+                                             reason=reason, key=key, audit_head=audit_head,
+                                             heads=index.chain_heads())
+                envelope = checkpoints.sign(key, body)
+                index.add_checkpoint(body["seq"], body["at_epoch"], envelope.body, envelope.signature)
+                return body, envelope
+
+            body, envelope = await index.call(make)
+        # The journal is a second copy out of the daemon's reach (journald's files are root's).
+        log.info("checkpoint %d (%s) signed: %s", body["seq"], reason, envelope.model_dump_json())
+        return body
+
+    async def _checkpoint_loop(self) -> None:
+        await self.checkpoint("start")
+        while not self._stopping:
+            await asyncio.sleep(self.config.recordings.checkpoint_seconds)
+            await self.checkpoint("periodic")
 
     async def _wait_for_storage(self) -> None:
         while not self._stopping:
@@ -261,13 +308,23 @@ class Daemon:
                 runtime.live_hub.close()
             if runtime.recorder is not None:
                 runtime.recorder.shutdown_executor()
+        stopped = self.audit.record("daemon.stop", actor="system")
         if self.index is not None:
+            # The last checkpoint witnesses the closed segments and the stop entry itself.
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(stopped), 2.0)
+            except Exception as exc:  # noqa: BLE001 - the checkpoint is still made without it
+                log.error("the daemon.stop audit entry was not written in time: %s", exc)
+            try:
+                await self.checkpoint("stop")
+            except Exception:
+                log.error("cannot sign the stop checkpoint", exc_info=True)
             await asyncio.to_thread(self.index.close)
         await self._audit_stop()
 
     async def _audit_stop(self) -> None:
-        self.audit.record("daemon.stop", actor="system")
         try:
+
             head = await self.audit.db.call(self.audit.head)
             log.info("audit log head: entry %d, hash %s", *head)
         except Exception as exc:  # noqa: BLE001 - shutting down anyway

@@ -35,6 +35,7 @@ class Permission(StrEnum):
     EXPORTS = "exports"
     HOLDS = "holds"
     AUDIT = "audit"  # read the audit log
+    CHECKPOINTS = "checkpoints"  # the station's signed checkpoints, collected by a witness (the console)
 
 
 _ALL_SIGNED_IN = {Permission.SELF, Permission.CAMERAS, Permission.ALARMS}
@@ -44,10 +45,11 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.TECHNICIAN: frozenset(_ALL_SIGNED_IN | {Permission.LIVE_SESSIONS, Permission.HEALTH, Permission.METRICS}),
     Role.AUDITOR: frozenset(
         _ALL_SIGNED_IN
-        | {Permission.RECORDINGS, Permission.COVERAGE, Permission.EXPORTS, Permission.HOLDS, Permission.AUDIT}
+        | {Permission.RECORDINGS, Permission.COVERAGE, Permission.EXPORTS, Permission.HOLDS, Permission.AUDIT,
+           Permission.CHECKPOINTS}
     ),
     Role.ADMIN: frozenset(Permission),
-    Role.CENTRAL: frozenset(_ALL_SIGNED_IN | {Permission.LIVE}),
+    Role.CENTRAL: frozenset(_ALL_SIGNED_IN | {Permission.LIVE, Permission.CHECKPOINTS}),
 }
 
 

@@ -24,12 +24,15 @@ from typing import Any
 
 from nvr import __version__
 from nvr.timeutil import iso
-from recorder.index import SegmentIndex
+from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import StationKey
 from recorder.search import GapExplainer, search
 from recorder.storage import segment_file
 
 FORMAT = "nvr-evidence-export/1"
+# The verifier reads manifest.json whole; this bounds its memory (about 16,000 segments, e.g. 11
+# camera-days of 60 s segments). A larger export is refused, never written unverifiable.
+MAX_MANIFEST_BYTES = 16 << 20
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "public_key.pem"
@@ -41,28 +44,46 @@ How to verify this evidence package
 
 This package was exported by the nvr recording daemon of the station named in
 manifest.json. It holds the original recorded video files, byte for byte as
-the station stored them, a manifest listing every file with its SHA-256 hash,
-and an Ed25519 signature of the manifest made with the station's key.
+the station stored them, a manifest listing every file with its SHA-256 hash
+(each equal to the hash the station recorded when it wrote the segment), and
+an Ed25519 signature of the manifest made with the station's key.
 
-With nvr installed (no network needed):
+1. Obtain the station's key fingerprint OUT OF BAND, never from this package:
+   ask the station (its commander or administrator runs `nvr key show`; the
+   fingerprint is also on the station's published key record and in the
+   central console's keyring, GET /api/keyring). Write it down with who gave
+   it to you and when.
 
-    nvr verify PACKAGE.zip --pubkey STATION_KEY.pem
+2. With nvr installed (no network needed), run one of:
 
-checks the signature, every file's hash, that no file was added or removed,
-and that the segments' chain hashes are intact. It prints OK, or each failure
-by file and segment, and exits 0 or 1.
+    nvr verify PACKAGE.zip --fingerprint SHA256:....   (the fingerprint from step 1)
+    nvr verify PACKAGE.zip --pubkey STATION_KEY.pem    (the station's public key)
+    nvr verify PACKAGE.zip --keyring KEYRING.json      (the console's keyring of all stations)
 
-Without --pubkey, the public_key.pem inside the package is used: that proves
-the package is internally consistent, but only the station's published key
-(compare its fingerprint, printed by `nvr key show` at the station and by the
-verifier) proves who made it.
+   It checks the signature against that key, every file's hash, that each
+   segment is the one the station indexed when it recorded it, that no file
+   was added, removed or duplicated, and that the segments' chain hashes are
+   intact. Exit status: 0 OK (authentic and intact); 1 FAILED (each problem is
+   printed by file and segment); 3 the contents are intact but the signer is
+   NOT authenticated (no key or fingerprint was given).
+
+The public_key.pem inside the package only shows that the package is
+internally consistent: anyone who edits a package can re-sign it with a key of
+their own and put that key here. Only a key or fingerprint obtained from the
+station proves who made it.
 
 Without nvr: the signature is a raw Ed25519 signature (RFC 8032) over the exact
 bytes of manifest.json; each entry of "files" in manifest.json gives a path and
-its SHA-256, checkable with `sha256sum`.
+its SHA-256, checkable with `sha256sum`; the fingerprint is the SHA-256 of the
+raw 32-byte public key.
 """
 
 Progress = Callable[[float], None]
+
+
+class ExportError(Exception):
+    """An export that cannot be made as asked; the message names the segment or the limit, never a path
+    outside the package."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +103,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    arcname: str
+    source: Path
+    record: SegmentRecord
+    camera: str
+
+    def where(self) -> str:
+        return f"segment {self.arcname} (camera {self.camera}, {iso(self.record.start)})"
+
+
+def plan_segments(index: SegmentIndex, cameras: list[str], start: float, end: float) -> list[SegmentRecord]:
+    """The stored segments an export of this range would ship (for quotas and holds)."""
+    return [s for camera in cameras for s in index.segments(camera, start, end) if s.status != "missing"]
+
+
 def build_package(
     *,
     root: Path,
@@ -94,18 +131,29 @@ def build_package(
     now: float,
     explain: GapExplainer | None = None,
     progress: Progress | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the package to ``output`` (runs off the event loop; index calls are made directly)."""
+    """Write the package to ``output`` (runs off the event loop; index calls are made directly).
+
+    Every segment is checked while it is copied: its index row must still match its chain hash, and
+    the bytes copied must have the size and SHA-256 recorded when the segment was written. A segment
+    changed on disk since then fails the export with ExportError naming it (``nvr verify-storage``
+    tells the whole story); nothing half-written is left behind.
+    """
     cameras_out = []
     files: list[dict[str, Any]] = []
-    plan: list[tuple[str, Path]] = []
+    plan: list[PlannedFile] = []
     for camera in request.cameras:
         result = search(index, camera, request.start, request.end, explain)
         segments = [s for s in result.segments if s.status != "missing"]
         entries = []
         for seg in segments:
             arcname = f"cameras/{camera}/{Path(seg.path).name}"
-            plan.append((arcname, segment_file(root, seg.path)))  # never a file outside the storage
+            planned = PlannedFile(arcname, segment_file(root, seg.path), seg, camera)  # never outside the storage
+            if chain_hash(seg.prev_chain, record_fields(seg)) != seg.chain_hash:
+                raise ExportError(f"{planned.where()}: its index row was edited after it was written "
+                                  "(chain hash mismatch); not exported")
+            plan.append(planned)
             entries.append({
                 "file": arcname, "index_id": seg.id, "start": iso(seg.start), "end": iso(seg.end),
                 "start_epoch": seg.start, "end_epoch": seg.end, "frames": seg.frames, "bytes": seg.bytes,
@@ -121,43 +169,64 @@ def build_package(
             "gaps": [{"start": iso(g.start), "end": iso(g.end), "cause": g.cause} for g in result.gaps],
             "segments": entries,
         })
-    total = sum(path.stat().st_size for _, path in plan) or 1
+    total = sum(p.record.bytes for p in plan) or 1
     done = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for arcname, path in plan:
-            digest = hashlib.sha256()
-            size = 0
-            with path.open("rb") as src, archive.open(arcname, "w", force_zip64=True) as dst:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(min(done / total, 0.99))
-            files.append({"path": arcname, "sha256": digest.hexdigest(), "bytes": size})
-        archive.writestr(VERIFY_NOTE, VERIFY_TEXT)
-        files.append({"path": VERIFY_NOTE, "sha256": hashlib.sha256(VERIFY_TEXT.encode()).hexdigest(),
-                      "bytes": len(VERIFY_TEXT.encode())})
-        manifest = {
-            "format": FORMAT,
-            "station": station,
-            "software": {"name": "nvr", "version": __version__},
-            "exported_at": iso(now),
-            "exported_by": request.user,
-            "reason": request.reason,
-            "requested": {"start": iso(request.start), "end": iso(request.end)},
-            "key_fingerprint": key.fingerprint,
-            "cameras": cameras_out,
-            "files": files,
-        }
-        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        archive.writestr(MANIFEST, manifest_bytes)
-        archive.writestr(SIGNATURE, key.sign(manifest_bytes))
-        archive.writestr(PUBLIC_KEY, key.public_pem)
-    tmp.replace(output)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for planned in plan:
+                digest = hashlib.sha256()
+                size = 0
+                try:
+                    with planned.source.open("rb") as src, \
+                            archive.open(planned.arcname, "w", force_zip64=True) as dst:
+                        while chunk := src.read(1 << 20):
+                            digest.update(chunk)
+                            dst.write(chunk)
+                            size += len(chunk)
+                            done += len(chunk)
+                            if progress is not None:
+                                progress(min(done / total, 0.99))
+                except FileNotFoundError:
+                    raise ExportError(f"{planned.where()}: the file is gone from the storage though the index "
+                                      "lists it; not exported") from None
+                except OSError as exc:
+                    raise ExportError(f"{planned.where()}: cannot be read ({exc.strerror})") from None
+                if size != planned.record.bytes or digest.hexdigest() != planned.record.sha256:
+                    raise ExportError(
+                        f"{planned.where()}: the file on disk is not the one recorded ({size} bytes, SHA-256 "
+                        f"{digest.hexdigest()[:16]}…; indexed {planned.record.bytes} bytes, "
+                        f"{planned.record.sha256[:16]}…): modified after it was written; not exported "
+                        "(run nvr verify-storage)")
+                files.append({"path": planned.arcname, "sha256": planned.record.sha256, "bytes": size})
+            archive.writestr(VERIFY_NOTE, VERIFY_TEXT)
+            files.append({"path": VERIFY_NOTE, "sha256": hashlib.sha256(VERIFY_TEXT.encode()).hexdigest(),
+                          "bytes": len(VERIFY_TEXT.encode())})
+            manifest = {
+                "format": FORMAT,
+                "station": station,
+                "software": {"name": "nvr", "version": __version__},
+                "exported_at": iso(now),
+                "exported_by": request.user,
+                "reason": request.reason,
+                "requested": {"start": iso(request.start), "end": iso(request.end)},
+                "key_fingerprint": key.fingerprint,
+                "checkpoint": checkpoint,
+                "cameras": cameras_out,
+                "files": files,
+            }
+            manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+                raise ExportError(f"{len(plan)} segments are more than one package can list (its manifest would "
+                                  f"exceed {MAX_MANIFEST_BYTES >> 20} MB); export fewer cameras or a shorter range")
+            archive.writestr(MANIFEST, manifest_bytes)
+            archive.writestr(SIGNATURE, key.sign(manifest_bytes))
+            archive.writestr(PUBLIC_KEY, key.public_pem)
+        tmp.replace(output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if progress is not None:
         progress(1.0)
     return manifest

@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS holds (
     created_at REAL NOT NULL,
     released_at REAL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    body TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS storage_events (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -341,6 +347,31 @@ class SegmentIndex:
             " WHERE released_at IS NULL ORDER BY id"
         ).fetchall()
         return [Hold(*row) for row in rows]
+
+    # -- checkpoints (recorder/checkpoint.py) ---------------------------------------------
+
+    def chain_heads(self) -> dict[str, tuple[int, str, float]]:
+        """camera → (row id, chain hash, end) of its newest indexed segment."""
+        rows = self.db.execute(
+            "SELECT camera, id, chain_hash, end FROM segments"
+            " WHERE id IN (SELECT MAX(id) FROM segments GROUP BY camera)"
+        ).fetchall()
+        return {camera: (sid, link, end) for camera, sid, link, end in rows}
+
+    def next_checkpoint_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM checkpoints").fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_checkpoint(self, seq: int, at: float, body: str, signature: str) -> None:
+        self.db.execute("INSERT INTO checkpoints (seq, at, body, signature) VALUES (?,?,?,?)",
+                        (seq, at, body, signature))
+
+    def checkpoints(self, after: int = 0, limit: int = 500) -> list[tuple[int, str, str]]:
+        """(seq, body, signature) of the checkpoints after ``after``, oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, body, signature FROM checkpoints WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        return [(int(seq), body, sig) for seq, body, sig in rows]
 
     # -- storage events -------------------------------------------------------------------
 

@@ -20,9 +20,43 @@ PUBLIC_FILE = "station-ed25519.pub.pem"
 
 
 def fingerprint(public: Ed25519PublicKey) -> str:
+    """``SHA256:`` and the whole SHA-256 of the raw public key, in groups of four hex digits."""
+    digest = fingerprint_hex(public)
+    return "SHA256:" + ":".join(digest[i : i + 4] for i in range(0, 64, 4))
+
+
+def fingerprint_hex(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    digest = hashlib.sha256(raw).hexdigest()
-    return "SHA256:" + ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+    return hashlib.sha256(raw).hexdigest()
+
+
+# Packages made before the full fingerprint carried its first 128 bits (32 hex digits).
+_LEGACY_HEX = 32
+_HEX = set("0123456789abcdef")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """The hex digits of a fingerprint as people write it (``SHA256:ab12:...``, spaces, any case).
+
+    Raises ValueError unless it is 32 (an older, shorter form) or 64 hex digits.
+    """
+    value = text.strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:"):]
+    value = value.replace(":", "").replace(" ", "").replace("-", "")
+    if not value or set(value) - _HEX or len(value) not in (_LEGACY_HEX, 64):
+        raise ValueError("a fingerprint is SHA256: followed by 64 hex digits (as `nvr key show` prints it)")
+    return value
+
+
+def fingerprint_matches(text: str, public: Ed25519PublicKey) -> bool:
+    """Does the fingerprint ``text`` (full, or the older 128-bit form) name this key?"""
+    try:
+        given = normalize_fingerprint(text)
+    except ValueError:
+        return False
+    full = fingerprint_hex(public)
+    return given == full if len(given) == 64 else given == full[:_LEGACY_HEX]
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
@@ -34,6 +68,15 @@ def load_public(pem: bytes) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
+
+
+def load_station_public(storage_root: Path) -> Ed25519PublicKey | None:
+    """The station's public key as stored beside its private key, or None if there is none yet."""
+    path = storage_root / KEY_DIR / PUBLIC_FILE
+    try:
+        return load_public(path.read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 class StationKey:

@@ -31,8 +31,12 @@ class SweepResult:
 
 class Retention:
     def __init__(self, root: Path, storage: Storage, index: SegmentIndex,
-                 on_delete: Callable[[SegmentRecord, str], None] | None = None) -> None:
+                 on_delete: Callable[[SegmentRecord, str], None] | None = None,
+                 free_other: Callable[[float], int] | None = None) -> None:
         self.root = root
+        # Asked to free space by other means (export packages, which are copies) before any footage
+        # goes: called on the index thread with the free percentage wanted.
+        self.free_other = free_other
         # Told about every deletion (on the index thread), e.g. for the audit log.
         self.on_delete = on_delete
         self.storage = storage
@@ -74,10 +78,15 @@ class Retention:
         cutoff = now - self.storage.retention_days * 86400
         while batch := self.index.expired(cutoff):
             for record in batch:
-                self._delete(record, f"retention: older than {self.storage.retention_days} days")
-                by_age += 1
+                by_age += self._delete(record, f"retention: older than {self.storage.retention_days} days")
         by_pressure = 0
         free = self.free_percent()
+        if free < self.storage.min_free_percent and self.free_other is not None:
+            try:
+                if self.free_other(self.storage.min_free_percent):
+                    free = self.free_percent()
+            except Exception:
+                log.error("freeing export packages failed", exc_info=True)
         full = False
         while free < self.storage.min_free_percent:
             batch = self.index.oldest_unprotected(limit=20)
@@ -85,8 +94,8 @@ class Retention:
                 full = True
                 break
             for record in batch:
-                self._delete(record, f"disk pressure: {free:.1f}% free < {self.storage.min_free_percent:g}%")
-                by_pressure += 1
+                by_pressure += self._delete(
+                    record, f"disk pressure: {free:.1f}% free < {self.storage.min_free_percent:g}%")
                 free = self.free_percent()
                 if free >= self.storage.min_free_percent:
                     break
@@ -105,7 +114,10 @@ class Retention:
             log.info("retention deleted %d segment(s) by age and %d by disk pressure", by_age, by_pressure)
         return SweepResult(by_age, by_pressure, free, full)
 
-    def _delete(self, record: SegmentRecord, reason: str) -> None:
+    def _delete(self, record: SegmentRecord, reason: str) -> bool:
+        if self.index.is_protected(record.id):
+            # A hold was added (by another process: `nvr export`) since the batch was selected.
+            return False
         path = (self.root / record.path).resolve()
         base = (self.root / RECORDINGS).resolve()
         if not path.is_relative_to(base):
@@ -122,3 +134,4 @@ class Retention:
                 self.on_delete(record, reason)
             except Exception:
                 log.error("deletion hook failed for segment %d", record.id, exc_info=True)
+        return True

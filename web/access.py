@@ -77,6 +77,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/recordings"): P.RECORDINGS,
     ("GET", "/api/recordings/{camera_id}/clip.mp4"): P.RECORDINGS,
     ("GET", "/api/key"): P.RECORDINGS,
+    ("GET", "/api/checkpoints"): P.CHECKPOINTS,
     ("POST", "/api/exports"): P.EXPORTS,
     ("GET", "/api/exports/{export_id}"): P.EXPORTS,
     ("GET", "/api/exports/{export_id}/download"): P.EXPORTS,
@@ -90,6 +91,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/fleet/stream"): P.ALARMS,
     ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): P.LIVE,
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
+    ("GET", "/api/stations/{station_id}/checkpoints"): P.AUDIT,  # what the console witnessed (issue 11)
+    ("GET", "/api/keyring"): P.AUDIT,
 }
 # Browser pages: without a session they redirect to the login page instead of answering 401.
 PAGES = {"/", "/playback"}

@@ -37,6 +37,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/holds", create_hold)
     app.router.add_delete("/api/holds/{hold_id}", release_hold)
     app.router.add_get("/api/key", station_key)
+    app.router.add_get("/api/checkpoints", list_checkpoints)
     app.router.add_get("/playback", playback_page)
 
 
@@ -196,6 +197,7 @@ def job_json(job: ExportJob) -> dict[str, Any]:
         "user": job.request.user,
         "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at),
+        "downloaded_at": iso(job.downloaded_at),
         "download": f"/api/exports/{job.id}/download" if job.state is JobState.DONE else None,
         **job.summary,
     }
@@ -215,14 +217,22 @@ async def create_export(request: web.Request) -> web.Response:
     require_index(request)
     if daemon.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
+    explain = await gap_explainer(request, start, end)
     try:
-        job = daemon.exports.submit(ExportRequest(cameras, start, end, reason.strip(), current_user(request)),
-                                    await gap_explainer(request, start, end))
+        job = await daemon.exports.submit(ExportRequest(cameras, start, end, reason.strip(), current_user(request)),
+                                          explain)
     except QueueFull as exc:
         raise api_error(web.HTTPServiceUnavailable, "export_queue_full", str(exc)) from None
-    audit(request, "export.create", cameras=cameras, start=iso(start), end=iso(end), reason=reason.strip(),
-          export_id=job.id)
+    audit_cameras(request, "export.create", cameras, export_id=job.id, start=iso(start), end=iso(end),
+                  reason=reason.strip())
     return web.json_response(job_json(job), status=202, headers={"Location": f"/api/exports/{job.id}"})
+
+
+def audit_cameras(request: web.Request, action: str, cameras: list[str], **details: Any) -> None:
+    """One entry per camera, so that an auditor restricted to some cameras sees exactly the entries of
+    theirs (the audit view filters by the entry's camera); the entries share the export's id."""
+    for camera in cameras:
+        audit(request, action, camera=camera, cameras_in_export=len(cameras), **details)
 
 
 def find_job(request: web.Request) -> ExportJob:
@@ -241,11 +251,15 @@ async def get_export(request: web.Request) -> web.Response:
 
 async def download_export(request: web.Request) -> web.StreamResponse:
     job = find_job(request)
+    if job.state is JobState.EXPIRED:
+        raise api_error(web.HTTPGone, "export_expired", job.error or "the package was deleted")
     if job.state is not JobState.DONE or job.path is None:
         raise api_error(web.HTTPConflict, "export_not_ready", f"the export is {job.state.value}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
-    audit(request, "export.download", export_id=job.id, cameras=job.request.cameras,
-          start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+    audit_cameras(request, "export.download", job.request.cameras, export_id=job.id,
+                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+    if (exports := request.app[DAEMON].exports) is not None:
+        exports.mark_downloaded(job)
     return web.FileResponse(job.path, headers={
         "Content-Type": "application/zip",
         "Content-Disposition": f'attachment; filename="evidence_{stamp}_{job.id[:8]}.zip"',
@@ -303,6 +317,28 @@ async def station_key(request: web.Request) -> web.Response:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
     return web.json_response({"algorithm": "Ed25519", "fingerprint": daemon.key.fingerprint,
                               "public_key_pem": daemon.key.public_pem.decode()})
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    """The station's signed checkpoints after ``after`` (a sequence number), for a witness to keep."""
+    daemon = request.app[DAEMON]
+    if not visible(request, "*"):
+        # Checkpoints name every camera's chain head: only identities that may see every camera.
+        raise api_error(web.HTTPForbidden, "cameras_restricted", "checkpoints cover every camera")
+    raw_after, raw_limit = request.query.get("after", "0"), request.query.get("limit", "500")
+    if not raw_after.isdigit() or len(raw_after) > 18:
+        raise bad_request("after", "must be a checkpoint sequence number (0 for all)")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise bad_request("limit", "must be 1..1000")
+    index = require_index(request)
+    if daemon.key is None:
+        raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
+    rows = await index.call(index.checkpoints, int(raw_after), int(raw_limit))
+    return web.json_response({
+        "station": daemon.config.station.id, "fingerprint": daemon.key.fingerprint,
+        "public_key_pem": daemon.key.public_pem.decode(),
+        "checkpoints": [{"seq": seq, "body": body, "signature": sig} for seq, body, sig in rows],
+    })
 
 
 async def playback_page(_request: web.Request) -> web.FileResponse:
