@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -140,6 +141,24 @@ def test_bad_requests_name_the_field(recorded: dict[str, Any]) -> None:
     assert got == 404 and "ghost" in body["message"]
 
 
+@contextlib.contextmanager
+def altered_segment(daemon: Daemon, tmp_path: Path) -> Iterator[Any]:
+    """One byte of an indexed segment flipped on disk, as an insider with the daemon's account could; put back after."""
+    index = SegmentIndex(daemon.storage / "index.sqlite3")
+    victim = index.all_segments("cell-2")[1]
+    index.close()
+    path = daemon.storage / victim.path
+    backup = tmp_path / "backup.mp4"
+    shutil.copy2(path, backup)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    try:
+        yield victim
+    finally:
+        shutil.copy2(backup, path)
+
+
 def export_package(daemon: Daemon, tmp_path: Path, start: float, end: float) -> Path:
     status, job = daemon.request("POST", "/api/exports", {
         "cameras": ["cell-2"], "start": iso(start), "end": iso(end), "reason": "complaint 2026/113"})
@@ -250,21 +269,10 @@ def test_cli_export_and_verify_storage_catches_altered_segment(recorded: dict[st
 
     clean = nvr("verify-storage", "-c", str(daemon.config_path), "--camera", "cell-2")
     assert clean.returncode == 0, clean.stdout
-    index = SegmentIndex(daemon.storage / "index.sqlite3")
-    victim = index.all_segments("cell-2")[1]
-    index.close()
-    path = daemon.storage / victim.path
-    backup = tmp_path / "backup.mp4"
-    shutil.copy2(path, backup)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    try:
+    with altered_segment(daemon, tmp_path) as victim:
         bad = nvr("verify-storage", "-c", str(daemon.config_path), "--camera", "cell-2")
         assert bad.returncode == 1
         assert f"segment {victim.path}: file modified (SHA-256 mismatch)" in bad.stdout
-    finally:
-        shutil.copy2(backup, path)
 
 
 def test_holds_api(recorded: dict[str, Any]) -> None:
@@ -429,16 +437,7 @@ def test_a_segment_whose_hash_differs_from_the_index_does_not_verify(recorded: d
 
 def test_a_segment_changed_on_disk_after_indexing_is_not_exported(recorded: dict[str, Any], tmp_path: Path) -> None:
     daemon: Daemon = recorded["daemon"]
-    index = SegmentIndex(daemon.storage / "index.sqlite3")
-    victim = index.all_segments("cell-2")[1]
-    index.close()
-    path = daemon.storage / victim.path
-    backup = tmp_path / "backup.mp4"
-    shutil.copy2(path, backup)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    try:
+    with altered_segment(daemon, tmp_path) as victim:
         status, job = daemon.request("POST", "/api/exports", {
             "cameras": ["cell-2"], "start": iso(victim.start - 5), "end": iso(victim.end + 5), "reason": "test"})
         assert status == 202, job
@@ -458,8 +457,6 @@ def test_a_segment_changed_on_disk_after_indexing_is_not_exported(recorded: dict
                   "--end", iso(victim.end + 5), "--reason", "court order 8", "-o", str(tmp_path / "cli.zip"))
         assert cli.returncode == 1 and "modified after it was written" in cli.stderr, cli.stderr
         assert not (tmp_path / "cli.zip").exists() and not (tmp_path / "cli.partial").exists()
-    finally:
-        shutil.copy2(backup, path)
 
 
 def _zip_with(target: Path, members: list[tuple[str, bytes]]) -> Path:
