@@ -1,0 +1,344 @@
+"""Hostile clients against a station: what an attacker on the police network tries, and what must hold.
+
+Each story is an attack from issue 12, run as an attacker would: concurrent
+requests are ``asyncio.gather`` of real HTTP requests over loopback TCP
+against the real daemon (in process, :mod:`tests.hostile`).  Every limit
+answers 429, 503 or 413 with a JSON ``{"error", "message"}``; streams end
+when the identity that opened them does; nothing leaves the site or tells a
+restricted user which cameras exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nvr.roles import Role
+from nvr.timeutil import iso
+from tests.hostile import PASSWORD, Station, read_event_stream, running_station, station_config
+from web.access import safe_next
+from web.whep import WHEP
+
+
+def is_json_error(body: Any, code: str | None = None) -> bool:
+    return isinstance(body, dict) and isinstance(body.get("message"), str) and (
+        body.get("error") == code if code else isinstance(body.get("error"), str))
+
+
+# -- sign-in ----------------------------------------------------------------------------------
+
+
+async def test_twenty_concurrent_guesses_evaluate_at_most_three_and_the_right_one_does_not_get_in(
+        tmp_path: Path) -> None:
+    # On main the limit was checked before the awaited Argon2 check and failures counted after it:
+    # all twenty were evaluated and the twentieth, right, answered 200.
+    async with running_station(station_config(tmp_path)) as station:
+        wrong = [asyncio.ensure_future(station.login("monitor1", f"guess {n}")) for n in range(19)]
+        await asyncio.sleep(0.05)  # the guesses are in; the password checks are still running
+        right = asyncio.ensure_future(station.login("monitor1", PASSWORD))
+        results = await asyncio.gather(*wrong, right)
+        statuses = [status for status, _, _ in results]
+        assert statuses.count(401) <= 3, statuses
+        assert results[-1][0] == 429 and results[-1][2] is None, "the right password got in past the limit"
+        assert all(is_json_error(body, "login_locked") for status, body, _ in results if status == 429)
+        failed = [e for e in await station.audit(action="login.failed") if e["actor"] == "monitor1"]
+        assert len(failed) <= 3, f"{len(failed)} passwords were checked with a limit of 3"
+        # Another user, from the same address, still signs in.
+        assert (await station.login("auditor1"))[0] == 200
+
+
+async def test_a_sign_in_flood_waits_in_its_own_pool_and_the_default_executor_stays_free(tmp_path: Path) -> None:
+    config = station_config(tmp_path, auth={"login_max_failures": 1000, "max_pending_logins": 4,
+                                            "password_check_threads": 1})
+    async with running_station(config) as station:
+        loop = asyncio.get_running_loop()
+        flood = [asyncio.ensure_future(station.login(f"ghost{n}", "guess")) for n in range(60)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await loop.run_in_executor(None, lambda: None)  # what clips and exports queue behind
+        waited = time.monotonic() - started
+        results = await asyncio.gather(*flood)
+        statuses = [status for status, _, _ in results]
+        assert waited < 0.3, f"the default executor was busy for {waited:.2f} s during a sign-in flood"
+        assert statuses.count(401) + statuses.count(503) == 60, statuses
+        assert statuses.count(503) >= 40, "more sign-ins were queued than max_pending_logins"
+        busy = next(body for status, body, _ in results if status == 503)
+        assert is_json_error(busy, "login_busy")
+
+
+# -- live sessions and event streams ----------------------------------------------------------
+
+
+async def test_six_concurrent_offers_with_a_limit_of_two_open_two_sessions(tmp_path: Path) -> None:
+    # On main the limit was checked before the awaits and the session inserted after: six sessions.
+    async with running_station(station_config(tmp_path, live={"max_sessions": 2})) as station:
+        results = await asyncio.gather(*(station.watch_live("hall", station.auth("monitor")) for _ in range(6)))
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [201, 201, 503, 503, 503, 503], statuses
+        assert all(is_json_error(body, "too_many_sessions") for status, body, _ in results if status == 503)
+        relay = station.server.app[WHEP]
+        assert len(relay.sessions) == 2 and relay.slots.in_use == 2
+        # Ending one frees exactly one slot.
+        sid = next(s for status, _, s in results if status == 201)
+        assert (await station.request("DELETE", f"/api/whep/sessions/{sid}", headers=station.auth("monitor")))[0] == 204
+        again = await asyncio.gather(*(station.watch_live("hall", station.auth("admin")) for _ in range(3)))
+        assert sorted(s for s, _, _ in again) == [201, 503, 503]
+
+
+async def test_one_user_cannot_take_every_live_session(tmp_path: Path) -> None:
+    config = station_config(tmp_path, live={"max_sessions": 10, "max_sessions_per_user": 2})
+    async with running_station(config) as station:
+        results = await asyncio.gather(*(station.watch_live("hall", station.auth("monitor")) for _ in range(6)))
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [201, 201, 429, 429, 429, 429], statuses
+        assert all(is_json_error(body, "too_many_sessions_per_user") for s, body, _ in results if s == 429)
+        assert (await station.watch_live("cell", station.auth("admin")))[0] == 201  # others still get in
+
+
+async def test_event_streams_are_bounded_in_all_and_per_user(tmp_path: Path) -> None:
+    config = station_config(tmp_path, web={"max_event_streams": 3, "max_event_streams_per_user": 2})
+    async with running_station(config) as station:
+        results = await asyncio.gather(*(read_event_stream(station, station.auth("monitor")) for _ in range(5)))
+        statuses = sorted(resp.status for resp, _ in results)
+        assert statuses == [200, 200, 429, 429, 429], statuses
+        assert all(b"error" in body and b"too_many_streams_per_user" in body
+                   for resp, body in results if resp.status == 429)
+        others = await asyncio.gather(*(read_event_stream(station, station.auth(who))
+                                        for who in ("technician", "auditor")))
+        assert sorted(resp.status for resp, _ in others) == [200, 503]
+        for resp, _ in [*results, *others]:
+            resp.close()
+        access_slots = station.server.app
+        from web.access import ACCESS
+
+        async def freed() -> None:
+            while access_slots[ACCESS].event_streams.in_use:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(freed(), 5)  # closed streams give their slots back
+
+
+# -- streams end when their identity does -----------------------------------------------------
+
+
+async def _ended(resp: Any, timeout: float = 6.0) -> bool:
+    """The event stream ends (EOF) within ``timeout``."""
+    try:
+        await asyncio.wait_for(resp.content.read(), timeout)
+    except TimeoutError:
+        return False
+    return bool(resp.content.at_eof())
+
+
+async def _live_stopped(station: Station, sid: str, timeout: float = 6.0) -> dict[str, Any]:
+    relay = station.server.app[WHEP]
+    deadline = time.monotonic() + timeout
+    while sid in relay.sessions:
+        assert time.monotonic() < deadline, "the live session outlived its identity"
+        await asyncio.sleep(0.05)
+    stops = [e for e in await station.audit(action="live.stop") if e["details"].get("session") == sid[:8]]
+    assert len(stops) == 1, stops
+    return stops[0]
+
+
+async def test_logout_ends_the_sessions_event_feed_and_live_view_at_once(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        _, _, cookie = await station.login("monitor1")
+        headers = {"Cookie": f"nvr_session={cookie}"}
+        feed, _ = await read_event_stream(station, headers)
+        status, body, sid = await station.watch_live("hall", headers)
+        assert status == 201 and sid, body
+        assert (await station.request("POST", "/api/logout", headers={**headers, "Origin": station.origin,
+                                                                      "Sec-Fetch-Site": "same-origin"}))[0] == 204
+        assert await _ended(feed, 2.0), "the event feed outlived the logout"
+        stop = await _live_stopped(station, sid, 2.0)
+        assert stop["actor"] == "monitor1" and stop["details"]["reason"] == "logout"
+
+
+async def test_removed_user_expired_session_and_revoked_token_end_their_streams(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        # A user removed with the CLI (another process, another connection).
+        _, _, removed_cookie = await station.login("monitor1")
+        removed = {"Cookie": f"nvr_session={removed_cookie}"}
+        removed_feed, _ = await read_event_stream(station, removed)
+        _, _, removed_sid = await station.watch_live("hall", removed)
+        # A session that expires (idle timeout) while its streams are open.
+        _, _, idle_cookie = await station.login("admin1")
+        idle = {"Cookie": f"nvr_session={idle_cookie}"}
+        idle_feed, _ = await read_event_stream(station, idle)
+        # A token revoked with the CLI.
+        token = station.auth("monitor")
+        token_feed, _ = await read_event_stream(station, token)
+        _, _, token_sid = await station.watch_live("cell", token)
+        assert removed_sid and token_sid
+
+        db = station.db()
+        await asyncio.to_thread(db.remove_user, "monitor1")
+        await asyncio.to_thread(db.revoke_token, "monitor")
+        await asyncio.to_thread(db.close)
+        conn = sqlite3.connect(station.daemon.config.auth_database)
+        conn.execute("UPDATE sessions SET last_seen = last_seen - 7200 WHERE user = 'admin1'")
+        conn.commit()
+        conn.close()
+
+        ended = await asyncio.gather(_ended(removed_feed), _ended(idle_feed), _ended(token_feed))
+        assert ended == [True, True, True], "feeds outlived removal / expiry / revocation"
+        assert (await _live_stopped(station, removed_sid))["details"]["reason"] == "user removed"
+        assert (await _live_stopped(station, token_sid))["details"]["reason"] == "token revoked"
+        # A feed of an identity that is still good carries on.
+        good, _ = await read_event_stream(station, station.auth("technician"))
+        assert not await _ended(good, 1.5)
+        good.close()
+
+
+# -- redirects after sign-in ------------------------------------------------------------------
+
+OFF_SITE = [
+    "/%09/evil.example", "/\t/evil.example", "/\r\n/evil.example", "/\n/evil.example", "//evil.example",
+    "/\\evil.example", "\\\\evil.example", "/\\/evil.example", "https://evil.example/", "http:evil.example",
+    "javascript:alert(1)", "%2F%2Fevil.example", "/%2F/evil.example", "/%5Cevil.example", "/%250909/evil",
+    "/%252F%252Fevil.example", " //evil.example", "/\x00/evil.example", "evil.example", "", "/" * 3000,
+]
+
+
+@pytest.mark.parametrize("next_page", OFF_SITE)
+def test_the_page_after_sign_in_never_leaves_the_site(next_page: str) -> None:
+    assert safe_next(next_page) == "/"
+
+
+def test_paths_on_the_site_are_kept() -> None:
+    for page in ("/", "/playback?camera=hall&start=2026-01-01T00:00:00Z", "/api/me", "/playback#t=3"):
+        assert safe_next(page) == page
+
+
+async def test_sign_in_answers_only_a_same_site_next(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        status, body, _ = await station.login("monitor1", next="/%09/evil.example")
+        assert status == 200 and body["next"] == "/"
+        status, body, _ = await station.login("monitor1", next="/playback?camera=hall")
+        assert status == 200 and body["next"] == "/playback?camera=hall"
+        status, body, _ = await station.login("monitor1", next={"not": "a string"})
+        assert status == 200 and body["next"] == "/"
+
+
+# -- point 6: offers, pages, ranges, allow-lists ----------------------------------------------
+
+
+async def test_an_offer_split_across_tcp_segments_is_read_whole(tmp_path: Path) -> None:
+    # On main the offer was read with content.read(n): whatever had arrived, so half an offer.
+    async with running_station(station_config(tmp_path)) as station:
+        offer = (await station.offer()).encode()
+        port = station.server.port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /api/cameras/hall/whep HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Authorization: Bearer {station.tokens['monitor']}\r\nContent-Type: application/sdp\r\n"
+                     f"Content-Length: {len(offer)}\r\nConnection: close\r\n\r\n".encode() + offer[:300])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(offer[300:])
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 201"), reply[:400]
+
+
+async def test_an_oversized_offer_answers_413(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        headers = {**station.auth("monitor"), "Content-Type": "application/sdp"}
+
+        async def chunks() -> Any:
+            yield b"v=0\r\n"
+            for _ in range(80):
+                yield b"a=x" + b"y" * 1021 + b"\r\n"
+
+        status, body, _ = await station.request("POST", "/api/cameras/hall/whep", data=chunks(), headers=headers)
+        assert status == 413 and is_json_error(body, "payload_too_large")
+
+
+async def test_a_restricted_technician_sees_live_sessions_of_their_cameras_only(tmp_path: Path) -> None:
+    restricted = {"hall-tech": (Role.TECHNICIAN, frozenset({"hall"}))}
+    async with running_station(station_config(tmp_path), restricted) as station:
+        assert (await station.watch_live("cell", station.auth("admin")))[0] == 201
+        assert (await station.watch_live("hall", station.auth("admin")))[0] == 201
+        status, body, _ = await station.request("GET", "/api/live/sessions", headers=station.auth("hall-tech"))
+        assert status == 200
+        assert [s["camera_id"] for s in body["sessions"]] == ["hall"]
+        assert set(body["readers"]) == {"hall"}, "readers name cameras the technician may not see"
+
+
+async def test_forbidden_and_unknown_cameras_answer_the_same_to_a_restricted_user(tmp_path: Path) -> None:
+    restricted = {"hall-monitor": (Role.MONITOR, frozenset({"hall"})),
+                  "hall-auditor": (Role.AUDITOR, frozenset({"hall"}))}
+    async with running_station(station_config(tmp_path), restricted) as station:
+        start, end = iso(time.time() - 600), iso(time.time() - 60)
+
+        async def answer(who: str, method: str, path: str, camera: str) -> tuple[int, Any]:
+            path = path.replace("CAM", camera)
+            kwargs: dict[str, Any] = {"headers": station.auth(who)}
+            if path.endswith("/whep"):
+                kwargs["data"] = await station.offer()
+                kwargs["headers"] = {**kwargs["headers"], "Content-Type": "application/sdp"}
+            elif path == "/api/exports":
+                kwargs["json"] = {"cameras": ["hall", camera], "start": start, "end": end, "reason": "case 1"}
+            elif path == "/api/holds":
+                kwargs["json"] = {"camera": camera, "start": start, "end": end, "reason": "case 1"}
+            status, body, _ = await station.request(method, path, **kwargs)
+            return status, body.get("error") if isinstance(body, dict) else body
+
+        probes = [
+            ("hall-monitor", "GET", "/api/cameras/CAM"),
+            ("hall-monitor", "GET", "/api/events?camera=CAM"),
+            ("hall-monitor", "POST", "/api/cameras/CAM/whep"),
+            ("hall-monitor", "OPTIONS", "/api/cameras/CAM/whep"),
+            ("hall-auditor", "GET", f"/api/recordings?camera=CAM&start={start}&end={end}"),
+            ("hall-auditor", "GET", f"/api/recordings/CAM/clip.mp4?start={start}&end={end}"),
+            ("hall-auditor", "GET", f"/api/coverage?camera=CAM&start={start}&end={end}"),
+            ("hall-auditor", "POST", "/api/exports"),
+            ("hall-auditor", "POST", "/api/holds"),
+        ]
+        for who, method, path in probes:
+            forbidden = await answer(who, method, path, "cell")
+            unknown = await answer(who, method, path, "no-such-camera")
+            assert forbidden == unknown, f"{method} {path}: cell {forbidden} but an unknown camera {unknown}"
+            assert forbidden[0] == 403, (path, forbidden)
+
+
+async def test_the_playback_page_sends_the_same_csp_as_the_console(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        _, _, console = await station.request("GET", "/", headers=station.auth("admin"))
+        status, _, playback = await station.request("GET", "/playback", headers=station.auth("admin"))
+        assert status == 200
+        csp = console.headers["Content-Security-Policy"]
+        assert playback.headers.get("Content-Security-Policy") == csp and "script-src 'self'" in csp
+
+
+async def test_a_search_range_is_bounded(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path, recordings={"max_search_hours": 48})) as station:
+        now = time.time()
+        q = urllib.parse.urlencode({"camera": "hall", "start": iso(now - 49 * 3600), "end": iso(now)})
+        status, body, _ = await station.request("GET", f"/api/recordings?{q}", headers=station.auth("auditor"))
+        assert status == 400 and is_json_error(body, "invalid_end") and "48" in body["message"]
+        q = urllib.parse.urlencode({"camera": "hall", "start": iso(now - 47 * 3600), "end": iso(now)})
+        assert (await station.request("GET", f"/api/recordings?{q}", headers=station.auth("auditor")))[0] == 200
+
+
+async def test_the_api_describes_itself_from_the_route_table(tmp_path: Path) -> None:
+    async with running_station(station_config(tmp_path)) as station:
+        assert (await station.request("GET", "/api/openapi.json"))[0] == 401
+        status, doc, _ = await station.request("GET", "/api/openapi.json", headers=station.auth("monitor"))
+        assert status == 200 and doc["openapi"].startswith("3.")
+        served = {(r.method, r.resource.canonical) for r in station.server.app.router.routes()
+                  if r.resource is not None and r.method != "HEAD" and r.resource.canonical != "/static"}
+        described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+        assert described == served
+        login = doc["paths"]["/api/login"]["post"]
+        assert login["x-nvr-permission"] == "public" and "security" not in login
+        schema = login["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["username", "password"]
