@@ -119,7 +119,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise api_error(web.HTTPUnsupportedMediaType, "unsupported_media_type", "send application/json")
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # json nests by recursion: 2,000 '[' exhaust the stack
         raise api_error(web.HTTPBadRequest, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise api_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")

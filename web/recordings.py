@@ -207,7 +207,7 @@ async def create_export(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     body = await json_body(request)
     cameras = body.get("cameras")
-    if not isinstance(cameras, list) or not cameras:
+    if not isinstance(cameras, list) or not cameras or not all(isinstance(c, str) for c in cameras):
         raise bad_request("cameras", "must be a non-empty list of camera ids")
     cameras = [known_camera(request, c, "cameras") for c in dict.fromkeys(cameras)]
     start, end = parse_range(request, body.get("start"), body.get("end"), daemon.config.recordings.max_range_hours)
