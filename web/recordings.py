@@ -298,7 +298,7 @@ async def create_hold(request: web.Request) -> web.Response:
 
 async def release_hold(request: web.Request) -> web.Response:
     raw = request.match_info["hold_id"]
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:  # '²' is a digit to isdigit(), 2**63 overflows
         raise bad_request("hold_id", "must be a number")
     index = require_index(request)
     held = next((h for h in await index.call(index.active_holds) if h.id == int(raw)), None)
