@@ -41,8 +41,8 @@ from recorder.storage import INDEX_FILE, free_space
 log = logging.getLogger(__name__)
 
 _SWEEP_SECONDS = 60.0
-# Room left for the zip's own structure and the manifest beside the segments' bytes.
-_OVERHEAD_BYTES = 1 << 20
+# Room for the zip's own structure and the manifest beside the segments' bytes.
+_OVERHEAD_BYTES = 64 << 10
 
 
 class QueueFull(Exception):
@@ -216,18 +216,18 @@ class ExportQueue:
 
     def _admit(self, needed: int) -> None:
         """Refuse an export that would exceed the quota or eat into the recordings' free-space reserve."""
-        needed += _OVERHEAD_BYTES
+        needed += _OVERHEAD_BYTES + needed // 50
         used = self.bytes_used()
         if used + needed > self.limits.quota_bytes:
             raise ExportError(
-                f"the export needs about {needed >> 20} MB, but {used >> 20} MB of the {self.limits.quota_bytes >> 20}"
+                f"the export needs about {needed / (1 << 20):.1f} MB, but {used >> 20} MB of the {self.limits.quota_bytes >> 20}"
                 " MB export quota are taken by packages not yet expired; download them or wait for them to expire")
         if self._shares_recording_disk():
             free, total = free_space(self.root)
             reserve = total * self.limits.min_free_percent / 100
-            if total and free - needed < reserve + needed // 10:
+            if total and free - needed < reserve:
                 raise ExportError(
-                    f"the export needs about {needed >> 20} MB, and the recording disk has {free >> 20} MB free with "
+                    f"the export needs about {needed / (1 << 20):.1f} MB, and the recording disk has {free >> 20} MB free with "
                     f"{reserve / (1 << 20):.0f} MB kept for recordings (storage.min_free_percent); making it would "
                     "cost recorded footage, so it was not made")
 
