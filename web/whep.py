@@ -227,9 +227,9 @@ class WhepRelay:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - whatever aiortc refuses in an offer is the client's error
             feed.close()
-            await pc.close()
-            log.info("[%s] WHEP offer from %s refused: %s", camera_id, peer, exc)
-            raise WhepError(400, "bad_offer", f"the SDP offer was not accepted: {exc}") from None
+            await _close_refused(pc)
+            log.info("[%s] WHEP offer from %s refused: %s: %s", camera_id, peer, type(exc).__name__, exc)
+            raise WhepError(400, "bad_offer", f"the SDP offer was not accepted: {type(exc).__name__}") from None
         session.answer_seconds = time.monotonic() - started
         self.sessions[session_id] = session
         self.opened_total += 1
@@ -302,6 +302,24 @@ class WhepRelay:
             camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
             for camera_id, runtime in self.daemon.cameras.items() if may_see(camera_id)
         }
+
+
+async def _close_refused(pc: RTCPeerConnection) -> None:
+    """Close a peer whose offer failed half-way; aiortc's own close() can trip over what it never set up."""
+    try:
+        await pc.close()
+    except Exception as exc:  # noqa: BLE001 - e.g. a transceiver without a transport (found by fuzzing)
+        log.debug("closing a refused peer failed (%s: %s); stopping its transports one by one",
+                  type(exc).__name__, exc)
+        for transceiver in pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is None:
+                continue
+            for stop in (dtls.stop, dtls.transport.stop):
+                try:
+                    await stop()
+                except Exception as exc:  # noqa: BLE001 - best effort: the sockets must not leak
+                    log.debug("stopping a transport of a refused peer failed: %s", exc)
 
 
 # -- HTTP ---------------------------------------------------------------------------------
