@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import string
-import time
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
