@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +83,7 @@ def main() -> None:
         start = time.time() - 7200
         template_rel, size, frames = one_minute_segment(root, start)
         template = root / template_rel
+        template_sha = hashlib.sha256(template.read_bytes()).hexdigest()  # every copy is the same bytes
         total = 0
         for minute in range(60):
             seg_start = start + minute * 60
@@ -90,7 +93,7 @@ def main() -> None:
                 shutil.copyfile(template, root / rel)
             total += size
             index.add_segment(NewSegment(camera="cam-00", start=seg_start, end=seg_start + 60, frames=frames,
-                                         bytes=size, sha256="0" * 64, codec="h264", width=1920, height=1080,
+                                         bytes=size, sha256=template_sha, codec="h264", width=1920, height=1080,
                                          params='{"extradata": ""}', path=rel))
         segments = index.segments("cam-00", start, start + 3600)
         mb = total / 1e6
@@ -128,10 +131,67 @@ def main() -> None:
                       camera_info={}, request=ExportRequest(["cam-00"], start, start + 3600, "bench", "bench"),
                       output=root / "export.zip", now=time.time())
         export_s = time.perf_counter() - s
-        index.close()
         report("clip_export", range="1 h of 1080p (60 x 1 min segments)", megabytes=round(mb, 1),
                copy_mb_s=round(mb / copy_s, 1), clip_mb_s=round(mb / clip_s, 1), export_mb_s=round(mb / export_s, 1),
                clip_to_copy_ratio=round(copy_s / clip_s, 3), export_to_copy_ratio=round(copy_s / export_s, 3))
+        verify_throughput(root / "export.zip", StationKey.load_or_create(root))
+        checkpoint_cost(root, index, StationKey.load_or_create(root))
+        index.close()
+
+
+def verify_throughput(package: Path, key: StationKey) -> None:
+    """`nvr verify` (a fresh process, as an auditor runs it) against `sha256sum` of the same zip, same run."""
+    pem = package.parent / "station.pem"
+    pem.write_bytes(key.public_pem)
+    mb = package.stat().st_size / 1e6
+    runs: dict[str, list[float]] = {"verify": [], "sha256sum": []}
+    for _ in range(3):
+        s = time.perf_counter()
+        subprocess.run(["sha256sum", str(package)], check=True, capture_output=True)
+        runs["sha256sum"].append(time.perf_counter() - s)
+        s = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "nvr", "verify", str(package), "--pubkey", str(pem)],
+                                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+        runs["verify"].append(time.perf_counter() - s)
+        assert result.returncode == 0, result.stdout + result.stderr
+    verify_s, sha_s = min(runs["verify"]), min(runs["sha256sum"])
+    report("verify", package_mb=round(mb, 1), verify_mb_s=round(mb / verify_s, 1),
+           sha256sum_mb_s=round(mb / sha_s, 1), verify_to_sha256sum_ratio=round(sha_s / verify_s, 3),
+           note="best of 3; verify includes interpreter start and signature check")
+
+
+def checkpoint_cost(root: Path, index: SegmentIndex, key: StationKey) -> None:
+    """Signing a checkpoint of 64 cameras' chain heads, and a witness checking and storing it."""
+    from central.witness import Witness
+    from recorder import checkpoint
+
+    heads = {f"cam-{n:02d}": (n * 1000, "ab" * 32, time.time()) for n in range(64)}
+    witness = Witness(root / "witness.sqlite3")
+    count = 200
+    sign_s = 0.0
+    rows = []
+    for seq in range(1, count + 1):
+        s = time.perf_counter()
+        body = checkpoint.make_body(station="st", seq=seq, now=time.time(), reason="periodic", key=key,
+                                    audit_head=(seq * 10, "cd" * 32), heads=heads)
+        envelope = checkpoint.sign(key, body)
+        index.add_checkpoint(seq, body["at_epoch"], envelope.body, envelope.signature)
+        sign_s += time.perf_counter() - s
+        rows.append((seq, envelope.body, envelope.signature))
+    size = sum(len(b) + len(sig) for _, b, sig in rows) / count
+    s = time.perf_counter()
+    for row in rows:
+        stored, problems = witness.add_checkpoints("st", key.public_pem.decode(), [row], time.time())
+        assert stored == 1 and not problems
+    witness_s = time.perf_counter() - s
+    witness.close()
+    per_day = 86400 / 300
+    report("checkpoint", cameras=64, bytes_each=round(size), sign_and_store_ms=round(1000 * sign_s / count, 2),
+           witness_check_and_store_ms=round(1000 * witness_s / count, 2),
+           per_station_day={"checkpoints": per_day, "station_cpu_s": round(per_day * sign_s / count, 3),
+                            "console_cpu_s": round(per_day * witness_s / count, 3),
+                            "shipped_mb": round(per_day * size / 1e6, 2)},
+           note="checkpoint_seconds 300; HTTP transfer not included (one request per follow.checkpoint_seconds)")
 
 
 if __name__ == "__main__":
