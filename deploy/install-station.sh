@@ -85,18 +85,18 @@ install -D -m 0644 "$SRC/README.md" /usr/share/doc/nvr/README.md
 
 step "4. the configuration: $CONFIG (root:nvr 0640)"
 install -d -m 0750 -g nvr /etc/nvr
+install -d -m 0700 "$CREDSTORE"
 if [ -n "$config_src" ]; then
   install -m 0640 -g nvr "$config_src" "$CONFIG"
   echo "installed $config_src"
 elif [ ! -f "$CONFIG" ]; then
   install -m 0640 -g nvr "$SRC/config.yaml" "$CONFIG"
   echo "installed the annotated example. Edit $CONFIG (station, cameras, storage.path: $STORAGE),"
-  echo "then run this script again."
+  echo "then run this script again (it asks for each camera password, or put them in $CREDSTORE/NAME)."
   exit 0
 fi
 
 step "5. camera passwords: one file per \${NAME} in the config, in $CREDSTORE (root only)"
-install -d -m 0700 "$CREDSTORE"
 # ${NAME} references outside comments; the unit gets one LoadCredential=NAME for each.
 mapfile -t names < <(sed -e 's/^[[:space:]]*#.*$//' -e 's/[[:space:]]#.*$//' "$CONFIG" \
   | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | tr -d '${}' | sort -u)

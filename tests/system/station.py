@@ -273,6 +273,9 @@ def booted(workdir: Path) -> Iterator[Station]:
         if shutil.which(tool) is None:
             raise Unsupported(f"{tool} is not installed (make test-system installs it)")
     CACHE.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(workdir / "merged"):  # left mounted by an interrupted run
+        subprocess.run(["umount", "--lazy", str(workdir / "merged")], check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one system test at a time on this machine
