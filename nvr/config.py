@@ -89,11 +89,41 @@ class Tls(_Model):
         return value
 
 
+class WebLimits(_Model):
+    """What HTTP clients may take of the daemon: connections, descriptors and time (``web.limits``)."""
+
+    max_connections: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Open HTTP connections in all (also bounded by the descriptors)")
+    ] = 1024
+    max_connections_per_address: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Open HTTP connections from one client address")
+    ] = 64
+    header_timeout_seconds: Annotated[
+        float, Field(gt=0, le=300, description="A connection's first request headers (and TLS handshake) within this")
+    ] = 10.0
+    body_timeout_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="A request body within this after its headers; else 408")
+    ] = 30.0
+    keepalive_timeout_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="An idle keep-alive connection closes after this")
+    ] = 15.0
+    fd_reserve: Annotated[
+        int, Field(ge=16, le=1_000_000, description="Descriptors HTTP connections never take (recording, databases)")
+    ] = 256
+    fd_reserve_per_camera: Annotated[
+        int, Field(ge=0, le=10_000, description="... and this many more per camera stream")
+    ] = 16
+    log_interval_seconds: Annotated[
+        float, Field(gt=0, le=86400, description="Refused connections are logged at most once per interval")
+    ] = 60.0
+
+
 class Web(_Model):
     listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP server")
     tls: Tls | None = Field(default=None, description="Serve HTTPS (TLS 1.2+) with this certificate and key")
     hsts_seconds: Annotated[int, Field(ge=0, le=2 * 365 * 86400, description="HSTS max-age under TLS")] = 31536000
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token")
+    limits: WebLimits = Field(default_factory=WebLimits, description="Connection and request limits")
     max_event_streams: Annotated[
         int, Field(ge=1, le=10_000, description="Open event feeds (SSE) in all; more answer 503")
     ] = 64

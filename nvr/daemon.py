@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import resource
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from nvr import systemd
 from nvr.audit import AuditLog
 from nvr.authdb import AuthDatabase
-from nvr.config import Camera, Config
+from nvr.config import Camera, Config, WebLimits
 from nvr.health_monitor import HealthMonitor
 from nvr.timeutil import iso
 from recorder import checkpoint as checkpoints
@@ -37,6 +38,9 @@ from recorder.retention import Retention
 from recorder.storage import INDEX_FILE, StorageError, check_storage
 from streams.hub import Hub
 from streams.rtsp_source import RtspSource, SourceState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +328,6 @@ class Daemon:
 
     async def _audit_stop(self) -> None:
         try:
-
             head = await self.audit.db.call(self.audit.head)
             log.info("audit log head: entry %d, hash %s", *head)
         except Exception as exc:  # noqa: BLE001 - shutting down anyway
@@ -344,16 +347,68 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
-    """Serve ``app`` (the station's or the central console's); raises OSError if it cannot listen."""
+# RLIMIT_NOFILE cannot go above the kernel's nr_open (1048576 by default), even when the hard limit is
+# "unlimited".
+_NOFILE_CEILING = 1 << 20
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft descriptor limit to the hard one (a service starts at 1024); return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NOFILE_CEILING if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, exc)
+            return soft
+        log.info("raised the descriptor limit (RLIMIT_NOFILE) from %d to %d", soft, target)
+        return target
+    return soft
+
+
+async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                    limits: WebLimits | None = None, camera_streams: int = 0,
+                    registry: CollectorRegistry | None = None) -> web.AppRunner:
+    """Serve ``app`` (the station's or the central console's); raises OSError if it cannot listen.
+
+    Connections go through :class:`web.conn_limits.ConnectionLimiter`: HTTP may use the descriptors
+    left after ``limits.fd_reserve`` plus ``fd_reserve_per_camera`` per camera stream, so that
+    recording, RTSP sources and databases keep theirs whatever clients do.  Its counts go to
+    ``registry`` when one is given.
+    """
+    from prometheus_client import ProcessCollector
+
+    from nvr.metrics import ConnectionCollector
+    from web.conn_limits import ConnectionLimiter, LimitedSite, body_deadline
+
+    limits = limits or WebLimits()
+    soft = raise_nofile_limit()
+    reserve = limits.fd_reserve + limits.fd_reserve_per_camera * camera_streams
+    budget = soft - reserve
+    if budget < 64:
+        log.warning("only %d descriptor(s) left for HTTP connections (limit %d, reserve %d): raise LimitNOFILE",
+                    max(budget, 0), soft, reserve)
     # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0,
+                           keepalive_timeout=limits.keepalive_timeout_seconds)
+    def handler_factory() -> web.RequestHandler:
+        assert runner.server is not None
+        return runner.server()
+
+    limiter = ConnectionLimiter(limits, budget, handler_factory)
+    app.middlewares.insert(0, body_deadline(limiter))
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
+        await LimitedSite(runner, host, port, limiter, ssl_context=ssl_context).start()
     except OSError:
         await runner.cleanup()
         raise
+    log.info("HTTP: at most %d connection(s), %d per address (descriptor limit %d, %d kept for recording)",
+             limiter.limit, limits.max_connections_per_address, soft, reserve)
+    if registry is not None:
+        registry.register(ConnectionCollector(limiter.counts))
+        ProcessCollector(registry=registry)  # process_open_fds, process_max_fds beside the budget
     return runner
 
 
@@ -361,6 +416,7 @@ async def serve(config: Config, config_file: Path | None = None) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     from web.app import create_app  # web depends on nvr, not the other way round at import time
 
+    raise_nofile_limit()  # before cameras and databases open theirs
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -380,7 +436,9 @@ async def serve(config: Config, config_file: Path | None = None) -> None:
     daemon = Daemon(config, config_file)
     await daemon.start()
     try:
-        runner = await start_web(create_app(daemon), config.web.host, config.web.port, ssl_context)
+        streams = sum(len(runtime.sources) for runtime in daemon.cameras.values())
+        runner = await start_web(create_app(daemon), config.web.host, config.web.port, ssl_context,
+                                 limits=config.web.limits, camera_streams=streams, registry=daemon.health.registry)
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.web.listen, exc.strerror)
         await daemon.stop()

@@ -23,6 +23,7 @@ from streams.rtsp_source import SourceState
 if TYPE_CHECKING:
     from nvr.daemon import Daemon
     from nvr.health_monitor import HealthMonitor
+    from web.conn_limits import ConnectionCounts
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -158,6 +159,39 @@ class DaemonCollector(Collector):
         started = GaugeMetricFamily("nvr_start_time_seconds", "When the daemon started")
         started.add_metric([], daemon.started_at)
         yield started
+
+
+class ConnectionCollector(Collector):
+    """The web server's connection limits (``web.conn_limits``): registered once it listens."""
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts
+        open_ = GaugeMetricFamily("nvr_http_connections", "Open HTTP connections")
+        open_.add_metric([], counts.open)
+        limit = GaugeMetricFamily(
+            "nvr_http_connections_limit", "Most HTTP connections at once: web.limits or the descriptor budget"
+        )
+        limit.add_metric([], counts.limit)
+        budget = GaugeMetricFamily(
+            "nvr_http_descriptor_budget", "Descriptors HTTP may use: the soft RLIMIT_NOFILE minus the reserve"
+        )
+        budget.add_metric([], counts.descriptor_budget)
+        refused = CounterMetricFamily(
+            "nvr_http_connections_refused", "Connections refused at accept, by limit", labels=["reason"]
+        )
+        closed = CounterMetricFamily(
+            "nvr_http_connections_closed", "Connections closed by a timeout or to make room", labels=["reason"]
+        )
+        from web.conn_limits import CLOSE_REASONS, REFUSE_REASONS
+
+        for reason in REFUSE_REASONS:
+            refused.add_metric([reason], counts.refused.get(reason, 0))
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], counts.closed.get(reason, 0))
+        yield from (open_, limit, budget, refused, closed)
 
 
 def build_registry(daemon: Daemon, health: HealthMonitor) -> CollectorRegistry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -51,8 +52,9 @@ class Daemon:
     """The real ``nvr run`` in a subprocess, with its log captured to a file."""
 
     def __init__(self, workdir: Path, cameras: list[dict[str, Any]], env: dict[str, str] | None = None,
-                 init_storage: bool = True, **sections: Any) -> None:
+                 init_storage: bool = True, nofile: tuple[int, int] | None = None, **sections: Any) -> None:
         self.workdir = workdir
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE to start with, e.g. a service's (1024, 1024)
         self.port = free_port()
         self.storage = workdir / "storage"
         self.config_path = workdir / "config.yaml"
@@ -103,9 +105,16 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> None:
         log = self.log_path.open("ab")
+        nofile = self.nofile
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nvr", "run", "-c", str(self.config_path)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
         log.close()
 
