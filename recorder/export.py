@@ -27,7 +27,7 @@ from nvr.timeutil import iso
 from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import StationKey
 from recorder.search import GapExplainer, search
-from recorder.storage import segment_file
+from recorder.storage import StorageError, segment_file
 
 FORMAT = "nvr-evidence-export/1"
 # The verifier reads manifest.json whole; this bounds its memory (about 16,000 segments, e.g. 11
@@ -149,7 +149,12 @@ def build_package(
         entries = []
         for seg in segments:
             arcname = f"cameras/{camera}/{Path(seg.path).name}"
-            planned = PlannedFile(arcname, segment_file(root, seg.path), seg, camera)  # never outside the storage
+            try:
+                source = segment_file(root, seg.path)  # never a file outside the storage
+            except StorageError as exc:
+                raise ExportError(f"segment {arcname} (camera {camera}, {iso(seg.start)}): {exc}; not exported") \
+                    from None
+            planned = PlannedFile(arcname, source, seg, camera)
             if chain_hash(seg.prev_chain, record_fields(seg)) != seg.chain_hash:
                 raise ExportError(f"{planned.where()}: its index row was edited after it was written "
                                   "(chain hash mismatch); not exported")

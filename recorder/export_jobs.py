@@ -220,16 +220,17 @@ class ExportQueue:
         used = self.bytes_used()
         if used + needed > self.limits.quota_bytes:
             raise ExportError(
-                f"the export needs about {needed / (1 << 20):.1f} MB, but {used >> 20} MB of the {self.limits.quota_bytes >> 20}"
-                " MB export quota are taken by packages not yet expired; download them or wait for them to expire")
+                f"the export needs about {needed / (1 << 20):.1f} MB, but {used >> 20} MB of the "
+                f"{self.limits.quota_bytes >> 20} MB export quota are taken by packages not yet expired; download "
+                "them or wait for them to expire")
         if self._shares_recording_disk():
             free, total = free_space(self.root)
             reserve = total * self.limits.min_free_percent / 100
             if total and free - needed < reserve:
                 raise ExportError(
-                    f"the export needs about {needed / (1 << 20):.1f} MB, and the recording disk has {free >> 20} MB free with "
-                    f"{reserve / (1 << 20):.0f} MB kept for recordings (storage.min_free_percent); making it would "
-                    "cost recorded footage, so it was not made")
+                    f"the export needs about {needed / (1 << 20):.1f} MB, and the recording disk has {free >> 20} MB "
+                    f"free with {reserve / (1 << 20):.0f} MB kept for recordings (storage.min_free_percent); making "
+                    "it would cost recorded footage, so it was not made")
 
     def _shares_recording_disk(self) -> bool:
         try:
