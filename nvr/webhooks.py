@@ -1,10 +1,12 @@
 """Alerts out: POST every alarm open/close as JSON to a configured webhook.
 
 One sender per webhook with a bounded queue of its own: the alarm store hands
-changes over without waiting (a full queue drops the oldest change and counts
-it), and a worker task delivers them in order, retrying a failed delivery with
-capped exponential backoff.  A dead receiver therefore delays only its own
-queue, never the daemon or other receivers.
+changes over without waiting (a full queue drops the oldest waiting change and
+counts it), and a worker task delivers them in order, retrying a failed delivery
+with capped exponential backoff.  A dead receiver therefore delays only its own
+queue, never the daemon or other receivers.  New alarms only wake an idle
+worker: during an outage they wait in the queue and never cut the backoff short
+(which gave up on a burst's alarms within milliseconds); only ``stop()`` does.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ class WebhookSender:
         self.delivered = 0
         self.failed = 0  # gave up after max_attempts or a permanent error
         self.dropped = 0  # queue full
-        self._queue: deque[dict[str, Any]] = deque()
-        self._wake = asyncio.Event()
+        self._queue: deque[dict[str, Any]] = deque()  # waiting, not the one being delivered
+        self._in_flight = False
+        self._wake = asyncio.Event()  # something was queued
+        self._stopped = asyncio.Event()  # ends a backoff pause at once
         self._stopping = False
+        self._full_logged = False
 
     def submit(self, change: AlarmChange) -> None:
         """Alarm listener (loop thread): queue the change, never wait."""
@@ -43,16 +48,23 @@ class WebhookSender:
         if len(self._queue) >= self.alerts.queue_size:
             self._queue.popleft()
             self.dropped += 1
-            log.warning("webhook %s: queue full, dropped the oldest alarm change", self.display_url)
+            # Once per episode of a full queue: a burst must not log a line per alarm.
+            level = logging.DEBUG if self._full_logged else logging.WARNING
+            log.log(level, "webhook %s: queue full (%d waiting), dropping the oldest alarm changes (%d so far)",
+                    self.display_url, len(self._queue), self.dropped)
+            self._full_logged = True
+        elif len(self._queue) < self.alerts.queue_size // 2:
+            self._full_logged = False
         self._queue.append({**change.json(), "station": self.station})
         self._wake.set()
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + (1 if self._in_flight else 0)
 
     def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -66,10 +78,12 @@ class WebhookSender:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                payload = self._queue[0]
-                await self._deliver(session, payload)
-                if self._queue and self._queue[0] is payload:
-                    self._queue.popleft()
+                payload = self._queue.popleft()
+                self._in_flight = True
+                try:
+                    await self._deliver(session, payload)
+                finally:
+                    self._in_flight = False
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
         delay = self.alerts.retry_initial_seconds
@@ -91,9 +105,8 @@ class WebhookSender:
                 return
             level = logging.WARNING if attempt == 1 else logging.DEBUG
             log.log(level, "webhook %s: %s; retrying in %.0f s", self.display_url, problem, delay)
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
             except TimeoutError:
                 pass
             delay = min(delay * 2, self.alerts.retry_max_seconds)
