@@ -16,22 +16,19 @@ Auditors fetch them for ``nvr audit verify --checkpoints`` and
 - ``GET /api/keyring``: every station key the console has seen
   (``nvr-keyring/1``), for ``nvr verify --keyring``.
 
-All database work runs on one thread of its own, never on the event loop.
+All database work runs on the store's own thread (:class:`~nvr.base.sqlite_worker.SqliteWorker`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
+from nvr.base.sqlite_worker import SqliteWorker, connect
 from nvr.timeutil import iso
 from recorder.checkpoint import FILE_FORMAT, CheckpointError, Envelope, open_envelope
 from recorder.keys import fingerprint, load_public
@@ -41,7 +38,6 @@ from web.app import api_error
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 WITNESS_FILE = "witness.sqlite3"
 
 _SCHEMA = """
@@ -66,33 +62,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
-class Witness:
+class Witness(SqliteWorker):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="witness")
-        self._db: sqlite3.Connection | None = None
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        def _close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        self._executor.submit(_close).result()
-        self._executor.shutdown(wait=True)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        return self._db
+        super().__init__("witness", lambda: connect(path, _SCHEMA))
 
     # -- collecting (witness thread) ------------------------------------------------------
 
@@ -125,8 +98,7 @@ class Witness:
         public = load_public(pem.encode())
         fp = fingerprint(public)
         stored, problems = 0, []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             for seq, body_text, signature in rows:
                 try:
                     body = open_envelope(Envelope(body=body_text, signature=signature), public)
@@ -142,10 +114,6 @@ class Witness:
                     (station, seq, body.at_epoch, body_text, signature, fp, now),
                 )
                 stored += cursor.rowcount
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return stored, problems
 
     # -- exporting (witness thread) -------------------------------------------------------

@@ -30,18 +30,17 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from nvr.base.sqlite_worker import SqliteWorker, connect
 from nvr.config import Zone
 from nvr.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 ALARMS_FILE = "alarms.db"
 HEARTBEAT_SECONDS = 10.0
@@ -158,6 +157,10 @@ class AlarmStore:
     """Open and close alarms on the loop; persist and query them on a thread of the store's own."""
 
     def __init__(self) -> None:
+        # Composition, not inheritance: close() here closes an alarm, not the database.
+        self.worker = SqliteWorker("alarms", lambda: _connect(":memory:"))
+        self.call = self.worker.call
+        self.submit = self.worker.submit
         self.run_id = uuid.uuid4().hex
         self.started_at = time.time()
         self.path: Path | None = None
@@ -165,8 +168,6 @@ class AlarmStore:
         self.opened_total: dict[tuple[str | None, AlarmType], int] = {}
         self.write_errors = 0
         self._open: dict[tuple[str | None, AlarmType], Alarm] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarms")
-        self._db: sqlite3.Connection | None = None
         self._closed = False
         self._submit(self._start_run)
 
@@ -234,11 +235,8 @@ class AlarmStore:
             except Exception:
                 log.error("alarm listener %r failed", listener, exc_info=True)
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     def _submit(self, fn: Callable[..., object], *args: Any) -> None:
-        future = self._executor.submit(fn, *args)
+        future = self.submit(fn, *args)
         future.add_done_callback(self._check_write)
 
     def _check_write(self, future: Any) -> None:
@@ -268,8 +266,7 @@ class AlarmStore:
             self.close(camera, kind, {"closed_by": "shutdown"}, at=now, notify=False)
         self._closed = True
         self._submit(self._stop_run, now)
-        await self.call(self._close_db)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self.worker.close)
 
     # -- queries (awaitable; run on the store thread) --------------------------------------
 
@@ -292,9 +289,7 @@ class AlarmStore:
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = _connect(":memory:")
-        return self._db
+        return self.worker.db
 
     def _start_run(self) -> None:
         self.db.execute(
@@ -357,14 +352,8 @@ class AlarmStore:
             raise
         if crashed:
             log.warning("closed %d alarm(s) left open when the daemon last stopped unexpectedly", crashed)
-        memory.close()
-        self._db = target
+        self.worker.replace_db(target)  # closes the in-memory database
         self.path = path
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     def _query(
         self,
@@ -413,12 +402,7 @@ class AlarmStore:
 
 
 def _connect(target: str, durable: bool = False) -> sqlite3.Connection:
-    db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
-    if durable:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
-    return db
+    return connect(Path(target) if durable else target, _SCHEMA, durable=durable)
 
 
 def _summary(details: dict[str, Any]) -> str:

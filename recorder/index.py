@@ -3,24 +3,20 @@
 One row per closed, fsynced segment.  Each row carries a chain hash: SHA-256
 over the previous row's chain hash (per camera) and the row's own fields, so
 that an edited, removed or inserted row is detectable later.  All database
-work happens on one dedicated thread (:meth:`SegmentIndex.call`), never on
-the event loop.
+work happens on the index's own thread (:class:`nvr.base.sqlite_worker.SqliteWorker`),
+never on the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from nvr.base.sqlite_worker import SqliteWorker, connect
 
 GENESIS = "0" * 64
 # Segments are cut at keyframes; this bounds how long one can be so that range
@@ -166,51 +162,15 @@ def record_fields(record: SegmentRecord) -> NewSegment:
     )
 
 
-class SegmentIndex:
-    def __init__(self, path: Path) -> None:
+class SegmentIndex(SqliteWorker):
+    def __init__(self, path: Path, name: str = "index") -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
-        self._db: sqlite3.Connection | None = None
-
-    # -- threading ------------------------------------------------------------------------
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the index thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on the index thread, from another thread."""
-        return self._executor.submit(fn, *args)
-
-    def close(self) -> None:
-        def _close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        self._executor.submit(_close).result()
-        self._executor.shutdown(wait=True)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        return self._db
-
-    def open(self) -> None:
-        """Create the schema (synchronously; call through :meth:`call` from async code)."""
-        _ = self.db
+        super().__init__(name, lambda: connect(path, _SCHEMA, foreign_keys=True))
 
     # -- segments -------------------------------------------------------------------------
 
     def add_segment(self, segment: NewSegment) -> SegmentRecord:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT chain_hash FROM segments WHERE camera = ? ORDER BY id DESC LIMIT 1", (segment.camera,)
             ).fetchone()
@@ -230,10 +190,6 @@ class SegmentIndex:
                     prev, link, time.time(),
                 ),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         assert cursor.lastrowid is not None
         return SegmentRecord(cursor.lastrowid, *_fields_tuple(segment), prev, link)  # type: ignore[call-arg]
 
@@ -292,9 +248,7 @@ class SegmentIndex:
 
     def record_deletion(self, record: SegmentRecord, reason: str) -> None:
         """Remove the row and log the deletion (what, why, when) in one transaction."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO deletions (segment_id, camera, start, end, bytes, path, chain_hash, reason, deleted_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
@@ -302,10 +256,6 @@ class SegmentIndex:
                  reason, time.time()),
             )
             db.execute("DELETE FROM segments WHERE id = ?", (record.id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def deletions(self, camera: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT segment_id, camera, start, end, bytes, path, chain_hash, reason, deleted_at FROM deletions"

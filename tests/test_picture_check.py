@@ -174,9 +174,8 @@ async def test_alarms_work_without_storage_then_move_onto_it_and_a_crash_is_clos
     assert [a.type for a in await store.query(since=1011.0)] == [AlarmType.OFFLINE]
 
     # A crash: the store is never shut down. The next run closes the alarm at the last heartbeat.
-    store._executor.submit(store._touch_run, 1030.0).result()
-    store._executor.submit(store._close_db).result()
-    store._executor.shutdown()
+    store.submit(store._touch_run, 1030.0).result()
+    store.worker.close()
     again = AlarmStore()
     await again.attach(tmp_path / "alarms.db")
     offline = await again.query(camera="cam", kind=AlarmType.OFFLINE)
