@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import resource
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from nvr.config import WebLimits
 from nvr.daemon import start_web
 from tests.conftest import REPO, Daemon, free_port, wait_until
+from tests.test_access_process import self_signed
 from tests.test_recording import rows as segments
 
 # -- each limit on its own, in-process ------------------------------------------------------------
@@ -91,7 +93,7 @@ async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
 async def site_factory() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
 
-    async def make(**limits: Any) -> Site:
+    async def make(ssl_context: ssl.SSLContext | None = None, **limits: Any) -> Site:
         release = asyncio.Event()
 
         async def hello(_request: web.Request) -> web.Response:
@@ -110,7 +112,8 @@ async def site_factory() -> AsyncIterator[Callable[..., Any]]:
         app.router.add_get("/slow", slow)
         registry = CollectorRegistry(auto_describe=False)
         port = free_port()
-        runners.append(await start_web(app, "127.0.0.1", port, None, limits=WebLimits(**limits), registry=registry))
+        runners.append(await start_web(app, "127.0.0.1", port, ssl_context, limits=WebLimits(**limits),
+                                       registry=registry))
         return Site(port, registry, release)
 
     yield make
@@ -175,6 +178,22 @@ async def test_busy_connections_are_kept_and_one_too_many_gets_503(site_factory)
         writer.close()
     await asyncio.sleep(0.2)
     assert await site.get() == (200, {"hello": "world"})
+
+
+async def test_under_tls_a_connection_that_never_handshakes_is_closed_and_clients_are_served(  # type: ignore[no-untyped-def]
+        site_factory, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    site = await site_factory(ssl_context=server_context, header_timeout_seconds=0.5)
+    silent_reader, _silent = await site.connect()  # TCP only: no ClientHello, ever
+    client_context = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port, ssl=client_context)
+    writer.write(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert parse(await asyncio.wait_for(reader.read(), 5)) == (200, {"hello": "world"})
+    writer.close()
+    assert await closed_by_server(silent_reader, 3)
+    assert site.metric("nvr_http_connections_closed_total", "header_timeout") == 1
 
 
 # -- a flood against the real daemon -----------------------------------------------------------
