@@ -163,6 +163,13 @@ def test_records_the_camera_under_the_syscall_filter_with_the_password_from_load
     assert whep.returncode == 0, whep.stdout + whep.stderr
     log.info("live view: %s", whep.stdout.strip())
     assert json.loads(whep.stdout)["frames"] >= 10
+    # Picture checks decode keyframes (PyAV) and analyse them (OpenCV, NumPy) under the filter too.
+    metrics = station.in_netns([sys.executable, "-c", "import sys, urllib.request; print(urllib.request.urlopen("
+                                "urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]}),"
+                                " timeout=10).read().decode())", "http://127.0.0.1:8080/metrics", token])
+    analysed = re.search(r'^nvr_health_analyses_total\{camera="cell-1"\} (\S+)', metrics.stdout, re.M)
+    assert analysed and float(analysed.group(1)) > 0, metrics.stdout[-2000:] + metrics.stderr
+    log.info("picture checks: %s keyframes analysed", analysed.group(1))
 
 
 def test_a_hung_daemon_is_killed_and_restarted_by_the_watchdog(station: Station, camera: SimCamera) -> None:
