@@ -11,6 +11,11 @@ recorded spans is split by cause, most fundamental first:
 4. ``recording_stalled``: the camera was online but nothing was written;
 5. ``recording_in_progress``: the segment being written now (not indexed yet);
 6. ``unknown``: none of the above explains it.
+
+A segment whose file is gone outranks them all (``file_missing``), and the
+future is ``future``.  The spans and the splitting are
+:mod:`recorder.timeline`'s, shared with search and exports; this module only
+turns the health history into :class:`~recorder.timeline.Cause` intervals.
 """
 
 from __future__ import annotations
@@ -21,26 +26,8 @@ from typing import Any
 
 from nvr.alarms import Alarm, AlarmType, Run
 from nvr.timeutil import iso
-
-# Consecutive segments of a run meet exactly; float rounding makes micro-gaps we do not report.
-MIN_GAP_SECONDS = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    start: float
-    end: float
-    cause: str
-    reason: str | None = None
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "start": iso(self.start),
-            "end": iso(self.end),
-            "seconds": round(self.end - self.start, 3),
-            "cause": self.cause,
-            "reason": self.reason,
-        }
+from recorder.index import SegmentRecord
+from recorder.timeline import Cause, Gap, Timeline, build, from_intervals
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +43,10 @@ class CameraCoverage:
         span = self.end - self.start
         return round(100.0 * self.recorded_seconds / span, 3) if span > 0 else 0.0
 
+    @classmethod
+    def of(cls, timeline: Timeline) -> CameraCoverage:
+        return cls(timeline.camera, timeline.start, timeline.end, timeline.recorded_seconds, timeline.gaps)
+
     def json(self) -> dict[str, Any]:
         return {
             "camera": self.camera,
@@ -67,13 +58,11 @@ class CameraCoverage:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Cause:
-    start: float
-    end: float
-    priority: int
-    cause: str
-    reason: str | None = None
+def for_segments(camera: str, start: float, end: float, segments: Sequence[SegmentRecord], alarms: Iterable[Alarm],
+                 runs: Iterable[Run], now: float, in_progress_since: float | None = None) -> CameraCoverage:
+    """Coverage of ``camera`` from its index rows (the same timeline as search and exports)."""
+    return CameraCoverage.of(build(camera, start, end, segments,
+                                   causes(camera, start, end, alarms, runs, now, in_progress_since)))
 
 
 def compute(
@@ -86,54 +75,31 @@ def compute(
     now: float,
     in_progress_since: float | None = None,
 ) -> CameraCoverage:
-    """Coverage of ``camera`` over [start, end); ``alarms`` may include station alarms (camera None)."""
-    recorded = _merge((max(s, start), min(e, end)) for s, e in spans if e > start and s < end)
-    recorded_seconds = sum(e - s for s, e in recorded)
-    holes: list[tuple[float, float]] = []
-    cursor = start
-    for s, e in recorded:
-        if s - cursor > MIN_GAP_SECONDS:
-            holes.append((cursor, s))
-        cursor = max(cursor, e)
-    if end - cursor > MIN_GAP_SECONDS:
-        holes.append((cursor, end))
-
-    causes = _causes(camera, start, end, alarms, runs, now, in_progress_since)
-    gaps: list[Gap] = []
-    for hole in holes:
-        gaps.extend(_explain(hole, causes))
-    return CameraCoverage(camera, start, end, recorded_seconds, gaps)
+    """Coverage of ``camera`` over [start, end) from bare recorded intervals; ``alarms`` may include station
+    alarms (camera None)."""
+    return CameraCoverage.of(from_intervals(camera, start, end, spans,
+                                            causes(camera, start, end, alarms, runs, now, in_progress_since)))
 
 
-def explain_gap(
-    camera: str,
-    gap: tuple[float, float],
-    alarms: Sequence[Alarm],
-    runs: Sequence[Run],
-    now: float,
-) -> list[Gap]:
-    """The causes of one gap in ``camera``'s recordings, split where the cause changes."""
-    return _explain(gap, _causes(camera, gap[0], gap[1], alarms, runs, now, None))
-
-
-def _causes(
+def causes(
     camera: str,
     start: float,
     end: float,
     alarms: Iterable[Alarm],
     runs: Iterable[Run],
     now: float,
-    in_progress_since: float | None,
-) -> list[_Cause]:
-    causes: list[_Cause] = []
+    in_progress_since: float | None = None,
+) -> list[Cause]:
+    """What the daemon knows about why ``camera`` was not recorded, as prioritised intervals."""
+    found: list[Cause] = []
     # Daemon down: the complement of the runs.
     cursor = start
     for run in sorted(runs, key=lambda r: r.started_at):
         if run.started_at > cursor:
-            causes.append(_Cause(cursor, run.started_at, 1, "daemon_down"))
+            found.append(Cause(cursor, run.started_at, 1, "daemon_down"))
         cursor = max(cursor, run.end)
     if cursor < min(end, now):
-        causes.append(_Cause(cursor, min(end, now), 1, "daemon_down"))
+        found.append(Cause(cursor, min(end, now), 1, "daemon_down"))
     for alarm in alarms:
         if alarm.camera not in (camera, None):
             continue
@@ -141,43 +107,13 @@ def _causes(
         if alarm.type is AlarmType.OFFLINE:
             last_packet = alarm.details.get("last_packet_at")
             opened = min(alarm.opened_at, last_packet) if isinstance(last_packet, int | float) else alarm.opened_at
-            causes.append(_Cause(opened, closed, 2, "offline", alarm.details.get("reason")))
+            found.append(Cause(opened, closed, 2, "offline", alarm.details.get("reason")))
         elif alarm.type is AlarmType.DISK_FULL:
-            causes.append(_Cause(alarm.opened_at, closed, 3, "disk_full"))
+            found.append(Cause(alarm.opened_at, closed, 3, "disk_full"))
         elif alarm.type is AlarmType.RECORDING_STALLED:
-            causes.append(_Cause(alarm.opened_at, closed, 4, "recording_stalled"))
+            found.append(Cause(alarm.opened_at, closed, 4, "recording_stalled"))
     if in_progress_since is not None:
-        causes.append(_Cause(in_progress_since, now, 5, "recording_in_progress"))
+        found.append(Cause(in_progress_since, now, 5, "recording_in_progress"))
     if end > now:
-        causes.append(_Cause(now, end, 0, "future"))
-    return causes
-
-
-def _explain(hole: tuple[float, float], causes: Sequence[_Cause]) -> list[Gap]:
-    lo, hi = hole
-    relevant = [c for c in causes if c.end > lo and c.start < hi]
-    inner = {t for c in relevant for t in (c.start, c.end) if lo < t < hi}
-    points = sorted({lo, hi, *inner})
-    pieces: list[Gap] = []
-    for a, b in zip(points, points[1:], strict=False):
-        mid = (a + b) / 2
-        covering = [c for c in relevant if c.start <= mid < c.end]
-        best = min(covering, key=lambda c: c.priority) if covering else None
-        cause, reason = (best.cause, best.reason) if best else ("unknown", None)
-        if pieces and pieces[-1].cause == cause and pieces[-1].reason == reason and pieces[-1].end == a:
-            pieces[-1] = Gap(pieces[-1].start, b, cause, reason)
-        else:
-            pieces.append(Gap(a, b, cause, reason))
-    return [p for p in pieces if p.end - p.start > MIN_GAP_SECONDS or len(pieces) == 1]
-
-
-def _merge(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for s, e in sorted(spans):
-        if e <= s:
-            continue
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return merged
+        found.append(Cause(now, end, 0, "future"))
+    return found

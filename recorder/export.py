@@ -26,7 +26,7 @@ from nvr import __version__
 from nvr.timeutil import iso
 from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import StationKey
-from recorder.search import GapExplainer, search
+from recorder.search import CauseSource, search
 from recorder.storage import StorageError, segment_file
 
 FORMAT = "nvr-evidence-export/1"
@@ -129,7 +129,7 @@ def build_package(
     request: ExportRequest,
     output: Path,
     now: float,
-    explain: GapExplainer | None = None,
+    causes: CauseSource | None = None,
     progress: Progress | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -144,8 +144,8 @@ def build_package(
     files: list[dict[str, Any]] = []
     plan: list[PlannedFile] = []
     for camera in request.cameras:
-        result = search(index, camera, request.start, request.end, explain)
-        segments = [s for s in result.segments if s.status != "missing"]
+        result = search(index, camera, request.start, request.end, causes)
+        segments = result.segments  # the playable ones; a missing file is a gap with its cause
         entries = []
         for seg in segments:
             arcname = f"cameras/{camera}/{Path(seg.path).name}"
@@ -171,7 +171,8 @@ def build_package(
             "actual": {"start": iso(segments[0].start), "end": iso(segments[-1].end)} if segments else None,
             "recorded_seconds": round(result.recorded_seconds, 3),
             "spans": [{"start": iso(s.start), "end": iso(s.end)} for s in result.spans],
-            "gaps": [{"start": iso(g.start), "end": iso(g.end), "cause": g.cause} for g in result.gaps],
+            "gaps": [{"start": iso(g.start), "end": iso(g.end), "cause": g.cause, "reason": g.reason}
+                     for g in result.gaps],
             "segments": entries,
         })
     total = sum(p.record.bytes for p in plan) or 1

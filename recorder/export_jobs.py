@@ -35,7 +35,7 @@ from typing import Any
 from recorder.export import ExportError, ExportRequest, build_package, plan_segments
 from recorder.index import SegmentIndex
 from recorder.keys import StationKey
-from recorder.search import GapExplainer
+from recorder.search import CauseSource
 from recorder.storage import INDEX_FILE, free_space
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ExportJob:
     downloaded_at: float | None = None
     path: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
-    explain: GapExplainer | None = None
+    causes: CauseSource | None = None
     hold_ids: list[int] = field(default_factory=list)
 
 
@@ -127,12 +127,12 @@ class ExportQueue:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    async def submit(self, request: ExportRequest, explain: GapExplainer | None = None) -> ExportJob:
+    async def submit(self, request: ExportRequest, causes: CauseSource | None = None) -> ExportJob:
         # The slot is taken before the first await, so concurrent submissions cannot overrun max_jobs.
         active = sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
         if active >= self.max_jobs:
             raise QueueFull(f"{active} exports are already queued or running; try again later")
-        job = ExportJob(id=uuid.uuid4().hex, request=request, created_at=time.time(), explain=explain)
+        job = ExportJob(id=uuid.uuid4().hex, request=request, created_at=time.time(), causes=causes)
         self.jobs[job.id] = job
         try:
             if self.index is not None:
@@ -206,7 +206,7 @@ class ExportQueue:
             self._admit(sum(s.bytes for s in plan_segments(index, request.cameras, request.start, request.end)))
             manifest = build_package(
                 root=self.root, index=index, key=self.key, station=self.station, camera_info=self.camera_info,
-                request=request, output=output, now=time.time(), explain=job.explain, progress=progress,
+                request=request, output=output, now=time.time(), causes=job.causes, progress=progress,
                 checkpoint=checkpoint,
             )
         finally:

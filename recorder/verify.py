@@ -92,6 +92,7 @@ class _Gap(_Strict):
     start: str | None
     end: str | None
     cause: str | None
+    reason: str | None = None
 
 
 class _Segment(_Strict):

@@ -563,3 +563,36 @@ def test_after_a_signature_failure_it_says_so_first_and_does_not_hash(package: d
     assert bad.returncode == 1
     assert bad.stdout.splitlines()[0].startswith("FAIL manifest.json: signature does not verify")
     assert "file contents were not hashed" in bad.stdout
+
+
+def test_search_and_coverage_agree_on_the_same_range_including_a_lost_file(recorded: dict[str, Any]) -> None:
+    """One timeline: /api/recordings and /api/coverage give the same recorded time and the same gaps."""
+    import sqlite3
+
+    daemon: Daemon = recorded["daemon"]
+    index = SegmentIndex(daemon.storage / "index.sqlite3")
+    rows = index.all_segments("cell-2")
+    index.close()
+    victim = rows[1]
+    start, end = rows[0].start - 10, rows[-1].end  # nothing in progress, nothing in the future
+    path = daemon.storage / victim.path
+    data = path.read_bytes()
+    db = sqlite3.connect(daemon.storage / "index.sqlite3")
+    try:
+        path.unlink()  # the file is lost; the index says so, as reconcile would
+        db.execute("UPDATE segments SET status = 'missing' WHERE id = ?", (victim.id,))
+        db.commit()
+        _, found = daemon.get("/api/recordings?" + q(camera="cell-2", start=iso(start), end=iso(end)))
+        _, covered = daemon.get("/api/coverage?" + q(camera="cell-2", start=iso(start), end=iso(end)))
+    finally:
+        path.write_bytes(data)
+        db.execute("UPDATE segments SET status = 'ok' WHERE id = ?", (victim.id,))
+        db.commit()
+        db.close()
+    report = covered["cameras"][0]
+    assert found["recorded_seconds"] == report["recorded_seconds"]
+    assert found["gaps"] == report["gaps"], (found["gaps"], report["gaps"])
+    lost = [g for g in found["gaps"] if g["cause"] == "file_missing"]
+    assert len(lost) == 1 and lost[0]["start"] == iso(victim.start) and lost[0]["end"] == iso(victim.end)
+    assert any(g["cause"] == "offline" for g in found["gaps"])  # the outage, explained the same way in both
+    assert victim.id not in [s["id"] for s in found["segments"]]

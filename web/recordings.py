@@ -20,7 +20,8 @@ from recorder.clip import ClipError, ClipStream
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
 from recorder.index import Hold
-from recorder.search import GapExplainer, search
+from recorder.search import CauseSource, search
+from recorder.timeline import Cause
 from web.access import audit, require_camera, visible
 from web.app import DAEMON, api_error, json_body
 
@@ -98,8 +99,8 @@ def require_index(request: web.Request) -> Any:
 
 
 
-async def gap_explainer(request: web.Request, start: float, end: float) -> GapExplainer | None:
-    """Causes of recording gaps from the alarm history and the daemon's runs (as the coverage report)."""
+async def cause_source(request: web.Request, start: float, end: float) -> CauseSource | None:
+    """Why a camera was not recorded, from the alarm history and the daemon's runs (as the coverage report)."""
     health = getattr(request.app[DAEMON], "health", None)
     if health is None:
         return None
@@ -108,11 +109,10 @@ async def gap_explainer(request: web.Request, start: float, end: float) -> GapEx
     alarms = await store.query(None, None, start, end, False, 1_000_000)
     now = time.time()
 
-    def explain(camera: str, gap_start: float, gap_end: float) -> str | None:
-        pieces = coverage.explain_gap(camera, (gap_start, gap_end), alarms, runs, now)
-        return "; ".join(p.cause + (f" ({p.reason})" if p.reason else "") for p in pieces) or None
+    def causes(camera: str) -> list[Cause]:
+        return coverage.causes(camera, start, end, alarms, runs, now)
 
-    return explain
+    return causes
 
 
 # -- search and clips ---------------------------------------------------------------------
@@ -123,7 +123,7 @@ async def search_recordings(request: web.Request) -> web.Response:
     start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
                              request.app[DAEMON].config.recordings.max_search_hours)
     index = require_index(request)
-    result = await index.call(search, index, camera, start, end, await gap_explainer(request, start, end))
+    result = await index.call(search, index, camera, start, end, await cause_source(request, start, end))
     audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
           segments=len(result.segments))
     return web.json_response({
@@ -131,10 +131,8 @@ async def search_recordings(request: web.Request) -> web.Response:
         "start": iso(start),
         "end": iso(end),
         "recorded_seconds": round(result.recorded_seconds, 3),
-        "spans": [{"start": iso(s.start), "end": iso(s.end), "seconds": round(s.end - s.start, 3)}
-                  for s in result.spans],
-        "gaps": [{"start": iso(g.start), "end": iso(g.end), "seconds": round(g.end - g.start, 3), "cause": g.cause}
-                 for g in result.gaps],
+        "spans": [s.json() for s in result.spans],
+        "gaps": [g.json() for g in result.gaps],
         "segments": [{"id": s.id, "start": iso(s.start), "end": iso(s.end), "bytes": s.bytes, "sha256": s.sha256,
                       "frames": s.frames, "codec": s.codec, "width": s.width, "height": s.height,
                       "status": s.status, "chain_hash": s.chain_hash} for s in result.segments],
@@ -217,10 +215,10 @@ async def create_export(request: web.Request) -> web.Response:
     require_index(request)
     if daemon.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
-    explain = await gap_explainer(request, start, end)
+    causes = await cause_source(request, start, end)
     try:
         job = await daemon.exports.submit(ExportRequest(cameras, start, end, reason.strip(), current_user(request)),
-                                          explain)
+                                          causes)
     except QueueFull as exc:
         raise api_error(web.HTTPServiceUnavailable, "export_queue_full", str(exc)) from None
     audit_cameras(request, "export.create", cameras, export_id=job.id, start=iso(start), end=iso(end),

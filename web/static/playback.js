@@ -116,7 +116,7 @@ function draw() {
     axis.appendChild(el);
   }
   list($("gaps"), state.result.gaps, (g) =>
-    `${fmt(Date.parse(g.start))} – ${seconds(g.seconds)}${g.cause ? " · " + g.cause : ""}`, (g) => Date.parse(g.end));
+    `${fmt(Date.parse(g.start))} – ${seconds(g.seconds)}${g.cause ? " · " + g.cause : ""}${g.reason ? " (" + g.reason + ")" : ""}`, (g) => Date.parse(g.end));
   list($("alarms"), state.alarms, (a) => `${fmt(Date.parse(a.opened_at))} · ${a.type} (${a.severity || ""})`,
     (a) => Date.parse(a.opened_at) - 5000);
 }
