@@ -200,7 +200,7 @@ async def test_under_tls_a_connection_that_never_handshakes_is_closed_and_client
 
 FLOOD_CONNECTIONS = 2000
 FLOOD_ADDRESSES = 40  # 127.0.1.1-40: 50 connections each, under the per-address cap, so the total cap is hit
-FLOOD_SECONDS = 20.0
+FLOOD_SECONDS = 15.0
 SEGMENT_SECONDS = 4
 
 
