@@ -13,7 +13,9 @@ the descriptor limit a systemd service gets (soft 1024).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import re
 import resource
 import ssl
@@ -36,6 +38,7 @@ from nvr.daemon import start_web
 from tests.conftest import REPO, Daemon, free_port, wait_until
 from tests.test_access_process import self_signed
 from tests.test_recording import rows as segments
+from web import conn_limits
 
 # -- each limit on its own, in-process ------------------------------------------------------------
 
@@ -45,6 +48,7 @@ class Site:
     port: int
     registry: CollectorRegistry
     release: asyncio.Event
+    runner: web.AppRunner
 
     def metric(self, name: str, reason: str | None = None) -> float:
         labels = f'{{reason="{reason}"}}' if reason else ""
@@ -112,9 +116,9 @@ async def site_factory() -> AsyncIterator[Callable[..., Any]]:
         app.router.add_get("/slow", slow)
         registry = CollectorRegistry(auto_describe=False)
         port = free_port()
-        runners.append(await start_web(app, "127.0.0.1", port, ssl_context, limits=WebLimits(**limits),
-                                       registry=registry))
-        return Site(port, registry, release)
+        runner = await start_web(app, "127.0.0.1", port, ssl_context, limits=WebLimits(**limits), registry=registry)
+        runners.append(runner)
+        return Site(port, registry, release, runner)
 
     yield make
     for runner in runners:
@@ -194,6 +198,25 @@ async def test_under_tls_a_connection_that_never_handshakes_is_closed_and_client
     writer.close()
     assert await closed_by_server(silent_reader, 3)
     assert site.metric("nvr_http_connections_closed_total", "header_timeout") == 1
+
+
+async def test_accept_out_of_descriptors_pauses_accepting_and_logs_once(  # type: ignore[no-untyped-def]
+        site_factory, caplog: pytest.LogCaptureFixture) -> None:
+    site = await site_factory()
+    listener = next(iter(site.runner.sites))._server
+    assert isinstance(listener, conn_limits._Listener)
+
+    class Exhausted:
+        def accept(self) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    with caplog.at_level(logging.DEBUG, logger="web.conn_limits"):
+        for _ in range(100):  # as if the kernel said EMFILE to a hundred wake-ups
+            listener._accept(Exhausted())  # type: ignore[arg-type]
+        assert site.metric("nvr_http_connections_refused_total", "out_of_descriptors") == 100
+        assert len([r for r in caplog.records if r.name == "web.conn_limits"]) == 1
+        await asyncio.sleep(1.2)  # accepting resumes by itself
+        assert await site.get() == (200, {"hello": "world"})
 
 
 # -- a flood against the real daemon -----------------------------------------------------------
