@@ -142,7 +142,9 @@ class Daemon:
             )
         self.index = index
         await self.health.storage_ready(self.root)
-        self.retention = Retention(self.root, storage, index, on_delete=self._audit_deletion)
+        # A connection and thread of its own: a long sweep never delays a recorder's segment close.
+        self.retention = Retention(self.root, storage, SegmentIndex(self.root / INDEX_FILE, name="retention"),
+                                   on_delete=self._audit_deletion)
         self.spawn("retention", self.retention.run)
         self.key = await asyncio.to_thread(StationKey.load_or_create, self.root)
         log.info("station signing key %s", self.key.fingerprint)
@@ -324,6 +326,8 @@ class Daemon:
             except Exception:
                 log.error("cannot sign the stop checkpoint", exc_info=True)
             await asyncio.to_thread(self.index.close)
+        if self.retention is not None:
+            await asyncio.to_thread(self.retention.index.close)
         await self._audit_stop()
 
     async def _audit_stop(self) -> None:

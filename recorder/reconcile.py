@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import av
 import av.error
 
 from recorder.index import NewSegment, SegmentIndex
-from recorder.storage import PART_SUFFIX, RECORDINGS, fsync_dir, fsync_file, start_from_name
+from recorder.storage import PART_SUFFIX, RECORDINGS, fsync_dir, fsync_file, sha256_file, start_from_name
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +59,6 @@ def complete_fragments_end(path: Path) -> int:
                 end = offset + box_size
             offset += box_size
     return end
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def probe_segment(path: Path, relpath: str, camera: str, status: str) -> NewSegment | None:

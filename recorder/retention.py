@@ -3,6 +3,11 @@
 Every deletion is recorded in the index (what, why, when).  When free space
 is low and only protected footage is left, a critical "recording stopped:
 disk full" event is raised and the check keeps being retried.
+
+Retention works on a connection and thread of its own (the daemon gives it a
+second :class:`~recorder.index.SegmentIndex` on the same file), so a sweep of
+thousands of segments never delays a recorder closing a segment on the main
+index thread: the two only wait for each other's short transactions.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from nvr.config import Storage
 from recorder.index import SegmentIndex, SegmentRecord
-from recorder.storage import RECORDINGS, free_space
+from recorder.storage import StorageError, free_space, segment_file
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,9 @@ class Retention:
                  free_other: Callable[[float], int] | None = None) -> None:
         self.root = root
         # Asked to free space by other means (export packages, which are copies) before any footage
-        # goes: called on the index thread with the free percentage wanted.
+        # goes: called on retention's thread with the free percentage wanted.
         self.free_other = free_other
-        # Told about every deletion (on the index thread), e.g. for the audit log.
+        # Told about every deletion (on retention's thread), e.g. for the audit log.
         self.on_delete = on_delete
         self.storage = storage
         self.index = index
@@ -72,7 +77,7 @@ class Retention:
         return 100.0 * free / total if total else 100.0
 
     def sweep(self, now: float | None = None) -> SweepResult:
-        """One pass (index thread)."""
+        """One pass (on ``self.index``'s thread)."""
         now = time.time() if now is None else now
         by_age = 0
         cutoff = now - self.storage.retention_days * 86400
@@ -94,6 +99,7 @@ class Retention:
                 full = True
                 break
             for record in batch:
+                # statvfs after each deletion is a cheap syscall, and on retention's own thread it delays nobody.
                 by_pressure += self._delete(
                     record, f"disk pressure: {free:.1f}% free < {self.storage.min_free_percent:g}%")
                 free = self.free_percent()
@@ -118,10 +124,12 @@ class Retention:
         if self.index.is_protected(record.id):
             # A hold was added (by another process: `nvr export`) since the batch was selected.
             return False
-        path = (self.root / record.path).resolve()
-        base = (self.root / RECORDINGS).resolve()
-        if not path.is_relative_to(base):
-            log.error("refusing to delete %s: outside the recordings directory", record.path)
+        try:
+            path = segment_file(self.root, record.path)
+        except StorageError:
+            log.error("not deleting the file of segment %d: %s is not inside the recordings directory",
+                      record.id, record.path)
+            reason += " (file outside the recordings directory left alone)"
         else:
             try:
                 path.unlink()

@@ -9,6 +9,7 @@ says so loudly, instead of silently filling the root filesystem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +99,17 @@ def segment_file(root: Path, relpath: str) -> Path:
     if resolved != expected or not resolved.is_relative_to(base / RECORDINGS):
         raise StorageError(f"refusing {relpath!r}: not a file inside {RECORDINGS}/ (symlink or path traversal)")
     return resolved
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def start_from_name(name: str) -> float | None:

@@ -35,7 +35,7 @@ from recorder.checkpoint import Witnessed, check_segments
 from recorder.export import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, PUBLIC_KEY, SIGNATURE, VERIFY_NOTE
 from recorder.index import GENESIS, NewSegment, SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import fingerprint, fingerprint_matches, load_public
-from recorder.storage import RECORDINGS
+from recorder.storage import RECORDINGS, sha256_file
 from recorder.trust import TrustAnchor, TrustedKey
 
 MAX_ENTRIES = 100_000
@@ -467,11 +467,7 @@ def verify_storage(root: Path, index: SegmentIndex, camera: str | None = None,
             if not path.is_file():
                 report.fail(f"{where}: file missing")
                 continue
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            if digest.hexdigest() != row.sha256:
+            if sha256_file(path)[0] != row.sha256:
                 report.fail(f"{where}: file modified (SHA-256 mismatch)")
             checked += 1
     if witnessed is not None:
