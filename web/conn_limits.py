@@ -273,6 +273,7 @@ class ConnectionLimiter:
         for conn in list(self._all):
             if conn.inner is None:
                 conn.close(None)
+        self._log.flush()  # the last summary, not lost with the process
 
     def _evict_for(self, held: int) -> bool:
         """At the cap, a newcomer from an address holding ``held`` connections takes the place of the
@@ -323,11 +324,13 @@ class _SummaryLog:
         self._detail = detail or self._detail
         now = time.monotonic()
         if now - self._last >= self.interval:
-            self._flush()
+            self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._last + self.interval - now, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(self._last + self.interval - now, self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
         if not self._pending:
             return
