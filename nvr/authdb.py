@@ -3,29 +3,27 @@
 The same database holds the audit log (:mod:`nvr.audit`).  Passwords are
 hashed with Argon2id; session ids and API tokens are random and only their
 SHA-256 is stored (they carry 256 bits of entropy, so a slow hash adds
-nothing).  All database work runs on one dedicated thread
-(:meth:`AuthDatabase.call` / :meth:`AuthDatabase.submit`), never on the event
-loop; the CLI uses the same methods directly.  Several processes (the daemon
+nothing).  All database work runs on the database's own thread
+(:class:`~nvr.base.sqlite_worker.SqliteWorker`: ``call`` / ``submit``), never on
+the event loop; the CLI uses the same methods directly.  Several processes (the daemon
 and ``nvr user ...``) may use the file at once: SQLite serialises writers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from nvr.base.sqlite_worker import SqliteWorker, connect
 from nvr.roles import Identity, Role
 
 T = TypeVar("T")
@@ -122,56 +120,13 @@ def _cameras_in(text: str | None) -> frozenset[str] | None:
     return frozenset(json.loads(text)) if text else None
 
 
-class AuthDatabase:
+class AuthDatabase(SqliteWorker):
     def __init__(self, path: Path, hasher: PasswordHasher | None = None) -> None:
         self.path = path
+        super().__init__("authdb", lambda: connect(path, _SCHEMA, foreign_keys=True, mode=0o600))
         self.hasher = hasher or PasswordHasher()  # Argon2id, RFC 9106 low-memory profile
         # Verifying against this keeps the time of a login for an unknown user the same.
         self._dummy_hash: str | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
-
-    # -- threading ------------------------------------------------------------------------
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authdb")
-        return self._executor
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the database thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on the database thread without waiting (callable from any thread)."""
-        return self._pool().submit(fn, *args)
-
-    def close(self) -> None:
-        """Finish queued work (audit entries) and close; idempotent."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.submit(self._close_db).result()
-            executor.shutdown(wait=True)
-        else:
-            self._close_db()
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)
-            self.path.chmod(0o600)
-            self._db = db
-        return self._db
 
     # -- users ----------------------------------------------------------------------------
 
@@ -200,18 +155,13 @@ class AuthDatabase:
 
     def set_password(self, name: str, password: str) -> None:
         """Change a password and end every session of that user."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        password_hash = self.hasher.hash(password)
+        with self.transaction() as db:
             changed = db.execute(
                 "UPDATE users SET password_hash = ?, password_changed_at = ? WHERE name = ?",
-                (self.hasher.hash(password), time.time(), name),
+                (password_hash, time.time(), name),
             ).rowcount
             db.execute("DELETE FROM sessions WHERE user = ?", (name,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if not changed:
             raise AuthError(f"no user {name!r}")
 
