@@ -146,9 +146,9 @@ async def test_console_logout_ends_its_fleet_feed_and_the_live_view_at_the_stati
 
     async with room.http.post(room.url("/api/logout"), headers=headers) as resp:
         assert resp.status == 204
-    await asyncio.wait_for(feed.content.read(), 3)
+    await asyncio.wait_for(feed.content.read(), 5)
     assert feed.content.at_eof(), "the fleet feed outlived the logout"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10  # a request to the station: generous on a loaded machine
     while station_relay.sessions:
         assert time.monotonic() < deadline, "the station's live session outlived the console user's logout"
         await asyncio.sleep(0.05)
