@@ -125,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         logsetup.setup(config.log.level, config.log.ffmpeg_level)
         from pathlib import Path
 
-        from nvr.daemon import serve
+        from nvr import service
+        from nvr.daemon import Daemon
+        from web.app import create_app
 
-        asyncio.run(serve(config, Path(args.config).resolve()))
+        daemon = Daemon(config, Path(args.config).resolve())
+        asyncio.run(service.run(daemon, lambda: create_app(daemon)))
         return 0
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
 
@@ -163,9 +166,12 @@ def _console(path: str, check: bool) -> int:
               f"users and audit in {config.auth_database}")
         return 0
     logsetup.setup(config.log.level, None)
-    from central.console import serve
+    from central.app import create_console_app
+    from central.console import Console
+    from nvr import service
 
-    asyncio.run(serve(config))
+    console = Console(config)
+    asyncio.run(service.run(console, lambda: create_console_app(console.runtime)))
     return 0
 
 

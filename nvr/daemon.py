@@ -1,9 +1,10 @@
-"""Daemon lifecycle: wires cameras, hubs, readers and the web server together.
+"""Daemon lifecycle: wires cameras, hubs, readers, recording and health together.
 
 This module owns no media logic; it builds the components from the frozen
 config, keeps strong references to their tasks, restarts a component that
-crashed, reports readiness and liveness to systemd, and shuts everything
-down within a bound on SIGTERM/SIGINT.
+crashed, and shuts everything down within a bound.  :func:`nvr.service.run`
+runs it (the web server, signals, systemd readiness and watchdog); it does not
+know the web app, which the CLI hands to the runner.
 """
 
 from __future__ import annotations
@@ -11,21 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import resource
-import signal
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from nvr import systemd
 from nvr.audit import AuditLog
 from nvr.authdb import AuthDatabase
-from nvr.config import Camera, Config, WebLimits
+from nvr.config import Camera, Config, Web
 from nvr.health_monitor import HealthMonitor
 from nvr.timeutil import iso
 from recorder import checkpoint as checkpoints
@@ -288,6 +283,32 @@ class Daemon:
                 stuck.append(runtime.config.id)
         return stuck
 
+    # -- as nvr.service.run() runs it ---------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"station {self.config.station.id}"
+
+    @property
+    def web_settings(self) -> Web:
+        return self.config.web
+
+    @property
+    def camera_streams(self) -> int:
+        return sum(len(runtime.sources) for runtime in self.cameras.values())
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.health.registry
+
+    async def serving(self) -> None:
+        pass
+
+    def problem(self) -> str | None:
+        if self.healthy():
+            return None
+        return f"a component stopped or a recorder is stuck ({', '.join(self.stuck_recorders()) or 'no recorder'})"
+
     async def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         self._stopping = True
         await self.health.stop()
@@ -338,143 +359,3 @@ class Daemon:
             log.error("audit log unavailable at shutdown: %s", exc)
         await asyncio.to_thread(self.audit.db.close)
         await asyncio.to_thread(self.auth.close)
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """HTTPS with TLS 1.2 or newer when ``web.tls`` is set; raises OSError/SSLError on a bad cert or key."""
-    tls = config.web.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
-
-
-# RLIMIT_NOFILE cannot go above the kernel's nr_open (1048576 by default), even when the hard limit is
-# "unlimited".
-_NOFILE_CEILING = 1 << 20
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft descriptor limit to the hard one (a service starts at 1024); return the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = _NOFILE_CEILING if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_CEILING)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, exc)
-            return soft
-        log.info("raised the descriptor limit (RLIMIT_NOFILE) from %d to %d", soft, target)
-        return target
-    return soft
-
-
-async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                    limits: WebLimits | None = None, camera_streams: int = 0,
-                    registry: CollectorRegistry | None = None) -> web.AppRunner:
-    """Serve ``app`` (the station's or the central console's); raises OSError if it cannot listen.
-
-    Connections go through :class:`web.conn_limits.ConnectionLimiter`: HTTP may use the descriptors
-    left after ``limits.fd_reserve`` plus ``fd_reserve_per_camera`` per camera stream, so that
-    recording, RTSP sources and databases keep theirs whatever clients do.  Its counts go to
-    ``registry`` when one is given.
-    """
-    from prometheus_client import ProcessCollector
-
-    from nvr.metrics import ConnectionCollector
-    from web.conn_limits import ConnectionLimiter, LimitedSite, body_deadline
-
-    limits = limits or WebLimits()
-    soft = raise_nofile_limit()
-    reserve = limits.fd_reserve + limits.fd_reserve_per_camera * camera_streams
-    budget = soft - reserve
-    if budget < 64:
-        log.warning("only %d descriptor(s) left for HTTP connections (limit %d, reserve %d): raise LimitNOFILE",
-                    max(budget, 0), soft, reserve)
-    # Long-lived handlers (event feeds, clip downloads) end on shutdown; do not wait a minute for them.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0,
-                           keepalive_timeout=limits.keepalive_timeout_seconds)
-    def handler_factory() -> web.RequestHandler:
-        assert runner.server is not None
-        return runner.server()
-
-    limiter = ConnectionLimiter(limits, budget, handler_factory)
-    app.middlewares.insert(0, body_deadline(limiter))
-    await runner.setup()
-    try:
-        await LimitedSite(runner, host, port, limiter, ssl_context=ssl_context).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    log.info("HTTP: at most %d connection(s), %d per address (descriptor limit %d, %d kept for recording)",
-             limiter.limit, limits.max_connections_per_address, soft, reserve)
-    if registry is not None:
-        registry.register(ConnectionCollector(limiter.counts))
-        ProcessCollector(registry=registry)  # process_open_fds, process_max_fds beside the budget
-    return runner
-
-
-async def serve(config: Config, config_file: Path | None = None) -> None:
-    """Run the daemon in the foreground until SIGTERM or SIGINT."""
-    from web.app import create_app  # web depends on nvr, not the other way round at import time
-
-    raise_nofile_limit()  # before cameras and databases open theirs
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    try:
-        ssl_context = tls_context(config)
-    except (OSError, ssl.SSLError) as exc:
-        log.error("cannot use web.tls certificate %s / key %s: %s", config.web.tls.cert if config.web.tls else "",
-                  config.web.tls.key if config.web.tls else "", exc)
-        raise SystemExit(1) from None
-    if not config.web.is_loopback and ssl_context is None:
-        log.warning(
-            "web.listen %s is not a loopback address and web.tls is not set: passwords and video cross the "
-            "network unencrypted", config.web.listen
-        )
-    daemon = Daemon(config, config_file)
-    await daemon.start()
-    try:
-        streams = sum(len(runtime.sources) for runtime in daemon.cameras.values())
-        runner = await start_web(create_app(daemon), config.web.host, config.web.port, ssl_context,
-                                 limits=config.web.limits, camera_streams=streams, registry=daemon.health.registry)
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", config.web.listen, exc.strerror)
-        await daemon.stop()
-        raise SystemExit(1) from None
-    log.info("web server listening on %s://%s", "https" if ssl_context else "http", config.web.listen)
-    systemd.notify("READY=1\nSTATUS=running")
-    watchdog = _start_watchdog(daemon)
-
-    await stop.wait()
-    log.info("shutting down")
-    systemd.notify("STOPPING=1")
-    started = time.monotonic()
-    if watchdog is not None:
-        watchdog.cancel()
-    await runner.shutdown()
-    await daemon.stop(timeout=max(1.0, SHUTDOWN_SECONDS - 2.0))
-    await runner.cleanup()
-    log.info("stopped in %.1f s", time.monotonic() - started)
-
-
-def _start_watchdog(daemon: Daemon) -> asyncio.Task[None] | None:
-    interval = systemd.watchdog_interval()
-    if interval is None:
-        return None
-
-    async def ping() -> None:
-        while True:
-            if daemon.healthy():
-                systemd.notify("WATCHDOG=1")
-            else:
-                log.error("not feeding the systemd watchdog: a component stopped or a recorder is stuck (%s)",
-                          ", ".join(daemon.stuck_recorders()) or "no recorder")
-            await asyncio.sleep(interval)
-
-    return asyncio.get_running_loop().create_task(ping(), name="watchdog")

@@ -34,7 +34,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nvr.config import WebLimits
-from nvr.daemon import start_web
+from nvr.service import start_web
 from tests.conftest import REPO, Daemon, free_port, wait_until
 from tests.test_access_process import self_signed
 from tests.test_recording import rows as segments
