@@ -1,10 +1,20 @@
-"""Ingest and recording CPU per camera, next to ffmpeg doing the same on the same cameras in the same run.
+"""Ingest and recording CPU per camera, next to ffmpeg recording the same cameras in the same run.
 
-N simulated 1080p H.264 cameras at about 4 Mbps are served from a pre-encoded
-looping clip.  For each phase we measure CPU-seconds per camera-minute:
+N simulated 1080p25 H.264 cameras at about 4 Mbps (2 s GOP) are served from a
+pre-encoded looping clip, at 16 and at 64 cameras by default.  For each camera
+count, in this order and on the same cameras:
 
-- ingest:   ``ffmpeg -rtsp_transport tcp -i URL -c copy -f null -`` per camera  vs  nvr with record: false
-- record:   ``ffmpeg -rtsp_transport tcp -i URL -c copy -f segment`` per camera vs  nvr with record: true
+- ``ffmpeg_before``: ``ffmpeg -rtsp_transport tcp -i URL -c copy -f segment`` per camera;
+- ``ingest``:        nvr with ``record: false`` and the picture checks idle (``analyse_seconds: 300``);
+- ``recording``:     nvr recording, picture checks idle;
+- ``recording_health``: nvr recording with the health checks as configured by default;
+- ``ffmpeg_after``:  ffmpeg again, so a drift of the machine's load shows.
+
+Each phase reports the CPU of its process(es) as percent of one core per camera
+(and CPU-seconds per camera-minute), the daemon's resident memory per camera, the
+recorded coverage, and the simulated cameras' (GStreamer's) own CPU.  The goal of
+issue 13 is printed with every daemon phase: ``recording_health`` at most 1.2x
+ffmpeg (the mean of before and after).
 """
 
 from __future__ import annotations
@@ -17,14 +27,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, clip_1080p, python, report, total_cpu  # noqa: E402
+from bench.common import REPO, clip_1080p, python, report, rss_bytes, total_cpu  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
+
+GOAL_RATIO = 1.2
 
 
 def free_port() -> int:
@@ -33,45 +47,84 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def measure(pids: list[int], seconds: float) -> float:
-    start = total_cpu(pids)
+@dataclass(slots=True)
+class Measured:
+    cpu: float  # CPU-seconds of the measured process(es)
+    cams_cpu: float  # CPU-seconds of the simulated cameras meanwhile
+    seconds: float
+    rss: int = 0  # bytes, the daemon only
+    coverage: float | None = None
+
+
+def measure(pids: list[int], cams: list[SimCamera], seconds: float) -> tuple[float, float, float]:
+    cam_pids = [c.pid for c in cams if c.pid is not None]
+    start, cams_start, t0 = total_cpu(pids), total_cpu(cam_pids), time.monotonic()
     time.sleep(seconds)
-    return total_cpu(pids) - start
+    return total_cpu(pids) - start, total_cpu(cam_pids) - cams_start, time.monotonic() - t0
 
 
-def ffmpeg_phase(cams: list[SimCamera], seconds: float, workdir: Path, record: bool) -> float:
+def ffmpeg_phase(cams: list[SimCamera], seconds: float, workdir: Path, settle: float) -> Measured:
     procs = []
     for cam in cams:
-        out: list[str]
-        if record:
-            target = workdir / f"ff-{cam.name}-%05d.mp4"
-            out = ["-f", "segment", "-segment_time", "10", "-segment_format", "mp4", "-reset_timestamps", "1",
-                   str(target)]
-        else:
-            out = ["-f", "null", "-"]
+        target = workdir / f"ff-{cam.name}-%05d.mp4"
+        out = ["-f", "segment", "-segment_time", "10", "-segment_format", "mp4", "-reset_timestamps", "1",
+               str(target)]
         procs.append(subprocess.Popen(
             ["ffmpeg", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i", cam.url, "-c", "copy", *out],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    time.sleep(5)  # connect and settle
-    used = measure([p.pid for p in procs], seconds)
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(10)
-    return used
+    try:
+        time.sleep(settle)  # connect and settle
+        cpu, cams_cpu, elapsed = measure([p.pid for p in procs], cams, seconds)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+    for f in workdir.glob("ff-*.mp4"):
+        f.unlink()
+    return Measured(cpu, cams_cpu, elapsed)
 
 
-def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, record: bool) -> float:
+def api(port: int, token: str, path: str) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+def coverage(storage: Path, cameras: list[str], start: float, end: float) -> float:
+    """Share of [start, end] that the index covers, averaged over cameras."""
+    from recorder.index import SegmentIndex
+
+    index = SegmentIndex(storage / "index.sqlite3")
+    try:
+        shares = []
+        for camera in cameras:
+            covered, cursor = 0.0, start
+            for row in index.all_segments(camera):
+                lo, hi = max(row.start, cursor), min(row.end, end)
+                if hi > lo:
+                    covered += hi - lo
+                    cursor = hi
+            shares.append(covered / (end - start))
+    finally:
+        index.close()
+    return sum(shares) / len(shares)
+
+
+def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, record: bool, health: bool,
+              settle: float) -> Measured:
     port = free_port()
-    storage = workdir / f"storage-{'rec' if record else 'ingest'}"
-    config = {
+    storage = workdir / f"storage-{len(cams)}-{name}"
+    config: dict[str, Any] = {
         "station": {"id": "st-bench", "name": "bench"},
         "storage": {"path": str(storage), "segment_seconds": 10},
         "web": {"listen": f"127.0.0.1:{port}"},
         "log": {"level": "warning"},
         "cameras": [{"id": c.name, "name": c.name, "url": c.url, "record": record} for c in cams],
     }
-    cfg = workdir / f"config-{record}.yaml"
+    if not health:
+        config["health"] = {"analyse_seconds": 300}  # one analysis at start, none while measuring
+    cfg = workdir / f"config-{name}.yaml"
     cfg.write_text(yaml.safe_dump(config))
     subprocess.run([python(), "-m", "nvr", "init-storage", "-c", str(cfg)], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
@@ -81,51 +134,82 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, record: bool
     token = create_token(storage / "auth.sqlite3", "bench", Role.ADMIN)  # access control: deny by default
     proc = subprocess.Popen([python(), "-m", "nvr", "run", "-c", str(cfg)], cwd=REPO)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/cameras",
-                                             headers={"Authorization": f"Bearer {token}"})
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    if all(c["state"] == "online" for c in json.load(resp)):
-                        break
+                listing = api(port, token, "/api/cameras")
+                if all(c["state"] == "online" and (c["recording"] or not record) for c in listing):
+                    break
             except OSError:
                 pass
             time.sleep(0.5)
         else:
             raise RuntimeError("cameras never came online")
-        time.sleep(3)
-        return measure([proc.pid], seconds)
+        time.sleep(settle)
+        started = time.time()
+        cpu, cams_cpu, elapsed = measure([proc.pid], cams, seconds)
+        ended = time.time()
+        rss = rss_bytes(proc.pid)
     finally:
         proc.terminate()
-        proc.wait(15)
+        proc.wait(30)
+    covered = coverage(storage, [c.name for c in cams], started, ended) if record else None
+    return Measured(cpu, cams_cpu, elapsed, rss=rss, coverage=covered)
+
+
+def percent_per_camera(m: Measured, cameras: int) -> float:
+    return 100 * m.cpu / m.seconds / cameras
+
+
+def run_count(cameras: int, seconds: float, settle: float, work: Path) -> None:
+    clip = clip_1080p()
+    cams = [SimCamera(f"b{i}", file=str(clip), fps=25) for i in range(cameras)]
+    try:
+        for cam in cams:
+            cam.start()
+        phases: dict[str, Measured] = {"ffmpeg_before": ffmpeg_phase(cams, seconds, work, settle)}
+        phases["ingest"] = nvr_phase(cams, seconds, work, "ingest", record=False, health=False, settle=settle)
+        phases["recording"] = nvr_phase(cams, seconds, work, "recording", record=True, health=False, settle=settle)
+        phases["recording_health"] = nvr_phase(cams, seconds, work, "recording_health", record=True, health=True,
+                                               settle=settle)
+        phases["ffmpeg_after"] = ffmpeg_phase(cams, seconds, work, settle)
+    finally:
+        for cam in cams:
+            cam.stop()
+    ff = sum(percent_per_camera(phases[p], cameras) for p in ("ffmpeg_before", "ffmpeg_after")) / 2
+    out: dict[str, Any] = {}
+    for name, m in phases.items():
+        entry: dict[str, Any] = {
+            "core_percent_per_camera": round(percent_per_camera(m, cameras), 3),
+            "cpu_s_per_camera_min": round(m.cpu / m.seconds * 60 / cameras, 3),
+            "gstreamer_core_percent_per_camera": round(100 * m.cams_cpu / m.seconds / cameras, 3),
+        }
+        if not name.startswith("ffmpeg"):
+            entry["ratio_to_ffmpeg"] = round(percent_per_camera(m, cameras) / ff, 2) if ff else None
+            entry["rss_mb_per_camera"] = round(m.rss / cameras / (1 << 20), 1)
+        if m.coverage is not None:
+            entry["coverage_percent"] = round(100 * m.coverage, 2)
+        out[name] = entry
+    ratio = out["recording_health"]["ratio_to_ffmpeg"]
+    rss = out["recording_health"]["rss_mb_per_camera"]
+    report(
+        "ingest", cameras=cameras, seconds=seconds, stream="1080p25 H.264 ~4 Mbps, 2 s GOP",
+        ffmpeg="ffmpeg -rtsp_transport tcp -i URL -c copy -f segment (mean of before and after)",
+        ffmpeg_core_percent_per_camera=round(ff, 3), phases=out,
+        goal=f"recording_health <= {GOAL_RATIO}x ffmpeg, RSS <= 15 MB per camera",
+        goal_met=bool(ratio is not None and ratio <= GOAL_RATIO and rss <= 15),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cameras", default="16,64", help="comma-separated camera counts (default 16,64)")
+    parser.add_argument("--seconds", type=float, default=30, help="measured seconds per phase")
+    parser.add_argument("--settle", type=float, default=5, help="seconds after connecting before measuring")
     args = parser.parse_args()
-    clip = clip_1080p()
-    cams = [SimCamera(f"b{i}", file=str(clip), fps=25) for i in range(args.cameras)]
-    per_cam_min = args.cameras * args.seconds / 60
     with tempfile.TemporaryDirectory(prefix="nvr-bench-") as tmp:
-        work = Path(tmp)
-        try:
-            for cam in cams:
-                cam.start()
-            for record in (False, True):
-                ff = ffmpeg_phase(cams, args.seconds, work, record) / per_cam_min
-                nvr = nvr_phase(cams, args.seconds, work, record) / per_cam_min
-                report(
-                    "recording" if record else "ingest",
-                    cameras=args.cameras, seconds=args.seconds, stream="1080p25 H.264 ~4 Mbps",
-                    nvr_cpu_s_per_camera_min=round(nvr, 3), ffmpeg_cpu_s_per_camera_min=round(ff, 3),
-                    ratio_nvr_to_ffmpeg=round(nvr / ff, 2) if ff else None,
-                )
-        finally:
-            for cam in cams:
-                cam.stop()
+        for count in (int(c) for c in args.cameras.split(",")):
+            run_count(count, args.seconds, args.settle, Path(tmp))
 
 
 if __name__ == "__main__":

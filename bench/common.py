@@ -26,6 +26,14 @@ def total_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def report(name: str, **values: Any) -> None:
     line = json.dumps({"bench": name, **values}, sort_keys=False)
     print(line, flush=True)

@@ -1,4 +1,4 @@
-"""Continuous recording of one camera: a hub reader that writes keyframe-aligned segments.
+"""Continuous recording of one camera: a thread-side sink of the camera's hub that writes keyframe-aligned segments.
 
 Time model.  A *run* is a stretch of packets whose media timestamps are
 continuous.  It is anchored to the wall clock at its first keyframe and
@@ -9,10 +9,14 @@ a wall-clock/media-time drift beyond ``storage.drift_tolerance_seconds``, or
 a host clock step.  A run never starts before the previous segment's end, so
 segments of one camera never overlap.
 
-Muxing and file I/O run on a thread of the camera's own; the index row is
-added (on the index thread) only after the file is closed and fsynced.  A
-write error drops this camera's current segment, is reported, and recording
-is retried after a pause; other cameras are unaffected.
+Threads.  :class:`RecorderCore` is fed by the hub on the camera's own demux
+thread (no hop per packet): it cuts, muxes in memory and queues each finished
+fragment on the camera's :class:`~recorder.segment_writer.DiskWriter` thread,
+which writes, hashes, fsyncs and adds the index row (on the index thread)
+only after the file is closed and fsynced.  :class:`Recorder`, on the loop,
+only attaches the core to the hub and detaches it at shutdown.  A write error
+or a disk that falls behind drops this camera's current segment, is reported,
+and recording is retried after a pause; other cameras are unaffected.
 """
 
 from __future__ import annotations
@@ -23,17 +27,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import av.error
 
 from nvr.config import Storage
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord
-from recorder.segment_writer import SegmentWriter
-from streams.hub import Hub, HubReader, ReaderClosed
+from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter
+from streams.hub import Hub
 from streams.media import HubItem, MediaPacket, Session, SessionEnded, TrackKind
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ _JUMP_SECONDS = 10.0  # a forward timestamp jump this large is a discontinuity, 
 _CLOCK_STEP_SECONDS = 1.0
 _RETRY_SECONDS = 5.0
 _RECORDING_FRESH_SECONDS = 10.0
+_SHUTDOWN_SECONDS = 8.0
 # Keyframe timestamps jitter; a keyframe this close to the segment length ends the segment.
 _CUT_TOLERANCE = 0.25
 
@@ -69,7 +74,11 @@ class _Open:
 
 
 class RecorderCore:
-    """Thread-side state machine of one camera's recording. Not thread-safe: one thread only."""
+    """Thread-side state machine of one camera's recording. Not thread-safe: one thread at a time.
+
+    ``disk`` does the file work; without one, it is done at once on the calling
+    thread (tests drive the core that way, with real H.264 and no event loop).
+    """
 
     def __init__(
         self,
@@ -79,12 +88,14 @@ class RecorderCore:
         commit: Callable[[NewSegment], SegmentRecord],
         last_end: float | None = None,
         on_error: Callable[[str], None] | None = None,
+        disk: DiskWriter | None = None,
     ) -> None:
         self.camera = camera
         self.root = root
         self.storage = storage
         self.commit = commit
         self.on_error = on_error
+        self.disk = disk or DiskWriter(camera, threaded=False)
         self.last_end = last_end or 0.0
         self.run: _Run | None = None
         self.open: _Open | None = None
@@ -92,22 +103,32 @@ class RecorderCore:
         self.error: str | None = None
         self.retry_at = 0.0
         self.dropped = 0
-        self.segments_written = 0
+        self.segments_written = 0  # these three are updated by the disk thread
         self.bytes_written = 0
-        self.last_write_mono = 0.0
         self.last_segment: SegmentRecord | None = None
+
+    @property
+    def last_write_mono(self) -> float:
+        """When bytes last reached a segment file (monotonic; 0 before the first)."""
+        return self.disk.last_write_mono
 
     # -- entry points ---------------------------------------------------------------------
 
+    def feed(self, item: HubItem, raw: av.Packet | None = None) -> None:
+        """One item from the hub, on the camera's thread (a :class:`~streams.hub.PacketSink`)."""
+        if self.open is not None and self.open.writer.error is not None:
+            self._fail(self.open.writer.error)
+        if isinstance(item, SessionEnded):
+            if self.run is not None and item.session is self.run.session:
+                self.end_run(f"session ended: {item.reason}")
+        elif item.kind is TrackKind.VIDEO:
+            self._video(item, raw)
+        elif self.open is not None and self.run is not None and item.session is self.run.session:
+            self._audio(item)
+
     def handle(self, items: list[HubItem]) -> None:
         for item in items:
-            if isinstance(item, SessionEnded):
-                if self.run is not None and item.session is self.run.session:
-                    self.end_run(f"session ended: {item.reason}")
-            elif item.kind is TrackKind.VIDEO:
-                self._video(item)
-            elif self.open is not None and self.run is not None and item.session is self.run.session:
-                self._audio(item)
+            self.feed(item)
 
     def end_run(self, why: str) -> None:
         if self.open is not None and self.run is not None:
@@ -116,7 +137,7 @@ class RecorderCore:
 
     # -- video ----------------------------------------------------------------------------
 
-    def _video(self, packet: MediaPacket) -> None:
+    def _video(self, packet: MediaPacket, raw: av.Packet | None) -> None:
         ticks = packet.dts if packet.dts is not None else packet.pts
         run = self.run
         if ticks is None:
@@ -182,7 +203,7 @@ class RecorderCore:
             earliest = packet.received_at - (ts - run.anchor_ts)
             if earliest < run.anchor_wall:
                 run.anchor_wall = max(earliest, self.last_end)
-        self._write_video(packet, ticks, ts)
+        self._write_video(packet, ticks, ts, raw)
 
     def _discontinuity(self, run: _Run, packet: MediaPacket, ts: float) -> str | None:
         delta = ts - run.last_ts
@@ -223,13 +244,14 @@ class RecorderCore:
         session = packet.session
         assert session.video is not None
         try:
-            writer = SegmentWriter(self.root, self.camera, run.wall(ts), session.video, session.audio, packet.data)
+            writer = SegmentWriter(self.root, self.camera, run.wall(ts), session.video, session.audio, packet.data,
+                                   self.disk)
         except (OSError, av.error.FFmpegError) as exc:
             self._fail(f"cannot open a segment: {_describe(exc)}")
             return
         self.open = _Open(writer=writer, origin_ticks=ticks, origin_ts=ts, time_base=packet.time_base)
 
-    def _write_video(self, packet: MediaPacket, ticks: int, ts: float) -> None:
+    def _write_video(self, packet: MediaPacket, ticks: int, ts: float, raw: av.Packet | None) -> None:
         assert self.open is not None and self.run is not None
         seg = self.open
         pts = packet.pts if packet.pts is not None else ticks
@@ -239,7 +261,7 @@ class RecorderCore:
             pts = round(float(pts * packet.time_base) / seg.time_base)
         try:
             seg.writer.write_video(
-                packet.data, pts - seg.origin_ticks, ticks - seg.origin_ticks, packet.is_keyframe, seg.time_base
+                packet.data, pts - seg.origin_ticks, ticks - seg.origin_ticks, packet.is_keyframe, seg.time_base, raw
             )
         except av.error.FFmpegError as exc:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS):
@@ -256,7 +278,6 @@ class RecorderCore:
         if 0 < delta < 1.0:
             self.run.frame_interval = delta
         self.run.last_ts = ts
-        self.last_write_mono = time.monotonic()
 
     # -- audio ----------------------------------------------------------------------------
 
@@ -282,47 +303,53 @@ class RecorderCore:
             return
         start = run.wall(seg.origin_ts)
         run.refine = False
-        if seg.writer.frames == 0:
-            seg.writer.abort()
-            seg.writer.part_path.unlink(missing_ok=True)
-            return
-        try:
-            closed = seg.writer.close(start)
-        except (OSError, av.error.FFmpegError) as exc:
-            seg.writer.abort()
-            self._fail(f"cannot close a segment: {_describe(exc)}")
+        writer = seg.writer
+        if writer.frames == 0:
+            writer.abort()
+            self.disk.discard(writer.file)
             return
         video = run.session.video
         assert video is not None
         params = {
             "extradata": video.extradata.hex(),
             "time_base": str(video.time_base),
-            "audio": "aac" if run.session.audio is not None and not seg.writer.audio_failed else None,
+            "audio": "aac" if run.session.audio is not None and not writer.audio_failed else None,
             "camera_audio": run.session.audio.codec if run.session.audio is not None else None,
         }
         end = max(end, start + 0.001)
-        record = NewSegment(
-            camera=self.camera,
-            start=round(start, 6),
-            end=round(end, 6),
-            frames=seg.writer.frames,
-            bytes=closed.bytes,
-            sha256=closed.sha256,
-            codec=video.codec,
-            width=video.width,
-            height=video.height,
-            params=json.dumps(params, sort_keys=True),
-            path=closed.relpath,
-        )
+        frames = writer.frames
+
+        def indexed(closed: ClosedSegment) -> None:
+            # On the disk thread, once the file is fsynced under its final name.
+            record = NewSegment(
+                camera=self.camera,
+                start=round(start, 6),
+                end=round(end, 6),
+                frames=frames,
+                bytes=closed.bytes,
+                sha256=closed.sha256,
+                codec=video.codec,
+                width=video.width,
+                height=video.height,
+                params=json.dumps(params, sort_keys=True),
+                path=closed.relpath,
+            )
+            try:
+                self.last_segment = self.commit(record)
+            except Exception as exc:  # noqa: BLE001 - the file is safe on disk; reconcile indexes it at next start
+                log.error("[%s] cannot index %s: %s", self.camera, closed.relpath, exc, exc_info=True)
+            self.segments_written += 1
+            self.bytes_written += closed.bytes
+            log.debug("[%s] segment %s closed (%s): %.2f s, %d frames", self.camera, closed.relpath, why,
+                      end - start, frames)
+
         try:
-            self.last_segment = self.commit(record)
-        except Exception as exc:  # noqa: BLE001 - the file is safe on disk; reconcile indexes it at next start
-            log.error("[%s] cannot index %s: %s", self.camera, closed.relpath, exc, exc_info=True)
+            writer.close(start, indexed)
+        except (OSError, av.error.FFmpegError) as exc:
+            writer.abort()
+            self._fail(f"cannot close a segment: {_describe(exc)}")
+            return
         self.last_end = end
-        self.segments_written += 1
-        self.bytes_written += closed.bytes
-        log.debug("[%s] segment %s closed (%s): %.2f s, %d frames", self.camera, closed.relpath, why, end - start,
-                  seg.writer.frames)
 
     def _fail(self, message: str) -> None:
         if self.open is not None:
@@ -347,7 +374,11 @@ def _describe(exc: BaseException) -> str:
 
 
 class Recorder:
-    """The loop-side half: reads the camera's hub and feeds the core on its own thread."""
+    """The loop-side half: attaches the core to the camera's hub as a thread-side sink, detaches it at stop.
+
+    Packets never pass through the loop: the hub feeds the core on the camera's
+    demux thread, and the core's disk thread writes and indexes.
+    """
 
     def __init__(
         self,
@@ -361,43 +392,37 @@ class Recorder:
         self.camera = camera
         self.hub = hub
         self.index = index
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rec-{camera}")
-        self.core = RecorderCore(camera, root, storage, self._commit, on_error=on_error)
-        self._reader: HubReader | None = None
-        self._stopping = False
+        self.disk = DiskWriter(camera)
+        self.core = RecorderCore(camera, root, storage, self._commit, on_error=on_error, disk=self.disk)
+        self._stopped = asyncio.Event()
 
     def _commit(self, segment: NewSegment) -> SegmentRecord:
         return self.index.submit(self.index.add_segment, segment).result()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         latest = await self.index.call(self.index.latest, self.camera)
         if latest is not None:
             self.core.last_end = max(self.core.last_end, latest.end)
             self.core.last_segment = self.core.last_segment or latest
-        self._reader = reader = self.hub.reader(f"recorder:{self.camera}")
+        self.hub.add_sink(self.core)
         try:
-            while not self._stopping:
-                try:
-                    batch = [await reader.get()]
-                except ReaderClosed:
-                    break
-                while (item := reader.get_nowait()) is not None:
-                    batch.append(item)
-                await loop.run_in_executor(self._executor, self.core.handle, batch)
+            await self._stopped.wait()
         finally:
-            reader.close()
-            await loop.run_in_executor(self._executor, self.core.close)
+            await asyncio.to_thread(self._finish)
+
+    def _finish(self) -> None:
+        """Off the loop: once detached no demux thread is inside the core; close the segment, let the disk finish."""
+        self.hub.remove_sink(self.core)
+        self.core.close()
+        if not self.disk.close(timeout=_SHUTDOWN_SECONDS):
+            log.error("[%s] the disk did not finish writing within %.0f s", self.camera, _SHUTDOWN_SECONDS)
 
     def stop(self) -> None:
-        self._stopping = True
-        if self._reader is not None:
-            self._reader.close()
+        self._stopped.set()
 
     @property
     def dropped(self) -> int:
-        reader_drops = self._reader.dropped if self._reader is not None else 0
-        return reader_drops + self.core.dropped
+        return self.core.dropped
 
     @property
     def recording(self) -> bool:
@@ -410,4 +435,4 @@ class Recorder:
         return self.core.last_segment.end if self.core.last_segment is not None else None
 
     def shutdown_executor(self) -> None:
-        self._executor.shutdown(wait=False)
+        """Kept for the daemon's shutdown sequence: the disk thread ends in :meth:`run`."""

@@ -1,14 +1,22 @@
-"""One segment file: fragmented MP4, video stream-copied, SHA-256 computed while writing.
+"""One segment: fragmented MP4 muxed in memory, written and hashed by a disk thread in large buffers.
 
-The file is written as ``<name>.mp4.part`` through a non-seekable sink that
-hashes every byte on its way to the kernel; FFmpeg flushes after every
-packet and cuts a fragment every second, so a crash loses at most the last
-fragment.  Closing writes the trailer, fsyncs the file, renames it to its
-final name and fsyncs the directory; only then may its index row be added.
+Two halves, on two threads:
 
-Video packets go into the file exactly as the camera sent them (Annex-B
-start codes become MP4 length prefixes; every NAL unit, SEI included, is
-kept).  Audio is re-encoded to AAC, because G.711 cannot be carried in MP4.
+- :class:`SegmentWriter` muxes on the camera's thread (the one that demuxes
+  it) into memory.  Video packets are stream-copied (the demuxer's own
+  packets when they are whole access units; Annex-B start codes become MP4
+  length prefixes, every NAL unit, SEI included, is kept).  Audio is
+  re-encoded to AAC, because G.711 cannot be carried in MP4.  FFmpeg cuts a
+  fragment every second and hands the finished bytes over once per
+  fragment, so the camera's thread never touches the disk.
+- :class:`DiskWriter` (one thread per camera) writes those buffers to
+  ``<name>.mp4.part``, hashing each on its way to the kernel; a crash loses at
+  most the last fragment.  Closing fsyncs the file, renames it to its final
+  name and fsyncs the directory; only then is its index row added.
+
+A slow or stuck disk never blocks the camera's thread: the disk thread's queue
+is bounded (``MAX_QUEUED_BYTES``); beyond it the recorder gives the segment up
+and says so, as for any write error.
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ import hashlib
 import io
 import logging
 import os
-from dataclasses import dataclass
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -35,17 +47,22 @@ log = logging.getLogger(__name__)
 MUX_OPTIONS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
     "frag_duration": "1000000",
+    # After each packet FFmpeg passes on what it has written: a finished fragment, or nothing
+    # (the muxer keeps the fragment being built in memory), so this costs no write per packet.
     "flush_packets": "1",
 }
+# FFmpeg's I/O buffer for the in-memory sink: one fragment of a 4 Mbit/s camera fits.
+_IO_BUFFER = 1 << 20
+# What a camera's disk thread may have queued before the recorder gives the segment up (~30 s at 4 Mbit/s).
+MAX_QUEUED_BYTES = 16 << 20
 
 
-class HashingSink(io.RawIOBase):
-    """Write-only, non-seekable file wrapper that hashes what it writes."""
+class MemorySink(io.RawIOBase):
+    """Write-only, non-seekable sink that keeps what FFmpeg writes until it is taken."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.sha256 = hashlib.sha256()
+        self.chunks: list[bytes] = []
         self.size = 0
 
     def writable(self) -> bool:
@@ -55,21 +72,14 @@ class HashingSink(io.RawIOBase):
         return False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(data)
-        written = self.file.write(view)
-        self.sha256.update(view[:written])
-        self.size += written
-        return written
+        chunk = bytes(data)
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        return len(chunk)
 
-    def sync_and_close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        super().close()
+    def take(self) -> bytes:
+        chunks, self.chunks = self.chunks, []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +100,176 @@ def make_template(video: TrackInfo, keyframe: bytes) -> av.container.InputContai
     return av.open(io.BytesIO(video.extradata + keyframe), format=fmt)  # type: ignore[return-value]
 
 
+@dataclass(eq=False)
+class SegmentFile:
+    """The disk side of one segment; touched only by its :class:`DiskWriter`'s thread."""
+
+    root: Path
+    camera: str
+    part_path: Path
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    size: int = 0
+    error: str | None = None  # set by the disk thread; the recorder reads it
+    file: io.FileIO | None = None
+
+    def open(self) -> None:
+        self.part_path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.part_path, "wb", buffering=0)  # noqa: SIM115 - closed in finish() or abandon()
+
+    def write(self, data: bytes) -> None:
+        assert self.file is not None
+        self.sha256.update(data)  # hashlib releases the GIL for large buffers
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view) or 0
+            view = view[written:]
+        self.size += len(data)
+
+    def finish(self, final_start: float) -> ClosedSegment:
+        """Fsync, rename to the final name, fsync the directory."""
+        assert self.file is not None
+        os.fsync(self.file.fileno())
+        self.file.close()
+        relpath = segment_relpath(self.camera, final_start)
+        final = self.root / relpath
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.part_path, final)
+        fsync_dir(final.parent)
+        if final.parent != self.part_path.parent:
+            fsync_dir(self.part_path.parent)
+        return ClosedSegment(relpath=relpath, bytes=self.size, sha256=self.sha256.hexdigest())
+
+    def abandon(self) -> None:
+        """After an error: close without renaming; the .part file is recovered at the next start."""
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+
+
+_Job = Callable[[], None]
+
+
+class DiskWriter:
+    """A camera's disk thread: opens, writes (hashing) and finishes its segment files in order.
+
+    ``threaded=False`` runs every job at once in the caller's thread (tests that
+    drive a recorder without threads).
+    """
+
+    def __init__(self, camera: str, *, threaded: bool = True, max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
+        self.camera = camera
+        self.threaded = threaded
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        self.last_write_mono = 0.0  # the last time bytes reached a file
+        self._jobs: deque[tuple[_Job, int]] = deque()
+        self._cond = threading.Condition()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def open(self, file: SegmentFile) -> None:
+        def job() -> None:
+            self._run(file, file.open, "cannot open a segment")
+
+        self._submit(job, 0)
+
+    def write(self, file: SegmentFile, data: bytes) -> bool:
+        """Queue bytes for ``file``; False (nothing queued) when the disk is that far behind."""
+        if self.queued_bytes + len(data) > self.max_queued_bytes:
+            return False
+
+        def job() -> None:
+            if self._run(file, lambda: file.write(data), "write failed"):
+                self.last_write_mono = time.monotonic()
+
+        self._submit(job, len(data))
+        return True
+
+    def finish(self, file: SegmentFile, final_start: float, done: Callable[[ClosedSegment], None]) -> None:
+        """Fsync and rename ``file``, then call ``done`` (on the disk thread) unless an error came first."""
+
+        def job() -> None:
+            closed: list[ClosedSegment] = []
+            if self._run(file, lambda: closed.append(file.finish(final_start)), "cannot close a segment"):
+                done(closed[0])
+
+        self._submit(job, 0)
+
+    def abandon(self, file: SegmentFile) -> None:
+        self._submit(file.abandon, 0)
+
+    def discard(self, file: SegmentFile) -> None:
+        """Close and delete (a segment that got no frame)."""
+
+        def job() -> None:
+            file.abandon()
+            file.part_path.unlink(missing_ok=True)
+
+        self._submit(job, 0)
+
+    def _run(self, file: SegmentFile, action: Callable[[], object], what: str) -> bool:
+        if file.error is not None:
+            return False
+        try:
+            action()
+            return True
+        except OSError as exc:
+            file.error = f"{what}: {exc.strerror or type(exc).__name__}"
+            file.abandon()
+            return False
+
+    def _submit(self, job: _Job, size: int) -> None:
+        if not self.threaded:
+            job()
+            return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("disk writer closed")
+            self.queued_bytes += size
+            self._jobs.append((job, size))
+            self._idle.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"disk-{self.camera}", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._idle.set()
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                job, size = self._jobs.popleft()
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - one bad job must not end the camera's disk thread
+                log.error("[%s] disk job failed", self.camera, exc_info=True)
+            finally:
+                with self._cond:
+                    self.queued_bytes -= size
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job ran (True) or ``timeout`` passed (False)."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Run what is queued, then end the thread. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+
 class SegmentWriter:
+    """The camera-thread half of one segment: muxes into memory and queues the bytes on a :class:`DiskWriter`."""
+
     def __init__(
         self,
         root: Path,
@@ -99,17 +278,19 @@ class SegmentWriter:
         video: TrackInfo,
         audio: TrackInfo | None,
         keyframe: bytes,
+        disk: DiskWriter,
     ) -> None:
         self.root = root
         self.camera = camera
         self.video_info = video
-        self.part_path = root / (segment_relpath(camera, start) + PART_SUFFIX)
-        self.part_path.parent.mkdir(parents=True, exist_ok=True)
-        self.sink = HashingSink(self.part_path)
+        self.disk = disk
+        self.file = SegmentFile(root, camera, root / (segment_relpath(camera, start) + PART_SUFFIX))
+        self.sink = MemorySink()
         self.frames = 0
         self.audio_failed = False
+        self.overflow = False  # the disk fell too far behind for this segment
+        self.out = av.open(self.sink, "w", format="mp4", options=MUX_OPTIONS, buffer_size=_IO_BUFFER)
         try:
-            self.out = av.open(self.sink, "w", format="mp4", options=MUX_OPTIONS)
             template = make_template(video, keyframe)
             try:
                 self.video = self.out.add_stream_from_template(template.streams.video[0])
@@ -123,8 +304,20 @@ class SegmentWriter:
             if audio is not None:
                 self._open_audio(audio)
         except BaseException:
-            self.sink.close()
+            self.out.close()
             raise
+        disk.open(self.file)
+
+    @property
+    def part_path(self) -> Path:
+        return self.file.part_path
+
+    @property
+    def error(self) -> str | None:
+        """A disk error of this segment (set by the disk thread), or the disk falling behind."""
+        if self.overflow:
+            return f"the disk does not keep up ({self.disk.queued_bytes >> 20} MB waiting)"
+        return self.file.error
 
     def _open_audio(self, audio: TrackInfo) -> None:
         try:
@@ -141,15 +334,27 @@ class SegmentWriter:
             log.warning("[%s] cannot transcode %s audio; recording video only", self.camera, audio.codec, exc_info=True)
             self.audio_in = self.audio_out = None
 
-    def write_video(self, data: bytes, pts: int, dts: int, keyframe: bool, time_base: Fraction) -> None:
-        packet = av.Packet(data)
+    def _pass_on(self) -> None:
+        """Queue what the muxer wrote (a finished fragment, the header or the trailer) for the disk."""
+        if self.sink.chunks and not self.overflow and not self.disk.write(self.file, self.sink.take()):
+            self.overflow = True
+
+    def write_video(self, data: bytes, pts: int, dts: int, keyframe: bool, time_base: Fraction,
+                    raw: av.Packet | None = None) -> None:
+        """One access unit; ``raw`` is the demuxer's packet holding exactly ``data`` (muxed without a copy)."""
+        if raw is not None:
+            packet = raw
+        else:
+            packet = av.Packet(data)
+            packet.is_keyframe = keyframe
         packet.stream = self.video
         packet.time_base = time_base
         packet.pts = pts
         packet.dts = dts
-        packet.is_keyframe = keyframe
-        self.out.mux(packet)
+        self.out.mux_one(packet)
         self.frames += 1
+        if self.sink.chunks:
+            self._pass_on()
 
     def write_audio(self, data: bytes, offset_seconds: float) -> None:
         """Audio at ``offset_seconds`` from the segment's origin; any audio failure only drops audio."""
@@ -166,31 +371,28 @@ class SegmentWriter:
                 frame.time_base = Fraction(1, frame.sample_rate)
                 self._audio_next_pts += frame.samples
                 for out_packet in self.audio_out.encode(frame):
-                    self.out.mux(out_packet)
+                    self.out.mux_one(out_packet)
         except (av.error.FFmpegError, ValueError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, av.error.FFmpegError):
                 raise
             self.audio_failed = True
             log.warning("[%s] audio failed in this segment; video continues: %s", self.camera, exc)
+        self._pass_on()
 
-    def close(self, final_start: float) -> ClosedSegment:
-        """Trailer, fsync, rename to the final name, fsync the directory."""
+    def close(self, final_start: float, done: Callable[[ClosedSegment], None]) -> None:
+        """Write the trailer; the disk thread then fsyncs, renames, fsyncs the directory and calls ``done``."""
         if self.audio_out is not None and not self.audio_failed and self._audio_started:
             try:
                 for out_packet in self.audio_out.encode(None):
-                    self.out.mux(out_packet)
+                    self.out.mux_one(out_packet)
             except (av.error.FFmpegError, ValueError):
                 log.debug("[%s] audio flush failed", self.camera, exc_info=True)
         self.out.close()
-        self.sink.sync_and_close()
-        relpath = segment_relpath(self.camera, final_start)
-        final = self.root / relpath
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.part_path, final)
-        fsync_dir(final.parent)
-        if final.parent != self.part_path.parent:
-            fsync_dir(self.part_path.parent)
-        return ClosedSegment(relpath=relpath, bytes=self.sink.size, sha256=self.sink.sha256.hexdigest())
+        self._pass_on()
+        if self.overflow:
+            self.disk.abandon(self.file)
+            return
+        self.disk.finish(self.file, final_start, done)
 
     def abort(self) -> None:
         """Best effort after an error: leave the .part file for recovery at next start."""
@@ -198,4 +400,6 @@ class SegmentWriter:
             self.out.close()
         except Exception:  # noqa: BLE001 - already failing; the .part file is recovered later
             log.debug("[%s] closing a failed segment", self.camera, exc_info=True)
-        self.sink.close()
+        if not self.overflow:
+            self._pass_on()  # what was muxed is still worth keeping for recovery
+        self.disk.abandon(self.file)

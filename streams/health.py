@@ -5,9 +5,10 @@ Three inputs, one output (alarms in :class:`~nvr.alarms.AlarmStore`):
 - connection state, pushed by :class:`RtspSource` through its ``on_state``
   hook: ``offline`` opens at once (the source already waited
   ``stall_seconds`` or saw the connection fail) and closes when it is online;
-- keyframes read from the camera's hub with a small reader of its own: one
-  every ``analyse_seconds`` is decoded and judged by :class:`PictureCheck` in
-  a worker thread (``covered``, ``blurred``, ``moved``, ``frozen``);
+- keyframes read from the camera's hub with a small reader of its own (the
+  hub passes one every ``analyse_seconds`` from the camera's thread): each is
+  decoded and judged by :class:`PictureCheck` in a worker thread
+  (``covered``, ``blurred``, ``moved``, ``frozen``);
 - a periodic look at the source's frame rate (``low_fps``) and at whether the
   recorder is writing while the camera is online (``recording_stalled``).
 
@@ -138,7 +139,9 @@ class CameraHealth:
 
     async def _analyse_keyframes(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS, keyframes_only=True)
+        # The hub samples keyframes on the camera's thread at the same pace, by the same clock (arrival).
+        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS, keyframes_only=True,
+                                                every=self.thresholds.analyse_seconds)
         next_due = 0.0
         try:
             while not self._stopping:
@@ -151,11 +154,11 @@ class CameraHealth:
                     continue
                 if item.kind is not TrackKind.VIDEO or not item.is_keyframe or item.session.video is None:
                     continue
-                now = time.monotonic()
-                if now < next_due:
+                arrived = item.received_mono
+                if arrived < next_due:
                     self.skipped_keyframes += 1
                     continue
-                next_due = now + self.thresholds.analyse_seconds
+                next_due = arrived + self.thresholds.analyse_seconds
                 if self._relearn:
                     self._relearn = False
                     self.check.relearn()

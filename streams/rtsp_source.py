@@ -1,12 +1,18 @@
-"""A supervised RTSP client for one camera stream, publishing into a :class:`Hub`.
+"""A supervised RTSP client for one camera stream, feeding a :class:`Hub`.
 
 Each connection runs its demux loop in a thread of its own (PyAV reads
-without holding the GIL) and hands packets to the event loop thread-safely.
-The supervisor on the loop bounds every phase from outside PyAV as well: a
-stream that stays connected but delivers nothing is declared ``stalled``
-after ``health.stall_seconds`` without waiting for TCP, and the old session
-is torn down before a new one is opened, with capped exponential backoff
-between attempts.
+without holding the GIL).  That thread does everything a packet needs: it
+counts it, turns it into a :class:`MediaPacket` and feeds the hub, whose
+thread-side sinks (the recorder) consume it right there; the event loop is
+woken only for what it needs (state changes, and the packets its readers ask
+for, in batches; see :mod:`streams.hub`).  Reads are bounded by FFmpeg's own
+socket timeout (``ingest.read_timeout_seconds``) rather than by PyAV's
+interrupt callback, which takes the GIL on every socket read; the open is
+bounded by both.  The supervisor on the loop bounds every phase from outside
+as well: a stream that stays connected but delivers nothing is declared
+``stalled`` after ``health.stall_seconds`` without waiting for TCP, and the
+old session is torn down before a new one is opened, with capped exponential
+backoff between attempts.
 """
 
 from __future__ import annotations
@@ -92,14 +98,17 @@ class RateMeter:
         self._video: deque[tuple[float, float]] = deque()  # (receive time, media time)
         self._bytes: deque[tuple[float, int]] = deque()
         self._byte_sum = 0
+        # Packets are counted on the demux thread, rates read on the loop.
+        self._lock = threading.Lock()
 
     def add(self, now: float, size: int, media_time: float | None) -> None:
         """Count a packet; ``media_time`` (seconds, from its timestamp) for video packets only."""
-        if media_time is not None:
-            self._video.append((now, media_time))
-        self._bytes.append((now, size))
-        self._byte_sum += size
-        self._expire(now)
+        with self._lock:
+            if media_time is not None:
+                self._video.append((now, media_time))
+            self._bytes.append((now, size))
+            self._byte_sum += size
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
@@ -109,24 +118,27 @@ class RateMeter:
             self._byte_sum -= self._bytes.popleft()[1]
 
     def reset(self) -> None:
-        self._video.clear()
-        self._bytes.clear()
-        self._byte_sum = 0
+        with self._lock:
+            self._video.clear()
+            self._bytes.clear()
+            self._byte_sum = 0
 
     def fps(self, now: float) -> float:
-        self._expire(now)
-        # Media time, not arrival time: a burst after connecting is not a frame rate.
-        if len(self._video) < 2:
-            return 0.0
-        span = self._video[-1][1] - self._video[0][1]
-        return (len(self._video) - 1) / span if span > 0 else 0.0
+        with self._lock:
+            self._expire(now)
+            # Media time, not arrival time: a burst after connecting is not a frame rate.
+            if len(self._video) < 2:
+                return 0.0
+            span = self._video[-1][1] - self._video[0][1]
+            return (len(self._video) - 1) / span if span > 0 else 0.0
 
     def bitrate(self, now: float) -> float:
-        self._expire(now)
-        if not self._bytes:
-            return 0.0
-        span = max(now - self._bytes[0][0], 1.0)
-        return self._byte_sum * 8 / span
+        with self._lock:
+            self._expire(now)
+            if not self._bytes:
+                return 0.0
+            span = max(now - self._bytes[0][0], 1.0)
+            return self._byte_sum * 8 / span
 
 
 class RtspSource:
@@ -163,6 +175,8 @@ class RtspSource:
         self._stopping = False
         self._wake = asyncio.Event()
         self._abandoned_threads = 0
+        self._stop_reason: str | None = None  # why the loop ended the current session, for the sinks
+        self._thread: threading.Thread | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -198,6 +212,7 @@ class RtspSource:
         """Connect, stream, and on failure back off and retry, until :meth:`stop`."""
         backoff = self.ingest.backoff_initial_seconds
         failures = 0
+        self.hub.loop = asyncio.get_running_loop()
         while not self._stopping:
             self._set_state(SourceState.CONNECTING, None, None)
             reason, message, streamed = await self._run_session()
@@ -229,7 +244,12 @@ class RtspSource:
         stop = threading.Event()
         finished: asyncio.Future[tuple[OfflineReason, str]] = loop.create_future()
         packets_before = self.packets
-        thread = threading.Thread(
+        if self._thread is not None and self._thread.is_alive():
+            # An abandoned session's thread is still inside FFmpeg (a camera streaming junk that never
+            # parses): never more than one thread per camera, so wait for it rather than open another.
+            return OfflineReason.STREAM_ERROR, "the previous session has not closed yet", False
+        self._stop_reason = None
+        self._thread = thread = threading.Thread(
             target=self._demux_thread, args=(loop, stop, finished), name=f"rtsp-{self.name}", daemon=True
         )
         opened_mono = time.monotonic()
@@ -263,6 +283,8 @@ class RtspSource:
                 finally:
                     stopper.cancel()
         finally:
+            if outcome is not None:
+                self._stop_reason = outcome[0].value
             stop.set()
         if outcome is not None and not self._stopping:
             # Declared from outside: report it now, then tear the session down.
@@ -297,35 +319,39 @@ class RtspSource:
     def _demux(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> tuple[OfflineReason, str]:
         options = {
             "rtsp_transport": "tcp",
+            # FFmpeg's socket timeout bounds every read (and the connect) without a Python callback.
             "timeout": str(int(self.ingest.read_timeout_seconds * 1_000_000)),
             "analyzeduration": "2000000",
             "probesize": "5000000",
         }
-        container = av.open(
-            self._url,
-            options=options,
-            timeout=(self.ingest.open_timeout_seconds, self.ingest.read_timeout_seconds),
-        )
+        container = av.open(self._url, options=options, timeout=(self.ingest.open_timeout_seconds, None))
+        tracker: _SessionTracker | None = None
+        outcome: tuple[OfflineReason, str] = (OfflineReason.STOPPED, "stopped")
         try:
             video_stream = next((s for s in container.streams if s.type == "video"), None)
             audio_stream = next((s for s in container.streams if s.type == "audio"), None)
             if video_stream is None:
-                return OfflineReason.STREAM_ERROR, "the stream has no video track"
+                outcome = (OfflineReason.STREAM_ERROR, "the stream has no video track")
+                return outcome
             streams = [s for s in (video_stream, audio_stream) if s is not None]
             tracker = _SessionTracker(self.name, video_stream, audio_stream)
-            publish = self._publish_threadsafe(loop)
+            video_index = video_stream.index
+            hub, rates = self.hub, self._rates
+            announced: Session | None = None
             demux = container.demux(streams)
             consecutive_errors = 0
             while not stop.is_set():
                 try:
                     packet = next(demux)
                 except StopIteration:
-                    return OfflineReason.UNREACHABLE, "the camera closed the stream"
+                    outcome = (OfflineReason.UNREACHABLE, "the camera closed the stream")
+                    return outcome
                 except av.error.InvalidDataError:
                     consecutive_errors += 1
                     self.garbage_packets += 1
                     if consecutive_errors > 50:
-                        return OfflineReason.STREAM_ERROR, "too many invalid packets in a row"
+                        outcome = (OfflineReason.STREAM_ERROR, "too many invalid packets in a row")
+                        return outcome
                     demux = container.demux(streams)
                     continue
                 consecutive_errors = 0
@@ -334,51 +360,54 @@ class RtspSource:
                 if packet.is_corrupt:
                     self.garbage_packets += 1
                     continue
-                item = tracker.convert(packet, packet.stream_index == video_stream.index)
-                if item is not None:
-                    publish(item)
-            return OfflineReason.STOPPED, "stopped"
+                item = tracker.convert(packet, packet.stream_index == video_index)
+                if item is None or stop.is_set():
+                    continue
+                # Counted here, on the demux thread: the loop only reads the numbers.
+                self.packets += 1
+                self.bytes += len(item.data)
+                self.last_packet_at = item.received_at
+                self.last_packet_mono = item.received_mono
+                media_time = None
+                if item.kind is TrackKind.VIDEO and item.pts is not None:
+                    media_time = float(item.pts * item.time_base)
+                rates.add(item.received_mono, len(item.data), media_time)
+                if item.session is not announced:
+                    announced = item.session
+                    loop.call_soon_threadsafe(self._on_session, announced)
+                hub.feed(item, None if tracker.reassembled else packet)
+            return outcome
+        except BaseException as exc:
+            outcome = _classify(exc)
+            raise
         finally:
+            if tracker is not None and tracker.session is not None:
+                hub_reason = outcome[0].value if outcome[0] is not OfflineReason.STOPPED else (
+                    self._stop_reason or outcome[0].value)
+                self.hub.end_feed(tracker.session, hub_reason)
             container.close()
-
-    def _publish_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[MediaPacket], None]:
-        def publish(item: MediaPacket) -> None:
-            loop.call_soon_threadsafe(self._on_packet, item)
-
-        return publish
 
     # -- loop thread ----------------------------------------------------------------------
 
-    def _on_packet(self, packet: MediaPacket) -> None:
+    def _on_session(self, session: Session) -> None:
+        """The demux thread saw the first packet of a new session (a connection, or new parameters)."""
         if self._stopping or self.state is SourceState.OFFLINE:
             # OFFLINE only while a session declared dead (stalled) is torn down:
             # its late packets must not flip the camera back online for a moment.
             return
-        if packet.session is not self.session:
-            if self.session is not None:
-                self.hub.end_session("parameters changed")
-            self.session = packet.session
-            video = packet.session.video
-            if video is not None:
-                log.info(
-                    "[%s] online: %s %dx%d%s",
-                    self.name,
-                    video.codec,
-                    video.width,
-                    video.height,
-                    f" + {packet.session.audio.codec}" if packet.session.audio else "",
-                )
-        self.packets += 1
-        self.bytes += packet.size
-        self.last_packet_at = packet.received_at
-        self.last_packet_mono = packet.received_mono
-        media_time = None
-        if packet.kind is TrackKind.VIDEO and packet.pts is not None:
-            media_time = float(packet.pts * packet.time_base)
-        self._rates.add(packet.received_mono, packet.size, media_time)
+        self.session = session
+        video = session.video
+        if video is not None:
+            log.info(
+                "[%s] online: %s %dx%d%s",
+                self.name,
+                video.codec,
+                video.width,
+                video.height,
+                f" + {session.audio.codec}" if session.audio else "",
+            )
         if self.state is not SourceState.ONLINE:
             self._set_state(SourceState.ONLINE, None, None)
-        self.hub.publish(packet)
 
     def _set_state(self, state: SourceState, reason: OfflineReason | None, message: str | None) -> None:
         message = secrets.redact(message) if message else None
@@ -418,12 +447,15 @@ class _SessionTracker:
         self.params = b""
         self.carry = b""
         self.carry_key = False
+        self.reassembled = False
         self.connected_at = time.time()
         self.connected_mono = time.monotonic()
 
     def convert(self, packet: av.Packet, is_video: bool) -> MediaPacket | None:
+        """The packet as a MediaPacket; ``reassembled`` says afterwards whether its bytes are not the packet's."""
         data = bytes(packet)
         keyframe = bool(packet.is_keyframe)
+        self.reassembled = False
         if is_video:
             # Some cameras (and RTP depacketizers) emit parameter sets or SEI as
             # a packet of their own with the frame's timestamp; carry them into
@@ -436,6 +468,7 @@ class _SessionTracker:
                 data = self.carry + data
                 keyframe = keyframe or self.carry_key
                 self.carry, self.carry_key = b"", False
+                self.reassembled = True
         if is_video and keyframe:
             params = bitstream.parameter_sets(self.video_codec, data) or self.params or self.stream_params
             if self.session is None or (params and params != self.params):

@@ -118,3 +118,76 @@ async def test_keyframes_only_reader_sees_keyframes_and_session_ends_only() -> N
     items = [pictures.get_nowait() for _ in range(4)]
     assert [i.pts for i in items[:3]] == [0, 10 * 3000, 20 * 3000]  # type: ignore[union-attr]
     assert isinstance(items[3], SessionEnded) and pictures.dropped == 0
+
+
+class _Sink:
+    """A thread-side consumer that records what it is fed and on which thread."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self.threads: set[str] = set()
+
+    def feed(self, item: object, raw: object) -> None:
+        import threading
+
+        self.items.append(item)
+        self.threads.add(threading.current_thread().name)
+
+
+async def test_fed_from_the_camera_thread_sinks_get_everything_and_the_loop_only_sampled_keyframes() -> None:
+    import threading
+
+    hub = Hub("cam")
+    hub.loop = asyncio.get_running_loop()
+    sink = _Sink()
+    hub.add_sink(sink)  # type: ignore[arg-type]
+    pictures = hub.reader("health", keyframes_only=True, every=1.0)
+    sess = session()
+    mono0 = time.monotonic()
+    sent = [MediaPacket(session=sess, kind=TrackKind.VIDEO, data=bytes([n % 256]) * 10, pts=n * 3600,
+                        dts=n * 3600, time_base=Fraction(1, 90000), is_keyframe=n % 10 == 0,
+                        received_at=time.time(), received_mono=mono0 + n * 0.04) for n in range(100)]
+
+    def camera_thread(packets: list[MediaPacket]) -> None:
+        for p in packets:
+            hub.feed(p)
+
+    thread = threading.Thread(target=camera_thread, args=(sent[:60],), name="rtsp-cam")
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0.05)  # the batch is handed over with one loop wake-up
+    assert sink.items == sent[:60] and sink.threads == {"rtsp-cam"}
+    keyframes = []
+    while (item := pictures.get_nowait()) is not None:
+        keyframes.append(item)
+    # A keyframe every 0.4 s of arrival time; the picture checks asked for one a second.
+    assert [k.pts // 3600 for k in keyframes] == [0, 30]  # type: ignore[union-attr]
+    assert hub.forwarded == 2
+
+    # A live viewer attaches: it starts at the cached keyframe, then gets every packet, each once.
+    viewer = hub.reader("viewer")
+    thread = threading.Thread(target=camera_thread, args=(sent[60:],), name="rtsp-cam")
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0.05)
+    seen = []
+    while (item := viewer.get_nowait()) is not None:
+        seen.append(item)
+    assert seen[0] is sent[50] and seen == sent[50:]
+    hub.remove_sink(sink)  # type: ignore[arg-type]
+    hub.feed(sent[0])
+    assert len(sink.items) == 100
+
+
+async def test_a_new_session_crosses_to_the_loop_at_once_and_ends_the_old_one_for_readers() -> None:
+    hub = Hub("cam")
+    hub.loop = asyncio.get_running_loop()
+    first, second = session(), session()
+    viewer = hub.reader("viewer")
+    for p in gop_stream(first, 5):
+        hub.feed(p)
+    hub.feed(packet(second, 0, True))
+    await asyncio.sleep(0.05)
+    items = [viewer.get_nowait() for _ in range(7)]
+    assert isinstance(items[5], SessionEnded) and items[5].session is first
+    assert isinstance(items[6], MediaPacket) and items[6].session is second and hub.session is second

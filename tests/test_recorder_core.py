@@ -5,6 +5,7 @@ Real H.264 from libx264, real files, real SQLite, ffprobe for playability.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -109,7 +110,6 @@ def test_crash_mid_segment_is_recovered_to_last_fragment(store: tuple[Path, Segm
     core.handle(packets(session, units))  # segment still open: only a .part file exists
     assert core.open is not None
     part = core.open.writer.part_path
-    core.open.writer.sink.file.flush()
     with part.open("ab") as f:
         f.write(b"\x00\x00\x10\x00moof-truncated")  # a fragment cut off by the crash
     assert index.all_segments("cam") == []
@@ -240,3 +240,54 @@ def test_host_clock_step_starts_a_new_run_and_never_overlaps(store: tuple[Path, 
     assert len(rows) == 2
     assert rows[1].start >= rows[0].end  # the step back cannot make segments overlap
     assert sum(r.frames for r in rows) == len(units)
+
+
+def test_a_stuck_disk_never_blocks_the_camera_thread_and_the_segment_is_given_up(
+        store: tuple[Path, SegmentIndex], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from recorder import segment_writer
+    from recorder.segment_writer import DiskWriter
+
+    root, index = store
+    stuck = threading.Event()
+    real_write = segment_writer.SegmentFile.write
+
+    def write(self: segment_writer.SegmentFile, data: bytes) -> None:
+        stuck.wait(30)  # the disk hangs (a dying drive, an NFS server gone)
+        real_write(self, data)
+
+    monkeypatch.setattr(segment_writer.SegmentFile, "write", write)
+    disk = DiskWriter("cam", max_queued_bytes=200_000)
+    core = RecorderCore("cam", root, Storage(path=root, segment_seconds=60), index.add_segment, disk=disk)
+    units = encode_h264(15 * 12, gop=15)
+    session = make_session(units)
+    started = time.monotonic()
+    core.handle(packets(session, units))
+    assert time.monotonic() - started < 10  # muxing went on while nothing reached the disk
+    assert core.error is not None and "does not keep up" in core.error
+    assert core.dropped > 0 and not core.last_write_mono
+    stuck.set()
+    assert disk.close(timeout=10)
+    parts = list((root / "recordings").rglob("*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size > 0  # left for recovery, as after any write error
+    assert index.all_segments("cam") == []
+
+
+def test_the_disk_thread_writes_what_the_camera_thread_muxed(store: tuple[Path, SegmentIndex]) -> None:
+    from recorder.segment_writer import DiskWriter
+
+    root, index = store
+    disk = DiskWriter("cam")
+    core = RecorderCore("cam", root, Storage(path=root, segment_seconds=4), index.add_segment, disk=disk)
+    units = encode_h264(15 * 9, gop=15)
+    session = make_session(units)
+    core.handle(packets(session, units))
+    core.handle([SessionEnded(session, "stop")])
+    assert disk.close(timeout=30)
+    rows = index.all_segments("cam")
+    assert len(rows) == 3 and sum(r.frames for r in rows) == len(units)
+    assert core.segments_written == 3 and core.bytes_written == sum(r.bytes for r in rows)
+    for row in rows:
+        assert hashlib.sha256((root / row.path).read_bytes()).hexdigest() == row.sha256
+        assert len(ffprobe_frames(root / row.path)) == row.frames
