@@ -77,10 +77,11 @@ class AlarmType(StrEnum):
     LOW_FPS = "low_fps"
     RECORDING_STALLED = "recording_stalled"
     DISK_FULL = "disk_full"
+    ARCHIVE_BACKLOG = "archive_backlog"  # segments wait for the off-site archive too long (recorder/archive.py)
 
 
-CAMERA_ALARMS = tuple(t for t in AlarmType if t is not AlarmType.DISK_FULL)
-STORAGE_ALARMS = (AlarmType.DISK_FULL,)
+STORAGE_ALARMS = (AlarmType.DISK_FULL, AlarmType.ARCHIVE_BACKLOG)
+CAMERA_ALARMS = tuple(t for t in AlarmType if t not in STORAGE_ALARMS)
 
 
 class Severity(StrEnum):

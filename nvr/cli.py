@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reason", required=True, help="why this evidence is exported")
     export.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
 
-    from nvr import access_cli
+    from nvr import access_cli, archive_cli
 
     access_cli.add_parsers(commands, _add_config)
+    archive_cli.add_parsers(commands, _add_config)
 
     console = commands.add_parser("console", help="run the central monitoring console for many stations")
     _add_config(console)
@@ -108,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
-    from nvr import access_cli
+    from nvr import access_cli, archive_cli
 
+    if args.command in archive_cli.COMMANDS:
+        return archive_cli.run(args, load_config_or_exit(args.config))
     if args.command == "console":
         return _console(args.config, args.check)
     if args.command in access_cli.COMMANDS:

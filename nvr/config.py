@@ -218,9 +218,7 @@ class Webhook(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        check_http_url(value)
         return value
 
 
@@ -364,6 +362,66 @@ class Camera(_Model):
         return secrets.redact_url(self.url)
 
 
+class LockMode(StrEnum):
+    COMPLIANCE = "compliance"
+    GOVERNANCE = "governance"
+
+
+class Archive(_Model):
+    """The off-site write-once archive on S3 object storage with Object Lock (recorder/archive.py)."""
+
+    endpoint: str = Field(description="http(s)://host[:port] of the S3 service")
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="S3 bucket name")]
+    region: Annotated[str, Field(min_length=1, max_length=64)] = "default"
+    access_key: Annotated[str, Field(min_length=1, max_length=256, description="${NAME}: the S3 access key id")]
+    secret_key: Annotated[str, Field(min_length=1, max_length=1024, description="${NAME}: the S3 secret key")]
+    ca: Path | None = Field(default=None, description="PEM CA bundle that signs the store's certificate")
+    lock_mode: LockMode = Field(default=LockMode.COMPLIANCE, description="S3 Object Lock mode of each version")
+    lock_days: Annotated[int, Field(ge=1, le=36500, description="Each version is locked at least this long")] = 31
+    prefix: Annotated[
+        str, Field(pattern=r"^([A-Za-z0-9._-]+/)*$", max_length=200, description="Key prefix, '' or ending in '/'")
+    ] = ""
+    max_upload_mbit_per_second: Annotated[
+        float, Field(ge=0, le=100_000, description="Upload bandwidth bound in Mbit/s; 0: unbounded")
+    ] = 0
+    backlog_alarm_seconds: Annotated[
+        float, Field(gt=0, le=30 * 86400, description="archive_backlog opens when the oldest unarchived segment "
+                                                      "closed longer ago than this")
+    ] = 900
+    timeout_seconds: Annotated[float, Field(gt=0, le=600, description="Connect and read timeout per request")] = 20
+    retry_initial_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    scan_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="How often the index is looked at for newly closed segments")
+    ] = 2.0
+    verify_uploads: bool = Field(default=True, description="Read each uploaded version back and hash it once")
+    tiered_retention: bool = Field(
+        default=True, description="Under disk pressure delete archived and verified segments first"
+    )
+    pressure_deletes_unarchived: bool = Field(
+        default=True, description="When no archived segment is left, disk pressure may still delete unarchived "
+                                  "footage (oldest first); false: keep it and raise disk_full"
+    )
+    cache_mb: Annotated[
+        float, Field(ge=16, le=1 << 24, description="Local cache of segments fetched back from the archive")
+    ] = 2048
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        parts = check_http_url(value)
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials: use access_key and secret_key")
+        return value
+
+    @field_validator("ca")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
 class Config(_Model):
     station: Station
     storage: Storage = Storage()
@@ -375,6 +433,7 @@ class Config(_Model):
     recordings: Recordings = Recordings()
     auth: Auth = Auth()
     log: Log = Log()
+    archive: Archive | None = None
     cameras: list[Camera] = Field(default_factory=list)
 
     @field_validator("cameras")
@@ -412,6 +471,14 @@ def split_host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         return "", 0
     return host.strip("[]"), int(port)
+
+
+def check_http_url(value: str) -> urllib.parse.SplitResult:
+    """Raise ValueError unless ``value`` is an http(s) URL with a host."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return parts
 
 
 def check_rtsp_url(value: str) -> None:
@@ -471,6 +538,7 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
     data, lines, problems = read_yaml(text, source)
 
     problems += _literal_passwords(data, source, lines)
+    problems += _literal_archive_keys(data, source, lines)
     data = _substitute(data, (), environ, problems, source, lines)
     problems += _duplicate_camera_ids(data, source, lines)
     try:
@@ -483,6 +551,9 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
         for url in (camera.url, camera.live_url):
             if url:
                 _register_url_secret(url)
+    if config.archive is not None:
+        secrets.register(config.archive.access_key)
+        secrets.register(config.archive.secret_key)
     return config
 
 
@@ -531,6 +602,23 @@ def _literal_passwords(data: dict[str, Any], source: str, lines: dict[tuple[str 
                     f"{_where(source, lines, path)}: {format_path(path)}: a literal password is not allowed; "
                     "write ${NAME} and provide NAME as an environment variable or a systemd credential"
                 )
+    return problems
+
+
+def _literal_archive_keys(data: dict[str, Any], source: str, lines: Lines) -> list[str]:
+    """The archive's keys come only from ${NAME} references, like camera passwords."""
+    archive = data.get("archive")
+    if not isinstance(archive, dict):
+        return []
+    problems = []
+    for key in ("access_key", "secret_key"):
+        value = archive.get(key)
+        if isinstance(value, str) and value and not _ONLY_REFS.match(value):
+            path = ("archive", key)
+            problems.append(
+                f"{_where(source, lines, path)}: {format_path(path)}: a literal key is not allowed; "
+                "write ${NAME} and provide NAME as an environment variable or a systemd credential"
+            )
     return problems
 
 

@@ -24,6 +24,7 @@ from nvr.config import Camera, Config, Web
 from nvr.health_monitor import HealthMonitor
 from nvr.timeutil import iso
 from recorder import checkpoint as checkpoints
+from recorder.archive import Archiver
 from recorder.export_jobs import ExportLimits, ExportQueue
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.keys import StationKey
@@ -85,6 +86,7 @@ class Daemon:
         self.storage_error: str | None = None
         self.key: StationKey | None = None
         self.exports: ExportQueue | None = None
+        self.archiver: Archiver | None = None  # the off-site archive (recorder/archive.py), when configured
         self._checkpoint_lock = asyncio.Lock()
         for camera in config.cameras:
             self.cameras[camera.id] = self._build_camera(camera)
@@ -140,6 +142,8 @@ class Daemon:
         # A connection and thread of its own: a long sweep never delays a recorder's segment close.
         self.retention = Retention(self.root, storage, SegmentIndex(self.root / INDEX_FILE, name="retention"),
                                    on_delete=self._audit_deletion)
+        if self.config.archive is not None:
+            await self._start_archive(self.retention)
         self.spawn("retention", self.retention.run)
         self.key = await asyncio.to_thread(StationKey.load_or_create, self.root)
         log.info("station signing key %s", self.key.fingerprint)
@@ -176,6 +180,20 @@ class Daemon:
                 self.spawn(f"recorder:{runtime.config.id}", runtime.recorder.run)
         log.info("recording into %s", self.root)
         return True
+
+    async def _start_archive(self, retention: Retention) -> None:
+        """Upload closed segments to the archive, and let retention delete archived copies first under pressure."""
+        from recorder.archive import ArchiveCollector, archived_and_verified
+
+        config = self.config.archive
+        assert config is not None
+        self.archiver = Archiver(self.root, self.config.station.id, config, self.health.alarms)
+        await self.archiver.open()  # creates its tables before retention looks at them
+        self.health.registry.register(ArchiveCollector(self.archiver))
+        if config.tiered_retention:
+            retention.archived_first = lambda limit: archived_and_verified(retention.index.db, limit)
+        retention.pressure_deletes_unarchived = config.pressure_deletes_unarchived
+        self.spawn("archiver", self.archiver.run)
 
     async def _audit_start(self) -> None:
         """Record the start, and a config change since the last recorded start (by the file's hash)."""
@@ -319,6 +337,8 @@ class Daemon:
                 runtime.recorder.stop()
         if self.retention is not None:
             self.retention.stop()
+        if self.archiver is not None:
+            self.archiver.stop()
         # Sources and recorders finish by themselves (closing and indexing the
         # open segments); the rest (queues, monitors) is cancelled after them.
         finishing = {t for t in self._tasks if t.get_name().startswith(_FINISH_BY_THEMSELVES)}
@@ -349,6 +369,8 @@ class Daemon:
             await asyncio.to_thread(self.index.close)
         if self.retention is not None:
             await asyncio.to_thread(self.retention.index.close)
+        if self.archiver is not None:
+            await self.archiver.close()
         await self._audit_stop()
 
     async def _audit_stop(self) -> None:

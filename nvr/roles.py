@@ -36,20 +36,23 @@ class Permission(StrEnum):
     HOLDS = "holds"
     AUDIT = "audit"  # read the audit log
     CHECKPOINTS = "checkpoints"  # the station's signed checkpoints, collected by a witness (the console)
+    ARCHIVE = "archive"  # the off-site archive's state and backlog
 
 
 _ALL_SIGNED_IN = {Permission.SELF, Permission.CAMERAS, Permission.ALARMS}
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MONITOR: frozenset(_ALL_SIGNED_IN | {Permission.LIVE}),
-    Role.TECHNICIAN: frozenset(_ALL_SIGNED_IN | {Permission.LIVE_SESSIONS, Permission.HEALTH, Permission.METRICS}),
+    Role.TECHNICIAN: frozenset(
+        _ALL_SIGNED_IN | {Permission.LIVE_SESSIONS, Permission.HEALTH, Permission.METRICS, Permission.ARCHIVE}
+    ),
     Role.AUDITOR: frozenset(
         _ALL_SIGNED_IN
         | {Permission.RECORDINGS, Permission.COVERAGE, Permission.EXPORTS, Permission.HOLDS, Permission.AUDIT,
-           Permission.CHECKPOINTS}
+           Permission.CHECKPOINTS, Permission.ARCHIVE}
     ),
     Role.ADMIN: frozenset(Permission),
-    Role.CENTRAL: frozenset(_ALL_SIGNED_IN | {Permission.LIVE, Permission.CHECKPOINTS}),
+    Role.CENTRAL: frozenset(_ALL_SIGNED_IN | {Permission.LIVE, Permission.CHECKPOINTS, Permission.ARCHIVE}),
 }
 
 

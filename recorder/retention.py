@@ -39,6 +39,11 @@ class Retention:
                  on_delete: Callable[[SegmentRecord, str], None] | None = None,
                  free_other: Callable[[float], int] | None = None) -> None:
         self.root = root
+        # Tiered retention (recorder/archive.py): under disk pressure, segments this returns (archived and
+        # read back, oldest first) go before any other, even before retention_days; on retention's thread.
+        self.archived_first: Callable[[int], list[SegmentRecord]] | None = None
+        # False: with the archive on, pressure never deletes what is not archived (disk_full instead).
+        self.pressure_deletes_unarchived = True
         # Asked to free space by other means (export packages, which are copies) before any footage
         # goes: called on retention's thread with the free percentage wanted.
         self.free_other = free_other
@@ -94,14 +99,20 @@ class Retention:
                 log.error("freeing export packages failed", exc_info=True)
         full = False
         while free < self.storage.min_free_percent:
-            batch = self.index.oldest_unprotected(limit=20)
+            archived = self.archived_first(20) if self.archived_first is not None else []
+            if archived:
+                batch, kind = archived, "disk pressure (archived and verified copy kept off-site)"
+            elif self.pressure_deletes_unarchived:
+                batch, kind = self.index.oldest_unprotected(limit=20), "disk pressure"
+            else:
+                batch, kind = [], "disk pressure"
             if not batch:
                 full = True
                 break
             for record in batch:
                 # statvfs after each deletion is a cheap syscall, and on retention's own thread it delays nobody.
                 by_pressure += self._delete(
-                    record, f"disk pressure: {free:.1f}% free < {self.storage.min_free_percent:g}%")
+                    record, f"{kind}: {free:.1f}% free < {self.storage.min_free_percent:g}%")
                 free = self.free_percent()
                 if free >= self.storage.min_free_percent:
                     break

@@ -111,9 +111,24 @@ weird_text = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_fro
     "", " ", "\x00", "../../etc/passwd", "%2e%2e%2f", "hall", "cell", "no-such-camera", "hall\x00", "*", "a" * 5000,
     "2026-01-01T00:00:00Z", "2026-13-45T99:99:99Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z",
     "1970-01-01T00:00:00+25:00", "2026-03-29T01:30:00+01:00", "NaN", "inf", "-1", "1e309", "99999999999999999999",
+    "9" * 5000, "\u00b2", "\u0663", "0x10", "+5", " 5",
 ])
 times = st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2030-01-01T00:00:00Z",
                          "1970-01-01T00:00:00Z"]) | weird_text
+
+
+numbers = st.integers(min_value=-(2**70), max_value=2**70).map(str) | st.sampled_from([
+    "0", "1", "1000", "1001", "\u00b2", "\u0663", "\uff11", "9" * 5000, "1e3", "0x10", "-0", "1_000", "１",
+])
+
+
+def query_value(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    """A query parameter's text: numbers for integers (Unicode digits, 5,000 digits), times for times."""
+    if schema.get("type") == "integer":
+        return numbers | weird_text
+    if schema.get("format") == "date-time":
+        return times
+    return weird_text
 
 
 def value_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -186,7 +201,7 @@ def test_fuzzed_query_and_path_parameters_on_every_route(target: Target, data: s
         concrete = path
         query = {}
         for parameter in parameters:
-            value = data.draw(weird_text, label=parameter["name"])
+            value = data.draw(query_value(parameter.get("schema", {})), label=parameter["name"])
             if parameter["in"] == "path":
                 concrete = concrete.replace("{" + parameter["name"] + "}", urllib.parse.quote(value, safe="") or "x")
             elif data.draw(st.booleans()):

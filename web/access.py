@@ -85,6 +85,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/api/holds"): P.HOLDS,
     ("DELETE", "/api/holds/{hold_id}"): P.HOLDS,
     ("GET", "/api/audit"): P.AUDIT,
+    ("GET", "/api/archive"): P.ARCHIVE,  # the off-site archive's backlog (issue 19)
     # The central console (``nvr console``, issue 8): its fleet view and the live relay to stations.
     ("GET", "/api/fleet"): P.CAMERAS,
     ("GET", "/api/fleet/alarms"): P.ALARMS,

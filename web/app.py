@@ -78,6 +78,9 @@ def create_app(daemon: Daemon) -> web.Application:
     from web import recordings
 
     recordings.setup(app)
+    from web import archive_api
+
+    archive_api.add_routes(app)
     from web import access
 
     access.setup(app, daemon)  # last: its middleware runs inside json_errors

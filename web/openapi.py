@@ -72,6 +72,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                           query={"camera": _ID, **_RANGE}),
     ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation("An MP4 clip, streamed", query=_RANGE),
     ("GET", "/api/key"): Operation("The station's public key"),
+    ("GET", "/api/checkpoints"): Operation("The station's signed checkpoints, for a witness", query={
+        "after": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
     ("POST", "/api/exports"): Operation("Queue a signed evidence export", json_body=_object(
         ["cameras", "start", "end", "reason"], cameras={"type": "array", "items": _ID, "minItems": 1},
         start=_TIME, end=_TIME, reason={"type": "string", "minLength": 1})),
@@ -82,6 +84,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ["camera", "start", "end", "reason"], camera=_ID, start=_TIME, end=_TIME,
         reason={"type": "string", "minLength": 1})),
     ("DELETE", "/api/holds/{hold_id}"): Operation("Release a hold"),
+    ("GET", "/api/archive"): Operation("The off-site archive: state, reason, backlog (segments, bytes, oldest age)"),
     ("GET", "/api/audit"): Operation("The audit log", query={
         "user": {"type": "string"}, "action": {"type": "string"}, "since": _TIME, "until": _TIME,
         "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}),
@@ -91,6 +94,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): Operation(
         "WHEP through the console", body_type="application/sdp"),
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): Operation("End a relayed live session"),
+    ("GET", "/api/stations/{station_id}/checkpoints"): Operation("What the console witnessed of a station",
+                                                                 query={"since": _TIME}),
+    ("GET", "/api/keyring"): Operation("Every station key the console has seen"),
 }
 
 _PARAM = re.compile(r"\{(\w+)\}")

@@ -324,9 +324,10 @@ async def list_checkpoints(request: web.Request) -> web.Response:
         # Checkpoints name every camera's chain head: only identities that may see every camera.
         raise api_error(web.HTTPForbidden, "cameras_restricted", "checkpoints cover every camera")
     raw_after, raw_limit = request.query.get("after", "0"), request.query.get("limit", "500")
-    if not raw_after.isdigit() or len(raw_after) > 18:
+    # ASCII digits only, and short: '²' passes isdigit() but not int(), and int() refuses 4,300+ digits.
+    if not raw_after.isascii() or not raw_after.isdigit() or len(raw_after) > 18:
         raise bad_request("after", "must be a checkpoint sequence number (0 for all)")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 4 or not 1 <= int(raw_limit) <= 1000:
         raise bad_request("limit", "must be 1..1000")
     index = require_index(request)
     if daemon.key is None:
