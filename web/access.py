@@ -222,8 +222,9 @@ async def _session_purger(app: web.Application) -> AsyncIterator[None]:
 
 async def _stream_watch(app: web.Application) -> AsyncIterator[None]:
     access = app[ACCESS]
-    async for _ in access.watch.running():
-        yield
+    access.watch.start()
+    yield
+    await access.watch.stop()
     access.password_pool.shutdown(wait=False, cancel_futures=True)
 
 

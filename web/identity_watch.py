@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nvr.authdb import AuthDatabase, digest
@@ -64,6 +64,7 @@ class IdentityWatch:
         self.interval = interval
         self._watched: dict[IdentityKey, set[_Watched]] = {}
         self._closing: set[asyncio.Future[object]] = set()
+        self._task: asyncio.Task[None] | None = None
         self.closed_total = 0
 
     def watch(self, who: Identity | None, what: str, close: Closer) -> Callable[[], None]:
@@ -139,9 +140,14 @@ class IdentityWatch:
                     log.info("checking the identities of open streams works again")
                 failing = False
 
-    async def running(self) -> AsyncIterator[None]:
-        """For an app's ``cleanup_ctx``: the check loop runs while the app does."""
-        task = asyncio.get_running_loop().create_task(self.run(), name="identity-watch")
-        yield
-        task.cancel()
-        await asyncio.gather(task, *self._closing, return_exceptions=True)
+    def start(self) -> None:
+        """Run the check loop (idempotent); :meth:`stop` ends it."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="identity-watch")
+
+    async def stop(self) -> None:
+        """End the check loop and wait for streams being closed. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        await asyncio.gather(*(t for t in (task,) if t is not None), *self._closing, return_exceptions=True)
