@@ -54,6 +54,8 @@ async def test_twenty_concurrent_guesses_evaluate_at_most_three_and_the_right_on
         assert len(failed) <= 3, f"{len(failed)} passwords were checked with a limit of 3"
         # Another user, from the same address, still signs in.
         assert (await station.login("auditor1"))[0] == 200
+        _, metrics, _ = await station.request("GET", "/metrics", headers=station.auth("technician"))
+        assert f'nvr_logins_refused_total{{reason="locked"}} {statuses.count(429)}.0'.encode() in metrics
 
 
 async def test_a_sign_in_flood_waits_in_its_own_pool_and_the_default_executor_stays_free(tmp_path: Path) -> None:
@@ -87,6 +89,9 @@ async def test_six_concurrent_offers_with_a_limit_of_two_open_two_sessions(tmp_p
         assert all(is_json_error(body, "too_many_sessions") for status, body, _ in results if status == 503)
         relay = station.server.app[WHEP]
         assert len(relay.sessions) == 2 and relay.slots.in_use == 2
+        _, metrics, _ = await station.request("GET", "/metrics", headers=station.auth("technician"))
+        assert b'nvr_live_sessions_refused_total{reason="total"} 4.0' in metrics
+        assert b"nvr_live_sessions 2.0" in metrics
         # Ending one frees exactly one slot.
         sid = next(s for status, _, s in results if status == 201)
         assert (await station.request("DELETE", f"/api/whep/sessions/{sid}", headers=station.auth("monitor")))[0] == 204

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -84,7 +85,22 @@ def create_app(daemon: Daemon) -> web.Application:
     from web import access
 
     access.setup(app, daemon)  # last: its middleware runs inside json_errors
+    app.cleanup_ctx.append(_limit_metrics)
     return app
+
+
+async def _limit_metrics(app: web.Application) -> AsyncIterator[None]:
+    """The limits' series (web/limits_metrics.py) in the daemon's registry while this app runs."""
+    from web.access import ACCESS
+    from web.limits_metrics import LimitsCollector
+    from web.whep import WHEP
+
+    access = app[ACCESS]
+    collector = LimitsCollector(app[WHEP].slots, access.event_streams, access.throttle, access.watch)
+    registry = app[DAEMON].health.registry
+    registry.register(collector)
+    yield
+    registry.unregister(collector)
 
 
 async def healthz(request: web.Request) -> web.Response:

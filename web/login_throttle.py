@@ -19,7 +19,7 @@ The number of tracked keys is bounded.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -82,6 +82,7 @@ class LoginThrottle:
         self.lockout = lockout_seconds
         self.max_pending = max_pending
         self.pending = 0
+        self.refused: Counter[str] = Counter()  # "locked" (a name or address over its limit), "busy"
         self._users: dict[str, _Track] = {}
         self._addresses: dict[str, _Track] = {}
 
@@ -97,9 +98,11 @@ class LoginThrottle:
         user = user.lower()
         wait = self.retry_after(user, address, now)
         if wait > 0:
+            self.refused["locked"] += 1
             raise LimitReached(429, "login_locked", f"too many failed logins; try again in {wait:.0f} s",
                                retry_after=int(wait) + 1)
         if self.pending >= self.max_pending:
+            self.refused["busy"] += 1
             raise LimitReached(503, "login_busy", "too many sign-ins are being checked at once; try again shortly",
                                retry_after=1)
         tracks = ((self._users, user, self.max_per_user), (self._addresses, address, self.max_per_address))
@@ -109,6 +112,7 @@ class LoginThrottle:
                 self._expire(track, now)
                 if len(track.failures) + track.pending >= limit:
                     # The attempts already being checked would use up the limit if they all fail.
+                    self.refused["locked"] += 1
                     raise LimitReached(429, "login_locked", "too many sign-in attempts at once; try again in 1 s",
                                        retry_after=1)
         for table, key, _ in tracks:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from types import TracebackType
 
+REFUSALS = ("total", "per_user")  # which limit refused a slot (the metrics' reason label)
+
 
 class LimitReached(Exception):
     """A request over a limit; carries the HTTP status and the stable error code."""
@@ -62,16 +64,16 @@ class Slots:
         self.per_user = per_user
         self.in_use = 0
         self.by_user: Counter[str] = Counter()
-        self.refused_total = 0
+        self.refused: Counter[str] = Counter()  # by REFUSALS
 
     def take(self, user: str) -> Slot:
         """A slot for ``user``, or :class:`LimitReached` (no await in between: race-free)."""
         if self.in_use >= self.total:
-            self.refused_total += 1
+            self.refused["total"] += 1
             raise LimitReached(503, f"too_many_{self.code}",
                                f"at most {self.total} {self.noun} at once; try again later", retry_after=5)
         if self.by_user[user] >= self.per_user:
-            self.refused_total += 1
+            self.refused["per_user"] += 1
             raise LimitReached(429, f"too_many_{self.code}_per_user",
                                f"at most {self.per_user} {self.noun} per user at once; close one first",
                                retry_after=5)
