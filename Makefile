@@ -52,7 +52,8 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check nvr streams recorder web tests bench sim
-	$(VENV)/bin/mypy nvr streams recorder web
+	$(VENV)/bin/mypy nvr streams recorder web central
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .system.stamp demo-data .pytest_cache

@@ -13,7 +13,7 @@ Routes (documented in README, "Central console"):
 
 Users, sessions, tokens, CSRF, the limits on sign-ins and event feeds and the
 identity watch that ends streams are the station's own code (:mod:`web.access`,
-:mod:`nvr.authdb`, :mod:`nvr.audit`, :mod:`web.identity_watch`) over the
+:mod:`nvr.identity.authdb`, :mod:`nvr.identity.audit`, :mod:`web.identity_watch`) over the
 console's database.  Camera allow-lists name cameras ``STATION/CAMERA``
 (:func:`web.access.may_see`).
 """
@@ -36,9 +36,9 @@ from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay, RelayedSess
 from central.station_link import StationError, StationLink
 from central.witness import WITNESS_FILE, Witness
 from nvr import __version__
-from nvr.audit import AuditLog
-from nvr.authdb import AuthDatabase
-from nvr.roles import Role
+from nvr.identity.audit import AuditLog
+from nvr.identity.authdb import AuthDatabase
+from nvr.identity.roles import Role
 from web.app import api_error, error_response, json_errors, read_body
 from web.slots import LimitReached
 
@@ -82,7 +82,7 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
     app.on_shutdown.append(_close_streams)
     witness.setup(app, runtime.witness, runtime.config.console.id,
                   {s.id: s.name or s.id for s in runtime.config.stations})
-    access.setup(app, runtime)  # type: ignore[arg-type]  # reads .auth, .audit, .config.auth, .config.web
+    access.setup(app, runtime)  # an AccessPort: .auth, .audit, .config.auth, .config.web
     return app
 
 

@@ -1,9 +1,9 @@
 """The central console's configuration (``console.yaml``): parsed once, fully validated, frozen.
 
-It is loaded with the station config's machinery (:mod:`nvr.config`): every
+It is loaded with the station config's machinery (:mod:`nvr.base.config`): every
 error names ``file:line: yaml.path``, ``${NAME}`` is replaced from the
 environment or systemd credentials, and every station token is registered
-with :mod:`nvr.secrets` so that it is masked in logs, errors and API answers.
+with :mod:`nvr.base.secrets` so that it is masked in logs, errors and API answers.
 A station token must be a ``${NAME}`` reference, never written literally.
 """
 
@@ -17,9 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from nvr import secrets
-from nvr.authdb import AuthError
-from nvr.config import (
+from nvr.base import secrets
+from nvr.base.config import (
     _ONLY_REFS,
     Auth,
     Backoff,
@@ -36,8 +35,9 @@ from nvr.config import (
     read_yaml,
     split_host_port,
 )
+from nvr.identity.authdb import AuthError
 
-_CAMERA_ID = re.compile(r"^[a-z0-9_-]{1,64}$")  # as nvr.config.Camera.id
+_CAMERA_ID = re.compile(r"^[a-z0-9_-]{1,64}$")  # as nvr.base.config.Camera.id
 
 
 class ConsoleSection(_Model):

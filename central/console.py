@@ -1,7 +1,7 @@
 """``nvr console``: wiring and lifecycle of the central console (no cameras, no footage).
 
 :class:`Console` is what :func:`nvr.service.run` runs for the console, as
-:class:`nvr.daemon.Daemon` is for a station: the same runner gives both TLS,
+:class:`nvr.station.Daemon` is for a station: the same runner gives both TLS,
 connection limits, signals, systemd readiness and the watchdog.
 """
 
@@ -12,7 +12,7 @@ import logging
 
 from central.app import ConsoleRuntime
 from central.config import ConsoleConfig
-from nvr.config import Web
+from nvr.base.config import Web
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from central.config import ConsoleConfig
 from central.station_link import Reachability, StationAlarm, StationLink
 from central.witness import Witness
-from nvr.roles import Identity
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
+from nvr.identity.roles import Identity
 from web.access import may_see, station_camera
 
 log = logging.getLogger(__name__)

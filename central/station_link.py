@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from central.config import Follow, StationLinkConfig
 from central.witness import Witness
-from nvr import secrets
-from nvr.timeutil import iso
+from nvr.base import secrets
+from nvr.base.timeutil import iso
 
 log = logging.getLogger(__name__)
 

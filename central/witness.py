@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from nvr.base.sqlite_worker import SqliteWorker, connect
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.checkpoint import FILE_FORMAT, CheckpointError, Envelope, open_envelope
 from recorder.keys import fingerprint, load_public
 from recorder.trust import KeyringEntry, keyring_document
@@ -167,7 +167,7 @@ async def station_checkpoints(request: web.Request) -> web.Response:
     since = None
     raw = request.query.get("since")
     if raw:
-        from nvr.timeutil import parse_iso
+        from nvr.base.timeutil import parse_iso
 
         try:
             since = parse_iso(raw)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from nvr import config as configmod
+from nvr.base import config as configmod
 
 COMMANDS = ("check-archive", "verify-archive")
 EXIT_PROBLEM = 1
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, config: configmod.Config) -> int:
 
 
 def _verify(args: argparse.Namespace, config: configmod.Config, store: object) -> int:
-    from nvr.timeutil import parse_iso
+    from nvr.base.timeutil import parse_iso
     from recorder.archive import ArchiveIndex
     from recorder.archive_store import ArchiveStore
     from recorder.storage import INDEX_FILE

@@ -7,8 +7,9 @@ import asyncio
 import sys
 from typing import Any
 
-from nvr import __version__, logsetup
-from nvr import config as configmod
+from nvr import __version__
+from nvr.base import config as configmod
+from nvr.base import logsetup
 
 EXIT_CONFIG = 2
 
@@ -53,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reason", required=True, help="why this evidence is exported")
     export.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
 
-    from nvr import access_cli, archive_cli
+    from nvr import archive_cli
+    from nvr.identity import accounts_cli
 
-    access_cli.add_parsers(commands, _add_config)
+    accounts_cli.add_parsers(commands, _add_config)
     archive_cli.add_parsers(commands, _add_config)
 
     console = commands.add_parser("console", help="run the central monitoring console for many stations")
@@ -109,17 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
-    from nvr import access_cli, archive_cli
+    from nvr import archive_cli
+    from nvr.identity import accounts_cli
 
     if args.command in archive_cli.COMMANDS:
         return archive_cli.run(args, load_config_or_exit(args.config))
     if args.command == "console":
         return _console(args.config, args.check)
-    if args.command in access_cli.COMMANDS:
+    if args.command in accounts_cli.COMMANDS:
         # The central console has users, tokens and an audit log of its own: same commands, its file.
         if _is_console_file(args.config):
-            return access_cli.run(args, _load_console_or_exit(args.config))
-        return access_cli.run(args, load_config_or_exit(args.config))
+            return accounts_cli.run(args, _load_console_or_exit(args.config))
+        return accounts_cli.run(args, load_config_or_exit(args.config))
     if args.command in ("key", "verify-storage", "export"):
         config = load_config_or_exit(args.config)
         return _storage_command(args, config)
@@ -129,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         from nvr import service
-        from nvr.daemon import Daemon
+        from nvr.station import Station
         from web.app import create_app
 
-        daemon = Daemon(config, Path(args.config).resolve())
-        asyncio.run(service.run(daemon, lambda: create_app(daemon)))
+        station = Station(config, Path(args.config).resolve())
+        asyncio.run(service.run(station, lambda: create_app(station)))
         return 0
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
 
@@ -217,7 +220,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
     import time
     from pathlib import Path
 
-    from nvr.timeutil import parse_iso
+    from nvr.base.timeutil import parse_iso
     from recorder.export import ExportError, ExportRequest, build_package
     from recorder.index import SegmentIndex
     from recorder.keys import StationKey

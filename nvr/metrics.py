@@ -1,4 +1,4 @@
-"""Prometheus metrics of one daemon, in a registry of its own (never the global one).
+"""Prometheus metrics of one station, in a registry of its own (never the global one).
 
 The numbers are owned by the components that know them (sources, readers,
 recorders, retention, health, webhooks) and kept there as plain attributes;
@@ -10,31 +10,47 @@ no credential can reach a scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nvr.alarms import CAMERA_ALARMS, STORAGE_ALARMS
+from nvr.base.config import Config
+from nvr.health.alarms import CAMERA_ALARMS, STORAGE_ALARMS
+from nvr.health.monitor import HealthMonitor
+from nvr.recording import RecordingService
+from recorder.archive import ArchiveCollector
+from streams.camera import CameraStreams
 from streams.rtsp_source import SourceState
 
-if TYPE_CHECKING:
-    from nvr.daemon import Daemon
-    from nvr.health_monitor import HealthMonitor
-    from web.conn_limits import ConnectionCounts
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+class Measured(Protocol):
+    """What the collector reads of the station (declared here: the station imports this module)."""
 
+    @property
+    def config(self) -> Config: ...
 
-class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon, health: HealthMonitor) -> None:
-        self.daemon = daemon
-        self.health = health
+    @property
+    def cameras(self) -> Mapping[str, CameraStreams]: ...
+
+    @property
+    def health(self) -> HealthMonitor: ...
+
+    @property
+    def recording(self) -> RecordingService: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+class StationCollector(Collector):
+    def __init__(self, station: Measured) -> None:
+        self.station = station
 
     def collect(self) -> Iterator[Metric]:
-        daemon, health = self.daemon, self.health
+        station = self.station
+        health, recorded = station.health, station.recording
         up = GaugeMetricFamily("nvr_camera_up", "1 while the camera's main stream delivers packets", labels=["camera"])
         # Join on camera to route alerts by zone (holding cells first) and show names.
         info = GaugeMetricFamily(
@@ -72,7 +88,7 @@ class DaemonCollector(Collector):
         )
 
         store = health.alarms
-        for camera_id, runtime in daemon.cameras.items():
+        for camera_id, runtime in station.cameras.items():
             status = runtime.source.status()
             up.add_metric([camera_id], 1.0 if status.state is SourceState.ONLINE else 0.0)
             info.add_metric([camera_id, runtime.config.zone.value, runtime.config.name], 1.0)
@@ -84,7 +100,7 @@ class DaemonCollector(Collector):
             received.add_metric([camera_id], status.bytes)
             garbage.add_metric([camera_id], status.garbage_packets)
             state_since.add_metric([camera_id], status.changed_at)
-            recorder = runtime.recorder
+            recorder = recorded.recorders.get(camera_id)
             segments.add_metric([camera_id], recorder.core.segments_written if recorder else 0)
             written.add_metric([camera_id], recorder.core.bytes_written if recorder else 0)
             recording.add_metric([camera_id], 1.0 if recorder is not None and recorder.recording else 0.0)
@@ -128,18 +144,19 @@ class DaemonCollector(Collector):
         )
 
         storage_ok = GaugeMetricFamily("nvr_storage_ok", "1 if the storage was accepted and recording can run")
-        storage_ok.add_metric([], 1.0 if daemon.index is not None else 0.0)
+        storage_ok.add_metric([], 1.0 if recorded.index is not None else 0.0)
         free = GaugeMetricFamily("nvr_storage_free_bytes", "Free bytes on the recording storage")
         total = GaugeMetricFamily("nvr_storage_size_bytes", "Size of the recording storage")
         free_bytes, total_bytes = health.storage_space
         free.add_metric([], free_bytes)
         total.add_metric([], total_bytes)
         warn = GaugeMetricFamily("nvr_storage_free_warning_ratio", "Configured 'disk nearly full' threshold (0..1)")
-        warn.add_metric([], daemon.config.health.storage_free_warning_percent / 100.0)
+        warn.add_metric([], station.config.health.storage_free_warning_percent / 100.0)
         full = GaugeMetricFamily("nvr_storage_disk_full", "1 while only protected footage is left on a full disk")
-        full.add_metric([], 1.0 if daemon.retention is not None and daemon.retention.disk_full else 0.0)
+        storage = recorded.status()
+        full.add_metric([], 1.0 if storage.disk_full else 0.0)
         deleted = CounterMetricFamily("nvr_retention_deleted_segments", "Segments deleted by retention or pressure")
-        deleted.add_metric([], daemon.retention.deleted_total if daemon.retention is not None else 0)
+        deleted.add_metric([], storage.deleted_total)
         yield from (storage_ok, free, total, warn, full, deleted)
 
         hooks_delivered = CounterMetricFamily("nvr_webhook_deliveries", "Alarm changes delivered", labels=["webhook"])
@@ -157,48 +174,14 @@ class DaemonCollector(Collector):
         yield from (hooks_delivered, hooks_failed, hooks_dropped, hooks_queued)
 
         started = GaugeMetricFamily("nvr_start_time_seconds", "When the daemon started")
-        started.add_metric([], daemon.started_at)
+        started.add_metric([], station.started_at)
         yield started
+        if recorded.archiver is not None:
+            yield from ArchiveCollector(recorded.archiver).collect()
 
 
-class ConnectionCollector(Collector):
-    """The web server's connection limits (``web.conn_limits``): registered once it listens."""
-
-    def __init__(self, counts: ConnectionCounts) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterator[Metric]:
-        counts = self.counts
-        open_ = GaugeMetricFamily("nvr_http_connections", "Open HTTP connections")
-        open_.add_metric([], counts.open)
-        limit = GaugeMetricFamily(
-            "nvr_http_connections_limit", "Most HTTP connections at once: web.limits or the descriptor budget"
-        )
-        limit.add_metric([], counts.limit)
-        budget = GaugeMetricFamily(
-            "nvr_http_descriptor_budget", "Descriptors HTTP may use: the soft RLIMIT_NOFILE minus the reserve"
-        )
-        budget.add_metric([], counts.descriptor_budget)
-        refused = CounterMetricFamily(
-            "nvr_http_connections_refused", "Connections refused at accept, by limit", labels=["reason"]
-        )
-        closed = CounterMetricFamily(
-            "nvr_http_connections_closed", "Connections closed by a timeout or to make room", labels=["reason"]
-        )
-        from web.conn_limits import CLOSE_REASONS, REFUSE_REASONS
-
-        for reason in REFUSE_REASONS:
-            refused.add_metric([reason], counts.refused.get(reason, 0))
-        for reason in CLOSE_REASONS:
-            closed.add_metric([reason], counts.closed.get(reason, 0))
-        yield from (open_, limit, budget, refused, closed)
-
-
-def build_registry(daemon: Daemon, health: HealthMonitor) -> CollectorRegistry:
+def build_registry(station: Measured) -> CollectorRegistry:
+    """The station's own registry (never the global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon, health))
+    registry.register(StationCollector(station))
     return registry
-
-
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

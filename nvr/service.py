@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from nvr import systemd
-from nvr.config import Web, WebLimits
+from nvr.base import systemd
+from nvr.base.config import Web, WebLimits
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -113,8 +113,7 @@ async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl
     """
     from prometheus_client import ProcessCollector
 
-    from nvr.metrics import ConnectionCollector
-    from web.conn_limits import ConnectionLimiter, LimitedSite, body_deadline
+    from web.conn_limits import ConnectionCollector, ConnectionLimiter, LimitedSite, body_deadline
 
     limits = limits or WebLimits()
     soft = raise_nofile_limit()

@@ -39,17 +39,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from nvr.base.config import Archive
 from nvr.base.sqlite_worker import SqliteWorker, connect
-from nvr.config import Archive
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.archive_store import (
     META_CHAIN,
     META_PREV,
@@ -64,8 +64,9 @@ from recorder.archive_store import (
 from recorder.index import _UNPROTECTED, SegmentRecord, _prefixed, record_fields
 from recorder.storage import StorageError, segment_file
 
-if TYPE_CHECKING:
-    from nvr.alarms import AlarmStore
+# Told whether the backlog is past its bound, with its details (the station opens or closes the
+# archive_backlog alarm: this layer knows no alarms).
+BacklogListener = Callable[[bool, dict[str, Any]], None]
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class ArchiveStatus:
         return max(0.0, (time.time() if now is None else now) - self.oldest_ready_at)
 
     def json(self, config: Archive) -> dict[str, Any]:
-        from nvr import secrets
+        from nvr.base import secrets
 
         return {
             "enabled": True,
@@ -274,14 +275,14 @@ class _Step:
 
 
 class Archiver:
-    def __init__(self, root: Path, station: str, config: Archive, alarms: AlarmStore | None = None,
+    def __init__(self, root: Path, station: str, config: Archive, on_backlog: BacklogListener | None = None,
                  index_path: Path | None = None, store: ArchiveStore | None = None) -> None:
         from recorder.storage import INDEX_FILE
 
         self.root = root
         self.station = station
         self.config = config
-        self.alarms = alarms
+        self.on_backlog = on_backlog
         self.db = ArchiveIndex(index_path or root / INDEX_FILE)
         self._stop_flag = threading.Event()
         self.store = store or ArchiveStore(config, stopping=self._stop_flag.is_set)
@@ -338,19 +339,14 @@ class Archiver:
 
     def update_alarm(self, now: float | None = None) -> None:
         """Open archive_backlog past the bound, close it once the backlog is younger again (loop thread)."""
-        if self.alarms is None:
+        if self.on_backlog is None:
             return
-        from nvr.alarms import AlarmType, Severity
-
         status = self.status
         age = status.oldest_age(now)
         details = {"segments": status.backlog_segments, "bytes": status.backlog_bytes,
                    "oldest_age_seconds": round(age), "reason": status.reason or "",
                    "message": status.message or ""}
-        if age > self.config.backlog_alarm_seconds:
-            self.alarms.open(None, AlarmType.ARCHIVE_BACKLOG, Severity.WARNING, details)
-        else:
-            self.alarms.close(None, AlarmType.ARCHIVE_BACKLOG, details)
+        self.on_backlog(age > self.config.backlog_alarm_seconds, details)
 
     # -- the archiver's thread ------------------------------------------------------------
 

@@ -4,7 +4,7 @@ Every method here blocks (network I/O): callers run them on a thread of their
 own (the archiver's database thread, a CLI), never on the event loop.  Each
 failure becomes an :class:`ArchiveError` with a small, stable ``code`` and a
 message free of credentials (botocore never puts the secret key in one; the
-message still passes :func:`nvr.secrets.redact`).
+message still passes :func:`nvr.base.secrets.redact`).
 
 Keys encode station, camera and start: ``<prefix><station>/<camera>/<YYYY-MM-DD>/<camera>_<YYYYMMDDTHHMMSS.mmmZ>.mp4``.
 Each version carries our SHA-256, the segment's chain hash and its index
@@ -33,8 +33,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
-from nvr import secrets
-from nvr.config import Archive, LockMode
+from nvr.base import secrets
+from nvr.base.config import Archive, LockMode
 from recorder.storage import RECORDINGS
 
 log = logging.getLogger(__name__)

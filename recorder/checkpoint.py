@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.keys import StationKey, fingerprint, fingerprint_matches, load_public
 
 FORMAT = "nvr-checkpoint/1"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nvr import __version__
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import StationKey
 from recorder.search import CauseSource, search

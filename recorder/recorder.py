@@ -34,7 +34,7 @@ from pathlib import Path
 import av
 import av.error
 
-from nvr.config import Storage
+from nvr.base.config import Storage
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord
 from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter
 from streams.hub import Hub

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nvr.config import Storage
+from nvr.base.config import Storage
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.storage import StorageError, free_space, segment_file
 

@@ -14,7 +14,7 @@ never disagree about the same range.  The rules, once:
 - each gap is split where its explanation changes; explanations are
   intervals with a priority (:class:`Cause`, lower wins) supplied by the
   caller: the health layer turns alarms and daemon runs into causes
-  (:func:`nvr.coverage.causes`); without any, a gap is ``unknown``.
+  (:func:`nvr.health.coverage.causes`); without any, a gap is ``unknown``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.index import SegmentRecord
 
 JOIN_SECONDS = 0.5

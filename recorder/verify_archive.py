@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.archive import ArchivedObject
 from recorder.archive_store import META_CHAIN, META_PREV, META_SEGMENT, META_SHA256, ArchiveError, ArchiveStore
 from recorder.archive_store import decode_fields as decode_segment_fields

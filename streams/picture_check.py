@@ -4,7 +4,7 @@ Works on decoded keyframes only, downscaled to ``analysis_width`` grey pictures
 first, so the cost per camera is a keyframe decode and a few small OpenCV
 passes every ``analyse_seconds``.  :func:`decode_keyframe` and
 :meth:`PictureCheck.analyse` are blocking and are run in a thread by the
-caller (:mod:`streams.health`); nothing here touches the event loop.
+caller (:mod:`nvr.health.camera`); nothing here touches the event loop.
 
 Measures, each chosen to ignore what a normal scene does (people walking,
 light changing gradually):
@@ -37,7 +37,7 @@ import av.error
 import cv2
 import numpy as np
 
-from nvr.config import PictureChecks
+from nvr.base.config import PictureChecks
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import av.error
 from av.audio.codeccontext import AudioCodecContext
 from av.video.codeccontext import VideoCodecContext
 
-from nvr import secrets
-from nvr.config import Health, Ingest
+from nvr.base import secrets
+from nvr.base.config import Health, Ingest
 from streams import bitstream
 from streams.hub import Hub
 from streams.media import MediaPacket, Session, TrackInfo, TrackKind

@@ -48,7 +48,7 @@ def wait_until(check: Callable[[], T], timeout: float, message: str, interval: f
         time.sleep(interval)
 
 
-class Daemon:
+class StationProcess:
     """The real ``nvr run`` in a subprocess, with its log captured to a file."""
 
     def __init__(self, workdir: Path, cameras: list[dict[str, Any]], env: dict[str, str] | None = None,
@@ -80,8 +80,8 @@ class Daemon:
 
             init(self.storage, config["station"]["id"])
         # Access control is deny-by-default: requests carry an admin API token unless told otherwise.
-        from nvr.access_cli import create_token
-        from nvr.roles import Role
+        from nvr.identity.accounts_cli import create_token
+        from nvr.identity.roles import Role
 
         self.auth_db = Path(config.get("auth", {}).get("database") or self.storage / "auth.sqlite3")
         self.token = create_token(self.auth_db, "test-admin", Role.ADMIN)
@@ -94,8 +94,8 @@ class Daemon:
 
     def add_user(self, name: str, role: str, password: str, cameras: str | None = None) -> None:
         """A console user in the daemon's auth database (as ``nvr user add`` does)."""
-        from nvr.authdb import AuthDatabase
-        from nvr.roles import Role, parse_cameras
+        from nvr.identity.authdb import AuthDatabase
+        from nvr.identity.roles import Role, parse_cameras
 
         db = AuthDatabase(self.auth_db)
         try:
@@ -214,13 +214,13 @@ def cameras() -> Iterator[Callable[..., SimCamera]]:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., StationProcess]]:
+    made: list[StationProcess] = []
 
-    def make(cameras: list[dict[str, Any]], start: bool = True, **kwargs: Any) -> Daemon:
+    def make(cameras: list[dict[str, Any]], start: bool = True, **kwargs: Any) -> StationProcess:
         workdir = tmp_path / f"daemon{len(made)}"
         workdir.mkdir()
-        daemon = Daemon(workdir, cameras, **kwargs)
+        daemon = StationProcess(workdir, cameras, **kwargs)
         made.append(daemon)
         if start:
             daemon.start()

@@ -1,6 +1,6 @@
 """Helpers of the robustness suite: an in-process station on loopback and a hostile HTTP client.
 
-The station is the real :class:`~nvr.daemon.Daemon` with its real aiohttp app
+The station is the real :class:`~nvr.station.Station` with its real aiohttp app
 on a loopback port (its cameras point at a closed port, so nothing streams);
 every request is a real HTTP request over TCP, so ``asyncio.gather`` of them
 is a real race against the server.
@@ -20,10 +20,10 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from nvr.authdb import AuthDatabase
-from nvr.config import Config
-from nvr.daemon import Daemon
-from nvr.roles import Role
+from nvr.base.config import Config
+from nvr.identity.authdb import AuthDatabase
+from nvr.identity.roles import Role
+from nvr.station import Station
 from web.app import create_app
 
 PASSWORD = "correct horse battery"
@@ -49,8 +49,8 @@ def station_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 
 
 @dataclass
-class Station:
-    daemon: Daemon
+class RunningStation:
+    daemon: Station
     server: TestServer
     http: aiohttp.ClientSession
     tokens: dict[str, str]
@@ -111,7 +111,7 @@ class Station:
 
 @asynccontextmanager
 async def running_station(config: Config, restricted: dict[str, tuple[Role, frozenset[str]]] | None = None
-                          ) -> AsyncIterator[Station]:
+                          ) -> AsyncIterator[RunningStation]:
     """A started station with a token per role (plus ``restricted`` ones) and a user per role (``<role>1``)."""
     from recorder.storage import init_storage
 
@@ -123,12 +123,12 @@ async def running_station(config: Config, restricted: dict[str, tuple[Role, froz
     for role in Role:
         db.add_user(f"{role.value}1", role, PASSWORD, None)
     db.close()
-    daemon = Daemon(config)
+    daemon = Station(config)
     await daemon.start()
     server = TestServer(create_app(daemon), host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-    station = Station(daemon, server, http, tokens)
+    station = RunningStation(daemon, server, http, tokens)
     try:
         yield station
     finally:
@@ -138,7 +138,7 @@ async def running_station(config: Config, restricted: dict[str, tuple[Role, froz
         await daemon.stop()
 
 
-async def read_event_stream(station: Station, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, bytes]:
+async def read_event_stream(station: RunningStation, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, bytes]:
     """Open ``/api/events/stream`` and read its greeting; the caller reads on (or closes) the response."""
     resp = await station.http.get(station.url("/api/events/stream"), headers=headers)
     if resp.status != 200:

@@ -24,11 +24,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from nvr import cli
-from nvr.authdb import AuthDatabase
-from nvr.config import Config
-from nvr.daemon import Daemon
-from nvr.roles import ROLE_PERMISSIONS, Permission, Role
-from nvr.timeutil import iso as _iso
+from nvr.base.config import Config
+from nvr.base.timeutil import iso as _iso
+from nvr.identity.authdb import AuthDatabase
+from nvr.identity.roles import ROLE_PERMISSIONS, Permission, Role
+from nvr.station import Station
 from recorder.recorder import RecorderCore
 from streams.media import SessionEnded
 from tests.media import encode_h264, make_session, packets
@@ -51,7 +51,7 @@ def units() -> list[tuple[bytes, bool]]:
 @dataclass
 class Site:
     client: TestClient
-    daemon: Daemon
+    daemon: Station
     tokens: dict[str, str]  # role (or "hall-monitor", "hall-auditor") → bearer token
     start: float
     end: float
@@ -105,15 +105,15 @@ async def site(tmp_path: Path, units: list[tuple[bytes, bool]]) -> AsyncIterator
         db.add_user(f"{role.value}1", role, PASSWORD, None)
     db.close()
 
-    daemon = Daemon(config, config_path)
+    daemon = Station(config, config_path)
     await daemon.start()
-    assert daemon.index is not None
+    assert daemon.recording.index is not None
     start = time.time() - 60
     for camera in ("hall", "cell"):
         session = make_session(units, started_at=start)
-        core = RecorderCore(camera, config.storage.path, config.storage, daemon.index.add_segment)
-        await daemon.index.call(core.handle, packets(session, units, wall_start=start))
-        await daemon.index.call(core.handle, [SessionEnded(session, "test")])
+        core = RecorderCore(camera, config.storage.path, config.storage, daemon.recording.index.add_segment)
+        await daemon.recording.index.call(core.handle, packets(session, units, wall_start=start))
+        await daemon.recording.index.call(core.handle, [SessionEnded(session, "test")])
     client = TestClient(TestServer(create_app(daemon), host="127.0.0.1"))
     await client.start_server()
     try:
@@ -198,7 +198,7 @@ async def test_metrics_need_a_technician_unless_public(site: Site, tmp_path: Pat
     assert (await site.client.get("/metrics", headers=site.auth("technician"))).status == 200
     config = site.daemon.config.model_copy(update={"web": site.daemon.config.web.model_copy(
         update={"metrics_public": True})})
-    public = Daemon(config)
+    public = Station(config)
     async with TestClient(TestServer(create_app(public), host="127.0.0.1")) as client:
         assert (await client.get("/metrics")).status == 200
         assert (await client.get("/api/cameras")).status == 401
@@ -306,11 +306,11 @@ async def test_camera_allow_lists_filter_and_deny(site: Site) -> None:
     assert resp.status == 403
 
     auditor = site.auth("hall-auditor")
-    before = len(site.daemon.exports.jobs)  # type: ignore[union-attr]
+    before = len(site.daemon.recording.exports.jobs)  # type: ignore[union-attr]
     resp = await site.client.post("/api/exports", headers=auditor, json={
         "cameras": ["hall", "cell"], "start": iso(site.start), "end": iso(site.end), "reason": "case 9"})
     assert resp.status == 403 and (await resp.json())["error"] == "camera_forbidden"
-    assert len(site.daemon.exports.jobs) == before  # type: ignore[union-attr]  # the batch failed as a whole
+    assert len(site.daemon.recording.exports.jobs) == before  # type: ignore[union-attr]  # the batch failed as a whole
     q = {"camera": "cell", "start": iso(site.start), "end": iso(site.end)}
     assert (await site.client.get("/api/recordings", params=q, headers=auditor)).status == 403
     assert (await site.client.get("/api/recordings/cell/clip.mp4", params=q, headers=auditor)).status == 403
@@ -363,8 +363,8 @@ async def test_path_traversal_is_refused_and_audited(site: Site) -> None:
     assert len(rejected) >= 8 and all(e["outcome"] == "denied" and e["actor"] == "token:admin" for e in rejected)
 
     # A symlink planted in the storage, in place of a recorded segment, is never followed.
-    root = site.daemon.root
-    index = site.daemon.index
+    root = site.daemon.recording.root
+    index = site.daemon.recording.index
     assert index is not None
     segment = (await index.call(index.all_segments, "cell"))[0]
     target = root / segment.path
@@ -440,9 +440,9 @@ async def test_live_view_clip_export_and_retention_leave_a_verifiable_trail(
     assert job["state"] == "done", job
     assert job["user"] == "token:auditor"
     assert (await client.get(job["download"], headers=auditor)).status == 200
-    retention = site.daemon.retention
-    assert retention is not None and site.daemon.index is not None
-    await site.daemon.index.call(retention.sweep, time.time() + 400 * 86400)  # everything is past retention
+    retention = site.daemon.recording.retention
+    assert retention is not None and site.daemon.recording.index is not None
+    await site.daemon.recording.index.call(retention.sweep, time.time() + 400 * 86400)  # everything is past retention
 
     entries = await site.audit()
     by_action: dict[str, list[dict[str, Any]]] = {}
@@ -506,7 +506,7 @@ async def test_live_view_clip_export_and_retention_leave_a_verifiable_trail(
 async def test_config_change_between_runs_is_audited(site: Site) -> None:
     config = site.daemon.config
     site.config_path.write_text(site.config_path.read_text().replace('"segment_seconds": 4', '"segment_seconds": 5'))
-    second = Daemon(config, site.config_path)
+    second = Station(config, site.config_path)
     await second._audit_start()
     await second.audit.db.call(lambda: None)
     changed = await site.audit(action="config.changed")

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nvr import config
-from tests.conftest import REPO, Daemon, wait_until
+from nvr.base import config
+from tests.conftest import REPO, StationProcess, wait_until
 
 PASSWORD = "Pa55@w:rd%21!"
 FORMS = [PASSWORD, urllib.parse.quote(PASSWORD, safe=""), urllib.parse.quote(PASSWORD),
@@ -42,7 +42,7 @@ def test_a_literal_camera_password_is_a_config_error_naming_the_key() -> None:
 
 
 def test_camera_password_never_leaks_while_the_camera_is_unreachable(
-        daemon_factory: Callable[..., Daemon]) -> None:
+        daemon_factory: Callable[..., StationProcess]) -> None:
     daemon = daemon_factory([{"id": "gone", "name": "Gone", "zone": "holding_cell",
                               "url": "rtsp://viewer:${GONE_PASS}@127.0.0.1:1/stream"}],
                             env={"GONE_PASS": PASSWORD}, ingest={"open_timeout_seconds": 2})
@@ -93,7 +93,7 @@ def nvr_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 def test_https_with_hsts_secure_cookies_and_cli_accounts(tmp_path: Path,
-                                                        daemon_factory: Callable[..., Daemon]) -> None:
+                                                        daemon_factory: Callable[..., StationProcess]) -> None:
     cert, key = self_signed(tmp_path)
     daemon = daemon_factory([], start=False, web={"tls": {"cert": str(cert), "key": str(key)}})
     context = ssl.create_default_context(cafile=str(cert))
@@ -150,8 +150,8 @@ def test_https_with_hsts_secure_cookies_and_cli_accounts(tmp_path: Path,
     daemon.stop()
     verify = nvr_cli("audit", "verify", "-c", cfg)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    from nvr.audit import AuditLog, AuditQuery
-    from nvr.authdb import AuthDatabase
+    from nvr.identity.audit import AuditLog, AuditQuery
+    from nvr.identity.authdb import AuthDatabase
 
     db = AuthDatabase(daemon.auth_db)
     try:

@@ -23,9 +23,9 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from nvr import config as configmod
-from nvr import secrets
-from nvr.config import Storage
+from nvr.base import config as configmod
+from nvr.base import secrets
+from nvr.base.config import Storage
 from recorder.archive import Archiver, archived_and_verified
 from recorder.archive_store import ArchiveStore
 from recorder.index import NewSegment, SegmentIndex

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Daemon, free_port, wait_until
+from tests.conftest import REPO, StationProcess, free_port, wait_until
 
 CAMERA = {"width": 320, "height": 240, "fps": 10}
 
@@ -38,8 +38,8 @@ class Console:
     """The real ``nvr console`` in a subprocess, with its log captured to a file."""
 
     def __init__(self, workdir: Path, stations: list[dict[str, Any]], env: dict[str, str]) -> None:
-        from nvr.access_cli import create_token
-        from nvr.roles import Role
+        from nvr.identity.accounts_cli import create_token
+        from nvr.identity.roles import Role
 
         workdir.mkdir()
         self.port = free_port()
@@ -65,8 +65,8 @@ class Console:
         return f"http://127.0.0.1:{self.port}"
 
     def add_user(self, name: str, role: str, password: str) -> None:
-        from nvr.authdb import AuthDatabase
-        from nvr.roles import Role
+        from nvr.identity.authdb import AuthDatabase
+        from nvr.identity.roles import Role
 
         db = AuthDatabase(self.auth_db)
         try:
@@ -160,10 +160,10 @@ def garbage_server() -> Iterator[str]:
     server.server_close()
 
 
-def station(daemon_factory: Callable[..., Daemon], station_id: str, cameras: list[dict[str, Any]]) -> tuple[Daemon, str]:
+def station(daemon_factory: Callable[..., StationProcess], station_id: str, cameras: list[dict[str, Any]]) -> tuple[StationProcess, str]:
     """A running station daemon and a fresh role-central token for the console."""
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     daemon = daemon_factory(cameras, station={"id": station_id, "name": f"Station {station_id}"})
     token = create_token(daemon.auth_db, "central", Role.CENTRAL)
@@ -171,7 +171,7 @@ def station(daemon_factory: Callable[..., Daemon], station_id: str, cameras: lis
 
 
 def test_console_follows_stations_alarms_outages_and_bad_stations(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], console_factory: Callable[..., Console],
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], console_factory: Callable[..., Console],
         garbage_server: str) -> None:
     hall_a, cell_a, hall_b = cameras("hall-a", **CAMERA), cameras("cell-a", **CAMERA), cameras("hall-b", **CAMERA)
     st_a, token_a = station(daemon_factory, "st-a", [
@@ -290,11 +290,11 @@ def _certificate(tmp: Path, name: str, valid_days: float = 1.0) -> tuple[Path, P
     return cert_path, key_path
 
 
-def tls_station(daemon_factory: Callable[..., Daemon], station_id: str, cameras: list[dict[str, Any]],
-                cert: Path, key: Path) -> tuple[Daemon, str]:
+def tls_station(daemon_factory: Callable[..., StationProcess], station_id: str, cameras: list[dict[str, Any]],
+                cert: Path, key: Path) -> tuple[StationProcess, str]:
     """A station serving HTTPS with ``cert``; the test itself talks to it without verifying (it may be expired)."""
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     daemon = daemon_factory(cameras, start=False, station={"id": station_id, "name": f"Station {station_id}"},
                             web={"tls": {"cert": str(cert), "key": str(key)}})
@@ -307,7 +307,7 @@ def tls_station(daemon_factory: Callable[..., Daemon], station_id: str, cameras:
 
 
 def test_console_verifies_station_tls_pinned_untrusted_foreign_and_expired(
-        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon],
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],
         console_factory: Callable[..., Console]) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
@@ -383,7 +383,7 @@ FRAMES = """async (key) => {
 
 
 def test_live_video_of_each_station_through_the_console_is_audited_on_the_station(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], console_factory: Callable[..., Console],
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], console_factory: Callable[..., Console],
         browser: Any) -> None:
     cam_a, cam_b = cameras("live-a", **CAMERA), cameras("live-b", **CAMERA)
     st_a, token_a = station(daemon_factory, "st-a", [{"id": "cell-1", "name": "Cell A", "zone": "holding_cell",

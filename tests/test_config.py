@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from nvr import config, secrets
+from nvr.base import config, secrets
 from tests.conftest import REPO
 
 GOOD = """\

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from nvr import config
-from nvr.daemon import Daemon
+from nvr.base import config
+from nvr.station import Station
 from streams.rtsp_source import SourceState
 
 
@@ -17,22 +17,22 @@ def test_watchdog_starves_on_a_silently_stuck_recorder_only(tmp_path: Path) -> N
         "cameras:\n  - {id: a, name: A, url: 'rtsp://127.0.0.1:1/x'}\n",
         environ={},
     )
-    daemon = Daemon(cfg)
-    runtime = daemon.cameras["a"]
+    station = Station(cfg)
+    runtime = station.cameras["a"]
     core = SimpleNamespace(error=None, last_write_mono=time.monotonic())
-    runtime.recorder = SimpleNamespace(core=core)  # type: ignore[assignment]
+    station.recording.recorders["a"] = SimpleNamespace(core=core)  # type: ignore[assignment]
     runtime.source.state = SourceState.ONLINE
     runtime.source.changed_at = time.time() - 3600
-    assert daemon.healthy()  # writing: fine
+    assert station.problem() is None  # writing: fine
 
     core.last_write_mono = time.monotonic() - 25  # online for an hour, nothing written for 25 s, no reason given
-    assert daemon.stuck_recorders() == ["a"] and not daemon.healthy()
+    assert station.stuck_recorders() == ["a"] and station.problem() is not None
 
     core.error = "write failed: No space left on device"  # a reported error is not a hang
-    assert daemon.healthy()
+    assert station.problem() is None
     core.error = None
     runtime.source.state = SourceState.OFFLINE  # nothing to record
-    assert daemon.healthy()
+    assert station.problem() is None
 
 
 def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]

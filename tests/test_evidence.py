@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 from recorder.index import SegmentIndex
-from tests.conftest import REPO, Daemon, wait_until
+from tests.conftest import REPO, StationProcess, wait_until
 
 FPS = 15
 
@@ -31,7 +31,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     workdir = tmp_path_factory.mktemp("evidence")
     cam = SimCamera("ev", fps=FPS, gop=FPS)
     cam.start()
-    daemon = Daemon(workdir, [{"id": "cell-2", "name": "Holding cell 2", "zone": "holding_cell", "url": cam.url},
+    daemon = StationProcess(workdir, [{"id": "cell-2", "name": "Holding cell 2", "zone": "holding_cell", "url": cam.url},
                               {"id": "hall", "name": "Hall", "url": "rtsp://127.0.0.1:1/none"}],
                     storage={"segment_seconds": 3}, recordings={"max_range_hours": 1, "max_export_jobs": 2})
     daemon.start()
@@ -52,7 +52,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         cam.stop()
 
 
-def segments(daemon: Daemon) -> int:
+def segments(daemon: StationProcess) -> int:
     index = SegmentIndex(daemon.storage / "index.sqlite3")
     try:
         return len(index.all_segments("cell-2"))
@@ -70,7 +70,7 @@ def nvr(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_search_across_outage_shows_two_spans_and_the_gap(recorded: dict[str, Any]) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     now = time.time()
     status, body = daemon.get("/api/recordings?" + q(camera="cell-2", start=iso(now - 120), end=iso(now)))
     assert status == 200, body
@@ -88,7 +88,7 @@ def test_search_across_outage_shows_two_spans_and_the_gap(recorded: dict[str, An
 
 
 def test_clip_across_segment_boundaries_plays_continuously(recorded: dict[str, Any], tmp_path: Path) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     index = SegmentIndex(daemon.storage / "index.sqlite3")
     rows = index.all_segments("cell-2")
     index.close()
@@ -114,7 +114,7 @@ def test_clip_across_segment_boundaries_plays_continuously(recorded: dict[str, A
 
 
 def test_bad_requests_name_the_field(recorded: dict[str, Any]) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     now = time.time()
     cases = [
         ("/api/recordings?" + q(camera="cell-2", start=iso(now), end=iso(now - 10)), 400, "end"),
@@ -142,7 +142,7 @@ def test_bad_requests_name_the_field(recorded: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def altered_segment(daemon: Daemon, tmp_path: Path) -> Iterator[Any]:
+def altered_segment(daemon: StationProcess, tmp_path: Path) -> Iterator[Any]:
     """One byte of an indexed segment flipped on disk, as an insider with the daemon's account could; put back after."""
     index = SegmentIndex(daemon.storage / "index.sqlite3")
     victim = index.all_segments("cell-2")[1]
@@ -159,7 +159,7 @@ def altered_segment(daemon: Daemon, tmp_path: Path) -> Iterator[Any]:
         shutil.copy2(backup, path)
 
 
-def export_package(daemon: Daemon, tmp_path: Path, start: float, end: float) -> Path:
+def export_package(daemon: StationProcess, tmp_path: Path, start: float, end: float) -> Path:
     status, job = daemon.request("POST", "/api/exports", {
         "cameras": ["cell-2"], "start": iso(start), "end": iso(end), "reason": "complaint 2026/113"})
     assert status == 202, job
@@ -189,7 +189,7 @@ def rewrite(package: Path, target: Path, change: Any) -> Path:
 
 
 def test_export_verifies_and_every_tampering_fails(recorded: dict[str, Any], tmp_path: Path) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     now = time.time()
     package = export_package(daemon, tmp_path, now - 120, now)
     _, key = daemon.get("/api/key")
@@ -253,7 +253,7 @@ def test_export_verifies_and_every_tampering_fails(recorded: dict[str, Any], tmp
 
 
 def test_cli_export_and_verify_storage_catches_altered_segment(recorded: dict[str, Any], tmp_path: Path) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     now = time.time()
     out = tmp_path / "cli.zip"
     result = nvr("export", "-c", str(daemon.config_path), "--camera", "cell-2", "--start", iso(now - 120),
@@ -276,7 +276,7 @@ def test_cli_export_and_verify_storage_catches_altered_segment(recorded: dict[st
 
 
 def test_holds_api(recorded: dict[str, Any]) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     now = time.time()
     status, hold = daemon.request("POST", "/api/holds", {"camera": "cell-2", "start": iso(now - 60),
                                                          "end": iso(now), "reason": "complaint 2026/113"})
@@ -313,7 +313,7 @@ def test_export_queue_full_answers_503(tmp_path: Path) -> None:
 # -- an adversary's packages (issue 11) ---------------------------------------------------------
 
 
-def station_private(daemon: Daemon) -> Any:
+def station_private(daemon: StationProcess) -> Any:
     from cryptography.hazmat.primitives import serialization
 
     return serialization.load_pem_private_key((daemon.storage / "keys" / "station-ed25519.pem").read_bytes(), None)
@@ -345,7 +345,7 @@ def resign(package: Path, target: Path, private: Any, edit_manifest: Any = None,
 
 @pytest.fixture(scope="module")
 def package(recorded: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     workdir = tmp_path_factory.mktemp("packages")
     now = time.time()
     path = export_package(daemon, workdir, now - 120, now)
@@ -415,7 +415,7 @@ def test_a_segment_whose_hash_differs_from_the_index_does_not_verify(recorded: d
     segment its indexed one, and the station's key signs it all. It must not verify."""
     import hashlib
 
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     with zipfile.ZipFile(package["path"]) as z:
         manifest = json.loads(z.read("manifest.json"))
     victim = manifest["cameras"][0]["segments"][1]["file"]
@@ -436,7 +436,7 @@ def test_a_segment_whose_hash_differs_from_the_index_does_not_verify(recorded: d
 
 
 def test_a_segment_changed_on_disk_after_indexing_is_not_exported(recorded: dict[str, Any], tmp_path: Path) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     with altered_segment(daemon, tmp_path) as victim:
         status, job = daemon.request("POST", "/api/exports", {
             "cameras": ["cell-2"], "start": iso(victim.start - 5), "end": iso(victim.end + 5), "reason": "test"})
@@ -497,7 +497,7 @@ def _max_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def test_hostile_manifests_fail_in_bounded_memory(recorded: dict[str, Any], package: dict[str, Any]) -> None:
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     workdir: Path = package["dir"]
     # A zip bomb: 300 MB of manifest in a few hundred KB.
     bomb = workdir / "bomb.zip"
@@ -569,7 +569,7 @@ def test_search_and_coverage_agree_on_the_same_range_including_a_lost_file(recor
     """One timeline: /api/recordings and /api/coverage give the same recorded time and the same gaps."""
     import sqlite3
 
-    daemon: Daemon = recorded["daemon"]
+    daemon: StationProcess = recorded["daemon"]
     index = SegmentIndex(daemon.storage / "index.sqlite3")
     rows = index.all_segments("cell-2")
     index.close()

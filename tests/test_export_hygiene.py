@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from nvr.timeutil import iso
-from tests.conftest import Daemon, wait_until
+from nvr.base.timeutil import iso
+from tests.conftest import StationProcess, wait_until
 
 DISK_MB = 48
 MIN_FREE_PERCENT = 20
@@ -59,7 +59,7 @@ def fill_to(path: Path, ballast: Path, free_target: int) -> None:
             left -= chunk
 
 
-def export(daemon: Daemon, start: float, end: float, reason: str) -> dict[str, Any]:
+def export(daemon: StationProcess, start: float, end: float, reason: str) -> dict[str, Any]:
     status, job = daemon.request("POST", "/api/exports", {"cameras": ["cell-1"], "start": iso(start), "end": iso(end),
                                                           "reason": reason})
     assert status == 202, job
@@ -71,7 +71,7 @@ def export(daemon: Daemon, start: float, end: float, reason: str) -> dict[str, A
     return wait_until(finished, 60, "export never finished")
 
 
-def index_rows(daemon: Daemon, query: str) -> list[Any]:
+def index_rows(daemon: StationProcess, query: str) -> list[Any]:
     db = sqlite3.connect(daemon.storage / "index.sqlite3")
     try:
         return db.execute(query).fetchall()
@@ -80,7 +80,7 @@ def index_rows(daemon: Daemon, query: str) -> list[Any]:
 
 
 def test_repeated_exports_under_disk_pressure_never_delete_footage(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk") as disk:
         cam = cameras("hyg", width=320, height=240, fps=10, gop=10, bitrate_kbps=300)
         daemon = daemon_factory(
@@ -175,9 +175,9 @@ def test_export_jobs_hold_their_range_expire_and_leave_nothing_behind(tmp_path: 
 
 
 def test_a_restricted_auditor_sees_only_the_audit_entries_of_their_cameras(
-        daemon_factory: Callable[..., Daemon]) -> None:
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+        daemon_factory: Callable[..., StationProcess]) -> None:
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     daemon = daemon_factory([{"id": "cell-1", "name": "Cell 1", "url": "rtsp://127.0.0.1:1/none"},
                              {"id": "cell-2", "name": "Cell 2", "url": "rtsp://127.0.0.1:1/none"}])

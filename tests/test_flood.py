@@ -33,9 +33,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from nvr.config import WebLimits
+from nvr.base.config import WebLimits
 from nvr.service import start_web
-from tests.conftest import REPO, Daemon, free_port, wait_until
+from tests.conftest import REPO, StationProcess, free_port, wait_until
 from tests.test_access_process import self_signed
 from tests.test_recording import rows as segments
 from web import conn_limits
@@ -291,7 +291,7 @@ def soft_nofile(pid: int) -> int:
     return int(line.split()[3])
 
 
-def metric(daemon: Daemon, name: str) -> float:
+def metric(daemon: StationProcess, name: str) -> float:
     text = daemon.get("/metrics")[1].decode()
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 

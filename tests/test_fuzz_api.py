@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Daemon, wait_until
+from tests.conftest import StationProcess, wait_until
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow], database=None)
@@ -32,7 +32,7 @@ OK_STATUSES = {200, 201, 202, 204, 302, 400, 401, 403, 404, 405, 409, 413, 415, 
 class Target:
     """The fuzzed daemon and what the tests need of it (a plain class: hypothesis prints it short)."""
 
-    def __init__(self, daemon: Daemon, doc: dict[str, Any], offer: str, segments_before: int) -> None:
+    def __init__(self, daemon: StationProcess, doc: dict[str, Any], offer: str, segments_before: int) -> None:
         self.daemon = daemon
         self.doc = doc
         self.offer = offer
@@ -42,7 +42,7 @@ class Target:
         return f"Target({self.daemon.base_url})"
 
 
-def recorded_segments(daemon: Daemon) -> int:
+def recorded_segments(daemon: StationProcess) -> int:
     from recorder.index import SegmentIndex
 
     index = SegmentIndex(daemon.storage / "index.sqlite3")
@@ -75,7 +75,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     cam = SimCamera("fuzz", width=320, height=240, fps=10, gop=10)
     cam.start()
     workdir = tmp_path_factory.mktemp("fuzz")
-    daemon = Daemon(workdir, [{"id": "hall", "name": "Hall", "url": cam.url},
+    daemon = StationProcess(workdir, [{"id": "hall", "name": "Hall", "url": cam.url},
                               {"id": "cell", "name": "Cell", "zone": "holding_cell", "url": "rtsp://127.0.0.1:9/x"}],
                     storage={"segment_seconds": 2},
                     auth={"login_max_failures": 3, "login_max_failures_per_address": 5},

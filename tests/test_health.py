@@ -18,26 +18,26 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nvr.timeutil import iso
-from tests.conftest import Daemon, free_port, wait_until
+from nvr.base.timeutil import iso
+from tests.conftest import StationProcess, free_port, wait_until
 
 STALL = 3.0
 # Picture checks tuned for quick tests: one analysis a second, two to open, two to close.
 FAST_CHECKS = {"analyse_seconds": 1.0, "open_after": 2, "close_after": 2, "learn_keyframes": 3}
 
 
-def events(daemon: Daemon, **query: str) -> list[dict[str, Any]]:
+def events(daemon: StationProcess, **query: str) -> list[dict[str, Any]]:
     status, body = daemon.get("/api/events?" + urllib.parse.urlencode(query))
     assert status == 200, body
     return body["events"]  # type: ignore[no-any-return]
 
 
-def open_alarm(daemon: Daemon, camera: str, kind: str) -> dict[str, Any] | None:
+def open_alarm(daemon: StationProcess, camera: str, kind: str) -> dict[str, Any] | None:
     found = [e for e in events(daemon, camera=camera, type=kind, open="true")]
     return found[0] if found else None
 
 
-def metric(daemon: Daemon, metric_name: str, **labels: str) -> float | None:
+def metric(daemon: StationProcess, metric_name: str, **labels: str) -> float | None:
     status, body = daemon.get("/metrics")
     assert status == 200
     text = body.decode() if isinstance(body, bytes) else str(body)
@@ -107,7 +107,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def test_outage_is_alarmed_alerted_counted_and_shown_as_a_coverage_gap(
-    cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], receiver: WebhookReceiver
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], receiver: WebhookReceiver
 ) -> None:
     cam = cameras("cell", gop=15)
     daemon = daemon_factory(
@@ -186,7 +186,7 @@ def test_outage_is_alarmed_alerted_counted_and_shown_as_a_coverage_gap(
 
 
 def test_stream_that_stalls_with_the_connection_open_is_stalled(
-    cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
 ) -> None:
     cam = cameras("hall", gop=15)
     daemon = daemon_factory([{"id": "hall-1", "name": "Hall", "zone": "hall", "url": cam.url}])
@@ -205,7 +205,7 @@ def test_stream_that_stalls_with_the_connection_open_is_stalled(
 
 
 def test_picture_faults_raise_and_clear_alarms_and_a_normal_scene_raises_none(
-    cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
 ) -> None:
     cam = cameras("corridor", gop=15)
     daemon = daemon_factory(
@@ -240,7 +240,7 @@ def test_picture_faults_raise_and_clear_alarms_and_a_normal_scene_raises_none(
 
 
 def test_live_feed_streams_alarm_open_and_close(
-    cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
 ) -> None:
     import http.client
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from nvr.roles import Role
-from nvr.timeutil import iso
-from tests.hostile import PASSWORD, Station, read_event_stream, running_station, station_config
+from nvr.base.timeutil import iso
+from nvr.identity.roles import Role
+from tests.hostile import PASSWORD, RunningStation, read_event_stream, running_station, station_config
 from web.access import ACCESS, safe_next
 from web.whep import WHEP
 
@@ -141,7 +141,7 @@ async def _ended(resp: Any, timeout: float = 6.0) -> bool:
     return bool(resp.content.at_eof())
 
 
-async def _live_stopped(station: Station, sid: str, timeout: float = 6.0) -> dict[str, Any]:
+async def _live_stopped(station: RunningStation, sid: str, timeout: float = 6.0) -> dict[str, Any]:
     relay = station.server.app[WHEP]
     deadline = time.monotonic() + timeout
     while sid in relay.sessions:

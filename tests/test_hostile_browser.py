@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.conftest import Daemon
+from tests.conftest import StationProcess
 from tests.test_live import browser  # noqa: F401 - the Chromium fixture
 
 PASSWORD = "correct horse battery staple"
@@ -24,7 +24,7 @@ CRAFTED = [
 
 
 def test_a_crafted_next_never_takes_the_browser_off_the_site(
-        daemon_factory: Callable[..., Daemon], browser: Any) -> None:  # noqa: F811
+        daemon_factory: Callable[..., StationProcess], browser: Any) -> None:  # noqa: F811
     daemon = daemon_factory([], auth={"login_max_failures": 100})
     daemon.add_user("duty.officer", "monitor", PASSWORD)
     site = urlsplit(daemon.base_url).netloc

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import Daemon, wait_until
+from tests.conftest import StationProcess, wait_until
 
 GOOD_SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
@@ -172,7 +172,7 @@ class HostileCamera:
             up_writer.close()
 
 
-def recorded(daemon: Daemon, camera: str) -> list[Any]:
+def recorded(daemon: StationProcess, camera: str) -> list[Any]:
     from recorder.index import SegmentIndex
 
     index = SegmentIndex(daemon.storage / "index.sqlite3")
@@ -183,7 +183,7 @@ def recorded(daemon: Daemon, camera: str) -> list[Any]:
 
 
 def test_cameras_answering_rtsp_with_nonsense_never_stop_the_good_one_recording(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]) -> None:
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
     good = cameras("good", width=320, height=240, fps=10, gop=10)
     hostile = HostileCamera(good.port)
     hostile.start()

@@ -22,16 +22,16 @@ from aiohttp.test_utils import TestServer
 
 from central import config as console_config
 from central.app import ConsoleRuntime, create_console_app
-from nvr.audit import AuditQuery
-from nvr.authdb import AuthError
-from nvr.roles import Role
-from tests.hostile import PASSWORD, Station, running_station, station_config
+from nvr.identity.audit import AuditQuery
+from nvr.identity.authdb import AuthError
+from nvr.identity.roles import Role
+from tests.hostile import PASSWORD, RunningStation, running_station, station_config
 from web.whep import WHEP
 
 
 @dataclass
 class Room:
-    station: Station
+    station: RunningStation
     runtime: ConsoleRuntime
     server: TestServer
     http: aiohttp.ClientSession

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from tests.conftest import Daemon, wait_until
+from tests.conftest import StationProcess, wait_until
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
@@ -61,7 +61,7 @@ def frames_rising(page: Any, camera_id: str, timeout: float) -> dict[str, Any]:
 
 
 def test_console_shows_live_video_and_recovers_after_an_outage(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], browser: Any) -> None:
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], browser: Any) -> None:
     hall = cameras("hall", width=640, height=360, fps=15, audio="pcmu")
     cell = cameras("cell", width=640, height=360, fps=15)
     daemon = daemon_factory([
@@ -123,7 +123,7 @@ async def _frames(pc: RTCPeerConnection, count: int, timeout: float) -> list[Any
 
 
 async def test_whep_client_receives_frames_and_delete_frees_the_session(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]) -> None:
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
     cam = cameras("door", width=640, height=360, fps=15)
     daemon = daemon_factory([{"id": "door", "name": "Door", "zone": "entrance", "url": cam.url}])
     daemon.wait_state("door", "online", timeout=30)
@@ -151,7 +151,7 @@ async def test_whep_client_receives_frames_and_delete_frees_the_session(
 
 
 async def test_viewers_that_never_read_do_not_stall_recording(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon]) -> None:
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
     cam = cameras("yard", width=640, height=360, fps=15)
     daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url}], storage={"segment_seconds": 2})
     daemon.wait_state("yard", "online", timeout=30)

@@ -22,10 +22,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from nvr.access_cli import create_token
-from nvr.config import Config
-from nvr.daemon import Daemon
-from nvr.roles import Role
+from nvr.base.config import Config
+from nvr.identity.accounts_cli import create_token
+from nvr.identity.roles import Role
+from nvr.station import Station
 from streams.hub import Hub
 from streams.media import MediaPacket, Session, TrackInfo, TrackKind
 from tests.media import encode_h264, make_session
@@ -98,8 +98,8 @@ def units() -> list[tuple[bytes, bool]]:
 
 
 @pytest.fixture
-async def relay_app(tmp_path: Path, units: list[tuple[bytes, bool]]) -> AsyncIterator[tuple[TestClient, Daemon, Publisher]]:
-    daemon = Daemon(make_config(tmp_path))
+async def relay_app(tmp_path: Path, units: list[tuple[bytes, bool]]) -> AsyncIterator[tuple[TestClient, Station, Publisher]]:
+    daemon = Station(make_config(tmp_path))
     app = create_app(daemon)
     client = TestClient(TestServer(app, host="127.0.0.1"), headers=admin_headers(daemon))
     await client.start_server()
@@ -112,7 +112,7 @@ async def relay_app(tmp_path: Path, units: list[tuple[bytes, bool]]) -> AsyncIte
         await client.close()
 
 
-def admin_headers(daemon: Daemon) -> dict[str, str]:
+def admin_headers(daemon: Station) -> dict[str, str]:
     """Access control is deny-by-default: the test client carries an admin API token."""
     token = create_token(daemon.config.auth_database, "test-admin", Role.ADMIN)
     return {"Authorization": f"Bearer {token}"}
@@ -162,7 +162,7 @@ async def frames(pc: RTCPeerConnection, count: int, timeout: float = 20.0) -> li
 
 
 async def test_aiortc_viewer_gets_decoded_frames_fast_and_delete_frees_it(
-        relay_app: tuple[TestClient, Daemon, Publisher]) -> None:
+        relay_app: tuple[TestClient, Station, Publisher]) -> None:
     client, daemon, _ = relay_app
     hub = daemon.cameras["hall"].view_hub
     await until(lambda: hub.session is not None, 5, "publisher never started")
@@ -191,7 +191,7 @@ async def test_aiortc_viewer_gets_decoded_frames_fast_and_delete_frees_it(
 
 
 async def test_session_survives_a_camera_reconnect_with_monotonic_timestamps(
-        relay_app: tuple[TestClient, Daemon, Publisher]) -> None:
+        relay_app: tuple[TestClient, Station, Publisher]) -> None:
     client, daemon, publisher = relay_app
     pc, location, _ = await whep_viewer(client)
     before = await frames(pc, 3)
@@ -205,7 +205,7 @@ async def test_session_survives_a_camera_reconnect_with_monotonic_timestamps(
     await pc.close()
 
 
-async def test_bad_requests_get_json_errors(relay_app: tuple[TestClient, Daemon, Publisher]) -> None:
+async def test_bad_requests_get_json_errors(relay_app: tuple[TestClient, Station, Publisher]) -> None:
     client, _, _ = relay_app
     resp = await client.post("/api/cameras/hall/whep", data="v=0", headers={"Content-Type": "text/plain"})
     assert resp.status == 415 and (await resp.json())["error"] == "unsupported_media_type"
@@ -235,7 +235,7 @@ def _video_caps() -> list[Any]:
     return list(RTCRtpSender.getCapabilities("video").codecs)
 
 
-async def test_h265_camera_answers_409(relay_app: tuple[TestClient, Daemon, Publisher]) -> None:
+async def test_h265_camera_answers_409(relay_app: tuple[TestClient, Station, Publisher]) -> None:
     client, daemon, _ = relay_app
     hub = daemon.cameras["cell"].view_hub
     video = TrackInfo(kind=TrackKind.VIDEO, codec="hevc", time_base=Fraction(1, 90000), width=WIDTH, height=HEIGHT)
@@ -254,7 +254,7 @@ async def test_h265_camera_answers_409(relay_app: tuple[TestClient, Daemon, Publ
 
 
 async def test_hundred_connect_disconnect_cycles_leak_nothing(
-        relay_app: tuple[TestClient, Daemon, Publisher]) -> None:
+        relay_app: tuple[TestClient, Station, Publisher]) -> None:
     client, daemon, _ = relay_app
     hub = daemon.cameras["hall"].view_hub
     relay = client.app[WHEP]
@@ -304,7 +304,7 @@ def media_tasks() -> list[asyncio.Task[Any]]:
 
 
 async def test_peer_that_never_connects_is_closed(tmp_path: Path, units: list[tuple[bytes, bool]]) -> None:
-    daemon = Daemon(make_config(tmp_path, connect_timeout_seconds=0.5))
+    daemon = Station(make_config(tmp_path, connect_timeout_seconds=0.5))
     async with TestClient(TestServer(create_app(daemon), host="127.0.0.1"), headers=admin_headers(daemon)) as client:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver("video", direction="recvonly")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from nvr import coverage
-from nvr.alarms import AlarmStore, AlarmType, Run, Severity
-from nvr.config import PictureChecks
+from nvr.base.config import PictureChecks
+from nvr.health import coverage
+from nvr.health.alarms import AlarmStore, AlarmType, Run, Severity
 from streams.picture_check import Condition, PictureCheck, decode_keyframe
 from tests.conftest import REPO
 
@@ -129,7 +129,7 @@ def test_garbage_is_not_a_picture() -> None:
 
 
 def _alarm(kind: AlarmType, opened: float, closed: float | None, **details: object) -> object:
-    from nvr.alarms import Alarm
+    from nvr.health.alarms import Alarm
 
     return Alarm(f"{kind}-{opened}", "cam", kind, Severity.WARNING, opened, closed, dict(details))
 

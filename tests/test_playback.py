@@ -7,8 +7,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from nvr.timeutil import iso
-from tests.conftest import Daemon, wait_until
+from nvr.base.timeutil import iso
+from tests.conftest import StationProcess, wait_until
 from tests.test_live import browser  # noqa: F401 - the Chromium fixture
 
 VIDEO_STATE = """() => {
@@ -18,7 +18,7 @@ VIDEO_STATE = """() => {
 
 
 def test_playback_page_shows_spans_and_gap_and_plays_from_a_click(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], browser: Any) -> None:  # noqa: F811
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], browser: Any) -> None:  # noqa: F811
     cam = cameras("cell", width=640, height=360, fps=15, gop=15)
     daemon = daemon_factory([{"id": "cell-2", "name": "Holding cell 2", "zone": "holding_cell", "url": cam.url}],
                             storage={"segment_seconds": 3})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvr.config import Storage
+from nvr.base.config import Storage
 from recorder.index import GENESIS, SegmentIndex, chain_hash, record_fields
 from recorder.reconcile import complete_fragments_end, reconcile
 from recorder.recorder import RecorderCore

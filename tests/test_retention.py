@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from nvr.config import Storage
+from nvr.base.config import Storage
 from recorder.index import NewSegment, SegmentIndex
 from recorder.retention import Retention
 from recorder.storage import segment_relpath

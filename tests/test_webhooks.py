@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nvr.alarms import Alarm, AlarmAction, AlarmChange, AlarmType, Severity
-from nvr.config import Alerts, Webhook
-from nvr.webhooks import WebhookSender
+from nvr.base.config import Alerts, Webhook
+from nvr.health.alarms import Alarm, AlarmAction, AlarmChange, AlarmType, Severity
+from nvr.health.webhooks import WebhookSender
 from tests.conftest import free_port
 
 QUEUE = 10

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, Daemon, wait_until
+from tests.conftest import REPO, StationProcess, wait_until
 from tests.test_central import Console
 
 CAMERA = {"width": 320, "height": 240, "fps": 10, "gop": 10}
@@ -55,9 +55,9 @@ def truncate_segment_tail(storage: Path, camera: str, from_id: int) -> list[str]
 
 
 def test_tail_truncation_is_caught_with_the_consoles_checkpoints(
-        cameras: Callable[..., Any], daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], tmp_path: Path) -> None:
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     cam = cameras("wit", **CAMERA)
     daemon = daemon_factory([{"id": "cell-1", "name": "Cell 1", "zone": "holding_cell", "url": cam.url}],
@@ -77,7 +77,7 @@ def test_tail_truncation_is_caught_with_the_consoles_checkpoints(
         console.stop()
 
 
-def _attack_and_catch(daemon: Daemon, console: Console, tmp_path: Path) -> None:
+def _attack_and_catch(daemon: StationProcess, console: Console, tmp_path: Path) -> None:
     # Make audit entries and segments the console will witness.
     for _ in range(3):
         assert daemon.get("/api/cameras")[0] == 200
@@ -144,9 +144,9 @@ def _attack_and_catch(daemon: Daemon, console: Console, tmp_path: Path) -> None:
 
 
 def test_checkpoints_route_is_for_unrestricted_auditors_and_the_console(
-        daemon_factory: Callable[..., Daemon]) -> None:
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+        daemon_factory: Callable[..., StationProcess]) -> None:
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     daemon = daemon_factory([{"id": "cell-1", "name": "Cell 1", "url": "rtsp://127.0.0.1:1/none"}],
                             recordings={"checkpoint_seconds": 1})

@@ -3,7 +3,7 @@
 - **Authentication**: ``Authorization: Bearer <token>`` (API tokens, for
   machines) or the ``nvr_session`` cookie set by ``POST /api/login``.
 - **Authorization**: :data:`ROUTES` maps every route (method, path template)
-  to one :class:`~nvr.roles.Permission`; a route missing from the table is
+  to one :class:`~nvr.identity.roles.Permission`; a route missing from the table is
   refused (deny by default).  Camera allow-lists are applied to
   ``{camera_id}`` in the path and ``?camera=`` here; handlers filter lists
   and check bodies with :func:`require_camera` / :func:`visible`.
@@ -36,14 +36,14 @@ from typing import Any
 
 from aiohttp import web
 
-from nvr.audit import AuditQuery
-from nvr.authdb import AuthDatabase
-from nvr.daemon import Daemon
-from nvr.roles import Identity, Permission, Role
-from nvr.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso, parse_iso
+from nvr.identity.audit import AuditQuery
+from nvr.identity.authdb import AuthDatabase
+from nvr.identity.roles import Identity, Permission, Role
 from web.app import api_error, json_body
 from web.identity_watch import IdentityWatch, session_key
 from web.login_throttle import LoginThrottle
+from web.ports import AccessPort
 from web.slots import LimitReached, Slots
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,10 @@ def route_key(method: str, canonical: str) -> tuple[str, str]:
 class Access:
     """Per-app state: the auth database, the audit log, the login throttle and the settings."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.db: AuthDatabase = daemon.auth
-        self.audit = daemon.audit
-        auth = daemon.config.auth
+    def __init__(self, host: AccessPort) -> None:
+        self.db: AuthDatabase = host.auth
+        self.audit = host.audit
+        auth = host.config.auth
         self.idle_seconds = auth.session_idle_minutes * 60
         self.max_seconds = auth.session_max_hours * 3600
         self.throttle = LoginThrottle(auth.login_max_failures, auth.login_max_failures_per_address,
@@ -121,12 +120,12 @@ class Access:
                                       auth.max_pending_logins)
         # Argon2 is slow on purpose: a pool of its own, so a sign-in flood never starves clips and exports.
         self.password_pool = ThreadPoolExecutor(auth.password_check_threads, thread_name_prefix="argon2")
-        web_config = daemon.config.web
+        web_config = host.config.web
         self.event_streams = Slots("streams", "event streams", web_config.max_event_streams,
                                    web_config.max_event_streams_per_user)
-        self.tls = daemon.config.web.tls is not None
-        self.metrics_public = daemon.config.web.metrics_public
-        self.hsts_seconds = daemon.config.web.hsts_seconds
+        self.tls = host.config.web.tls is not None
+        self.metrics_public = host.config.web.metrics_public
+        self.hsts_seconds = host.config.web.hsts_seconds
         # A revoked token or a removed user (changed by the CLI, another process) is refused
         # after at most this long; logging out in this process takes effect at once.
         self.cache_seconds = auth.identity_cache_seconds
@@ -177,9 +176,9 @@ class Access:
 ACCESS = web.AppKey("access", Access)
 
 
-def setup(app: web.Application, daemon: Daemon) -> None:
+def setup(app: web.Application, host: AccessPort) -> None:
     """Install the access-control middleware and mount the login, logout, me and audit routes."""
-    app[ACCESS] = Access(daemon)
+    app[ACCESS] = Access(host)
     app.middlewares.append(access_control)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_session_purger)

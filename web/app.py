@@ -1,4 +1,4 @@
-"""The HTTP API: an aiohttp app factory over a running :class:`~nvr.daemon.Daemon`.
+"""The HTTP API: an aiohttp app factory over a running :class:`~nvr.station.StationPort`.
 
 Every error leaves as JSON ``{"error": code, "message": text}`` with secrets
 redacted; handlers only read state that the components own.
@@ -13,14 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from nvr import __version__, secrets
-from nvr.daemon import CameraRuntime, Daemon
-from nvr.timeutil import iso
+from nvr import __version__
+from nvr.base import secrets
+from nvr.base.timeutil import iso
+from recorder.recorder import Recorder
+from streams.camera import CameraStreams
 from streams.rtsp_source import RtspSource
+from web.ports import StationPort
 
 log = logging.getLogger(__name__)
 
-DAEMON = web.AppKey("daemon", Daemon)
+STATION = web.AppKey("station", StationPort)
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -63,15 +66,15 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error_response(500, "internal_error", "internal error; see the daemon's log")
 
 
-def create_app(daemon: Daemon) -> web.Application:
+def create_app(station: StationPort) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
-    app[DAEMON] = daemon
+    app[STATION] = station
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cameras", list_cameras)
     app.router.add_get("/api/cameras/{camera_id}", get_camera)
     from web import console, whep  # they import helpers from this module
 
-    whep.add_routes(app, daemon)
+    whep.add_routes(app, station)
     console.add_routes(app)
     from web import health_api
 
@@ -84,49 +87,50 @@ def create_app(daemon: Daemon) -> web.Application:
     archive_api.add_routes(app)
     from web import access
 
-    access.setup(app, daemon)  # last: its middleware runs inside json_errors
+    access.setup(app, station)  # last: its middleware runs inside json_errors
     app.cleanup_ctx.append(_limit_metrics)
     return app
 
 
 async def _limit_metrics(app: web.Application) -> AsyncIterator[None]:
-    """The limits' series (web/limits_metrics.py) in the daemon's registry while this app runs."""
+    """The limits' series (web/limits_metrics.py) in the station's registry while this app runs."""
     from web.access import ACCESS
     from web.limits_metrics import LimitsCollector
     from web.whep import WHEP
 
     access = app[ACCESS]
     collector = LimitsCollector(app[WHEP].slots, access.event_streams, access.throttle, access.watch)
-    registry = app[DAEMON].health.registry
+    registry = app[STATION].registry
     registry.register(collector)
     yield
     registry.unregister(collector)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    healthy = daemon.healthy()
-    body = {"status": "ok" if healthy else "degraded", "version": __version__, "station": daemon.config.station.id}
+    station = request.app[STATION]
+    healthy = station.problem() is None
+    body = {"status": "ok" if healthy else "degraded", "version": __version__, "station": station.config.station.id}
     return web.json_response(body, status=200 if healthy else 503)
 
 
 async def list_cameras(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+    station = request.app[STATION]
     from web.access import visible
 
     return web.json_response(
-        [camera_json(runtime) for runtime in daemon.cameras.values() if visible(request, runtime.config.id)]
+        [camera_json(runtime, station.recording.recorders.get(camera_id))
+         for camera_id, runtime in station.cameras.items() if visible(request, camera_id)]
     )
 
 
 async def get_camera(request: web.Request) -> web.Response:
     runtime = find_camera(request)
-    return web.json_response(camera_json(runtime))
+    return web.json_response(camera_json(runtime, request.app[STATION].recording.recorders.get(runtime.config.id)))
 
 
-def find_camera(request: web.Request) -> CameraRuntime:
+def find_camera(request: web.Request) -> CameraStreams:
     camera_id = request.match_info["camera_id"]
-    runtime = request.app[DAEMON].cameras.get(camera_id)
+    runtime = request.app[STATION].cameras.get(camera_id)
     if runtime is None:
         raise api_error(web.HTTPNotFound, "unknown_camera", f"no camera with id {camera_id!r}")
     return runtime
@@ -194,7 +198,7 @@ def source_json(source: RtspSource) -> dict[str, Any]:
     }
 
 
-def camera_json(runtime: CameraRuntime) -> dict[str, Any]:
+def camera_json(runtime: CameraStreams, recorder: Recorder | None) -> dict[str, Any]:
     camera = runtime.config
     body: dict[str, Any] = {
         "id": camera.id,
@@ -204,7 +208,6 @@ def camera_json(runtime: CameraRuntime) -> dict[str, Any]:
         **source_json(runtime.source),
     }
     body["live"] = source_json(runtime.live_source) if runtime.live_source is not None else None
-    recorder = runtime.recorder
     body["recording"] = recorder.recording if recorder is not None else False
     body["recording_error"] = recorder.core.error if recorder is not None else None
     body["last_segment_at"] = iso(recorder.last_segment_end) if recorder is not None else None

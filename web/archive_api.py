@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web.app import DAEMON
+from web.app import STATION
 
 
 def add_routes(app: web.Application) -> None:
@@ -15,11 +15,11 @@ def add_routes(app: web.Application) -> None:
 
 
 async def get_archive(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    archiver, config = daemon.archiver, daemon.config.archive
+    station = request.app[STATION]
+    archiver, config = station.recording.archiver, station.config.archive
     if config is None:
         return web.json_response({"enabled": False})
     if archiver is None:  # configured, but the storage is refused: nothing is recorded, nothing uploaded
         return web.json_response({"enabled": True, "state": "stopped", "reason": "storage_refused",
-                                  "message": daemon.storage_error or "the recording storage is not accepted"})
+                                  "message": station.recording.error or "the recording storage is not accepted"})
     return web.json_response(archiver.status.json(config))

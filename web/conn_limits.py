@@ -22,7 +22,7 @@ limits while it costs nothing but the accepted socket:
   instead of failing in a loop.
 
 Everything is counted (:class:`ConnectionCounts`, rendered by
-``nvr.metrics.ConnectionCollector``) and logged rate-limited: a WARNING the first
+``ConnectionCollector``) and logged rate-limited: a WARNING the first
 time, then at most one summary per ``log_interval_seconds``; nothing here logs per
 connection.  Everything runs on the event loop thread.
 """
@@ -37,14 +37,16 @@ import socket
 import ssl
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from nvr.config import WebLimits
+from nvr.base.config import WebLimits
 
 log = logging.getLogger(__name__)
 
@@ -507,3 +509,35 @@ class LimitedSite(web.BaseSite):
         listener = _Listener(sockets, self.limiter, self._ssl_context)
         listener.start()
         self._server = listener
+
+
+class ConnectionCollector(Collector):
+    """Prometheus view of :class:`ConnectionCounts` (owned here, where the numbers are): registered once the
+    server listens."""
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts
+        open_ = GaugeMetricFamily("nvr_http_connections", "Open HTTP connections")
+        open_.add_metric([], counts.open)
+        limit = GaugeMetricFamily(
+            "nvr_http_connections_limit", "Most HTTP connections at once: web.limits or the descriptor budget"
+        )
+        limit.add_metric([], counts.limit)
+        budget = GaugeMetricFamily(
+            "nvr_http_descriptor_budget", "Descriptors HTTP may use: the soft RLIMIT_NOFILE minus the reserve"
+        )
+        budget.add_metric([], counts.descriptor_budget)
+        refused = CounterMetricFamily(
+            "nvr_http_connections_refused", "Connections refused at accept, by limit", labels=["reason"]
+        )
+        closed = CounterMetricFamily(
+            "nvr_http_connections_closed", "Connections closed by a timeout or to make room", labels=["reason"]
+        )
+        for reason in REFUSE_REASONS:
+            refused.add_metric([reason], counts.refused.get(reason, 0))
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], counts.closed.get(reason, 0))
+        yield from (open_, limit, budget, refused, closed)

@@ -23,17 +23,19 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import generate_latest
 
-from nvr import coverage
-from nvr.alarms import AlarmChange, AlarmType
-from nvr.health_monitor import HealthMonitor
-from nvr.metrics import CONTENT_TYPE, render
-from nvr.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso, parse_iso
+from nvr.health import coverage
+from nvr.health.alarms import AlarmChange, AlarmType
+from nvr.health.monitor import HealthMonitor
 from web.access import ACCESS, identity, limit_error, visible
-from web.app import DAEMON, api_error, find_camera
+from web.app import STATION, api_error, find_camera
 from web.slots import LimitReached
 
 log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 MAX_EVENTS = 10_000
 MAX_COVERAGE_SECONDS = 366 * 86400
@@ -53,7 +55,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def _health(request: web.Request) -> HealthMonitor:
-    return request.app[DAEMON].health
+    return request.app[STATION].health
 
 
 def _time_param(request: web.Request, name: str, required: bool = False) -> float | None:
@@ -72,7 +74,7 @@ def _time_param(request: web.Request, name: str, required: bool = False) -> floa
 
 def _camera_param(request: web.Request) -> str | None:
     camera = request.query.get("camera") or None
-    if camera is not None and camera not in request.app[DAEMON].cameras:
+    if camera is not None and camera not in request.app[STATION].cameras:
         raise api_error(web.HTTPNotFound, "unknown_camera", f"no camera with id {camera!r}")
     return camera
 
@@ -193,12 +195,12 @@ async def relearn_reference(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = render(_health(request).registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    body = generate_latest(request.app[STATION].registry)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def get_coverage(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+    station = request.app[STATION]
     start = _time_param(request, "start", required=True)
     end = _time_param(request, "end", required=True)
     assert start is not None and end is not None
@@ -207,26 +209,26 @@ async def get_coverage(request: web.Request) -> web.Response:
     if end - start > MAX_COVERAGE_SECONDS:
         raise api_error(web.HTTPBadRequest, "range_too_large", "the range may span at most 366 days")
     camera = _camera_param(request)
-    index = daemon.index
+    index = station.recording.index
     if index is None:
         raise api_error(
             web.HTTPServiceUnavailable,
             "storage_unavailable",
-            f"the recording storage is not available: {daemon.storage_error or 'not checked yet'}",
+            f"the recording storage is not available: {station.recording.error or 'not checked yet'}",
         )
     store = _health(request).alarms
     now = time.time()
     runs = await store.runs(start, end)
     alarms = await store.query(None, None, start, end, False, 1_000_000)
-    cameras = [camera] if camera else [c for c in daemon.cameras if visible(request, c)]
+    cameras = [camera] if camera else [c for c in station.cameras if visible(request, c)]
     report = []
     for camera_id in cameras:
         segments = await index.call(index.segments, camera_id, start, end)
-        recorder = daemon.cameras[camera_id].recorder
+        recorder = station.recording.recorders.get(camera_id)
         in_progress = None
         if recorder is not None and recorder.recording:
             # The open segment is indexed only when it closes (at most about two segment lengths).
-            horizon = now - 2 * daemon.config.storage.segment_seconds
+            horizon = now - 2 * station.config.storage.segment_seconds
             in_progress = max(recorder.last_segment_end or horizon, horizon)
         # Up to 366 days of segments and alarms: computed off the loop.
         result = await asyncio.to_thread(

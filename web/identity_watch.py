@@ -24,8 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from nvr.authdb import AuthDatabase, digest
-from nvr.roles import Identity
+from nvr.identity.authdb import AuthDatabase, digest
+from nvr.identity.roles import Identity
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from nvr import coverage
-from nvr.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso, parse_iso
+from nvr.health import coverage
 from recorder.clip import ClipError, ClipStream
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
@@ -23,7 +23,7 @@ from recorder.index import Hold
 from recorder.search import CauseSource, search
 from recorder.timeline import Cause
 from web.access import audit, require_camera, visible
-from web.app import DAEMON, api_error, json_body
+from web.app import STATION, api_error, json_body
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +84,24 @@ def known_camera(request: web.Request, camera_id: Any, field: str = "camera") ->
         raise bad_request(field, "is required")
     # The allow-list first: a restricted user gets the same 403 for an unknown camera as for a forbidden one.
     require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
-    if camera_id not in request.app[DAEMON].cameras:
+    if camera_id not in request.app[STATION].cameras:
         raise api_error(web.HTTPNotFound, "unknown_camera", f"{field}: no camera with id {camera_id!r}")
     return camera_id
 
 
 def require_index(request: web.Request) -> Any:
-    daemon = request.app[DAEMON]
-    if daemon.index is None:
+    station = request.app[STATION]
+    if station.recording.index is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable",
-                        daemon.storage_error or "the recording storage is not available")
-    return daemon.index
+                        station.recording.error or "the recording storage is not available")
+    return station.recording.index
 
 
 
 
 async def cause_source(request: web.Request, start: float, end: float) -> CauseSource | None:
     """Why a camera was not recorded, from the alarm history and the daemon's runs (as the coverage report)."""
-    health = getattr(request.app[DAEMON], "health", None)
+    health = getattr(request.app[STATION], "health", None)
     if health is None:
         return None
     store = health.alarms
@@ -121,7 +121,7 @@ async def cause_source(request: web.Request, start: float, end: float) -> CauseS
 async def search_recordings(request: web.Request) -> web.Response:
     camera = known_camera(request, request.query.get("camera"))
     start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
-                             request.app[DAEMON].config.recordings.max_search_hours)
+                             request.app[STATION].config.recordings.max_search_hours)
     index = require_index(request)
     result = await index.call(search, index, camera, start, end, await cause_source(request, start, end))
     audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
@@ -140,16 +140,16 @@ async def search_recordings(request: web.Request) -> web.Response:
 
 
 async def clip(request: web.Request) -> web.StreamResponse:
-    daemon = request.app[DAEMON]
+    station = request.app[STATION]
     camera = known_camera(request, request.match_info["camera_id"])
     start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
-                             daemon.config.recordings.max_range_hours)
+                             station.config.recordings.max_range_hours)
     index = require_index(request)
     segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
     if not segments:
         raise api_error(web.HTTPNotFound, "no_recordings", f"no recordings of {camera} between "
                         f"{iso(start)} and {iso(end)}")
-    stream = ClipStream(daemon.root, segments, start, end)
+    stream = ClipStream(station.recording.root, segments, start, end)
     stream.start()
     first = await asyncio.to_thread(stream.next_chunk)
     if first is None:
@@ -202,23 +202,23 @@ def job_json(job: ExportJob) -> dict[str, Any]:
 
 
 async def create_export(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+    station = request.app[STATION]
     body = await json_body(request)
     cameras = body.get("cameras")
     if not isinstance(cameras, list) or not cameras or not all(isinstance(c, str) for c in cameras):
         raise bad_request("cameras", "must be a non-empty list of camera ids")
     cameras = [known_camera(request, c, "cameras") for c in dict.fromkeys(cameras)]
-    start, end = parse_range(request, body.get("start"), body.get("end"), daemon.config.recordings.max_range_hours)
+    start, end = parse_range(request, body.get("start"), body.get("end"), station.config.recordings.max_range_hours)
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise bad_request("reason", "is required: say why this evidence is exported")
     require_index(request)
-    if daemon.exports is None:
+    if station.recording.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
     causes = await cause_source(request, start, end)
     try:
-        job = await daemon.exports.submit(ExportRequest(cameras, start, end, reason.strip(), current_user(request)),
-                                          causes)
+        request_ = ExportRequest(cameras, start, end, reason.strip(), current_user(request))
+        job = await station.recording.exports.submit(request_, causes)
     except QueueFull as exc:
         raise api_error(web.HTTPServiceUnavailable, "export_queue_full", str(exc)) from None
     audit_cameras(request, "export.create", cameras, export_id=job.id, start=iso(start), end=iso(end),
@@ -234,7 +234,7 @@ def audit_cameras(request: web.Request, action: str, cameras: list[str], **detai
 
 
 def find_job(request: web.Request) -> ExportJob:
-    exports = request.app[DAEMON].exports
+    exports = request.app[STATION].recording.exports
     job = exports.jobs.get(request.match_info["export_id"]) if exports is not None else None
     if job is None:
         raise api_error(web.HTTPNotFound, "unknown_export", "no export with that id")
@@ -256,7 +256,7 @@ async def download_export(request: web.Request) -> web.StreamResponse:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
     audit_cameras(request, "export.download", job.request.cameras, export_id=job.id,
                   start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
-    if (exports := request.app[DAEMON].exports) is not None:
+    if (exports := request.app[STATION].recording.exports) is not None:
         exports.mark_downloaded(job)
     return web.FileResponse(job.path, headers={
         "Content-Type": "application/zip",
@@ -310,16 +310,16 @@ async def release_hold(request: web.Request) -> web.Response:
 
 
 async def station_key(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    if daemon.key is None:
+    station = request.app[STATION]
+    if station.recording.key is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
-    return web.json_response({"algorithm": "Ed25519", "fingerprint": daemon.key.fingerprint,
-                              "public_key_pem": daemon.key.public_pem.decode()})
+    return web.json_response({"algorithm": "Ed25519", "fingerprint": station.recording.key.fingerprint,
+                              "public_key_pem": station.recording.key.public_pem.decode()})
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
     """The station's signed checkpoints after ``after`` (a sequence number), for a witness to keep."""
-    daemon = request.app[DAEMON]
+    station = request.app[STATION]
     if not visible(request, "*"):
         # Checkpoints name every camera's chain head: only identities that may see every camera.
         raise api_error(web.HTTPForbidden, "cameras_restricted", "checkpoints cover every camera")
@@ -330,12 +330,12 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 4 or not 1 <= int(raw_limit) <= 1000:
         raise bad_request("limit", "must be 1..1000")
     index = require_index(request)
-    if daemon.key is None:
+    if station.recording.key is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
     rows = await index.call(index.checkpoints, int(raw_after), int(raw_limit))
     return web.json_response({
-        "station": daemon.config.station.id, "fingerprint": daemon.key.fingerprint,
-        "public_key_pem": daemon.key.public_pem.decode(),
+        "station": station.config.station.id, "fingerprint": station.recording.key.fingerprint,
+        "public_key_pem": station.recording.key.public_pem.decode(),
         "checkpoints": [{"seq": seq, "body": body, "signature": sig} for seq, body, sig in rows],
     })
 

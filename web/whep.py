@@ -36,16 +36,17 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from nvr.config import Live
-from nvr.daemon import CameraRuntime, Daemon
-from nvr.roles import Role
-from nvr.timeutil import iso
+from nvr.base.config import Live
+from nvr.base.timeutil import iso
+from nvr.identity.roles import Role
 from streams.bitstream import iter_nal_units
+from streams.camera import CameraStreams
 from streams.media import TrackInfo
 from web.access import ACCESS, audit, identity, via_console, visible
 from web.app import error_response, find_camera, read_body
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
+from web.ports import StationPort
 from web.slots import LimitReached, Slot, Slots
 
 log = logging.getLogger(__name__)
@@ -148,15 +149,15 @@ def _offered(offer: aiortc_sdp.SessionDescription, kind: str) -> list[str]:
 class WhepRelay:
     """Owns every live WHEP session of the daemon."""
 
-    def __init__(self, daemon: Daemon, config: Live) -> None:
-        self.daemon = daemon
+    def __init__(self, station: StationPort, config: Live) -> None:
+        self.station = station
         self.config = config
         self.sessions: dict[str, WhepSession] = {}
         self.opened_total = 0
         self.slots = Slots("sessions", "live sessions", config.max_sessions, config.max_sessions_per_user)
         self._closing = False
 
-    def view_info(self, runtime: CameraRuntime) -> tuple[TrackInfo | None, TrackInfo | None]:
+    def view_info(self, runtime: CameraStreams) -> tuple[TrackInfo | None, TrackInfo | None]:
         """Video and audio of the stream viewers get: current session, else the last one seen."""
         hub = runtime.view_hub
         source = runtime.live_source or runtime.source
@@ -165,7 +166,7 @@ class WhepRelay:
             return None, None
         return session.video, session.audio
 
-    async def open(self, runtime: CameraRuntime, offer_sdp: str, peer: str, user: str = "anonymous",
+    async def open(self, runtime: CameraStreams, offer_sdp: str, peer: str, user: str = "anonymous",
                    via: dict[str, str] | None = None) -> tuple[WhepSession, str]:
         if self._closing:
             raise WhepError(503, "shutting_down", "the daemon is shutting down")
@@ -178,7 +179,7 @@ class WhepRelay:
         with slot:  # given back if the offer is refused; the session holds it otherwise
             return await self._open(runtime, offer_sdp, peer, user, via, slot)
 
-    async def _open(self, runtime: CameraRuntime, offer_sdp: str, peer: str, user: str,
+    async def _open(self, runtime: CameraStreams, offer_sdp: str, peer: str, user: str,
                     via: dict[str, str], slot: Slot) -> tuple[WhepSession, str]:
         camera_id = runtime.config.id
         video, audio = self.view_info(runtime)
@@ -285,7 +286,7 @@ class WhepRelay:
             session.camera_id, session_id[:8], reason, time.monotonic() - session.created_mono,
             feed.video_sent, feed.dropped + feed.parked_dropped, delay,
         )
-        self.daemon.audit.record(
+        self.station.audit.record(
             "live.stop", actor=session.user, camera=session.camera_id, address=session.peer,
             session=session_id[:8], started_at=iso(session.created_at),
             duration_seconds=round(time.monotonic() - session.created_mono, 1), reason=reason, **session.via,
@@ -300,7 +301,7 @@ class WhepRelay:
         """Live viewers attached to each camera's view hub (for leak checks), of the cameras ``may_see``."""
         return {
             camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
-            for camera_id, runtime in self.daemon.cameras.items() if may_see(camera_id)
+            for camera_id, runtime in self.station.cameras.items() if may_see(camera_id)
         }
 
 
@@ -327,9 +328,9 @@ async def _close_refused(pc: RTCPeerConnection) -> None:
 WHEP = web.AppKey("whep", WhepRelay)
 
 
-def add_routes(app: web.Application, daemon: Daemon) -> WhepRelay:
+def add_routes(app: web.Application, station: StationPort) -> WhepRelay:
     """Mount the WHEP endpoints; sessions are closed when the app shuts down."""
-    relay = WhepRelay(daemon, daemon.config.live)
+    relay = WhepRelay(station, station.config.live)
     app[WHEP] = relay
     app.router.add_post("/api/cameras/{camera_id}/whep", post_offer)
     app.router.add_route("OPTIONS", "/api/cameras/{camera_id}/whep", options_whep)

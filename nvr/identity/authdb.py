@@ -1,6 +1,6 @@
 """Users, browser sessions and API tokens, in SQLite (WAL) next to the recordings.
 
-The same database holds the audit log (:mod:`nvr.audit`).  Passwords are
+The same database holds the audit log (:mod:`nvr.identity.audit`).  Passwords are
 hashed with Argon2id; session ids and API tokens are random and only their
 SHA-256 is stored (they carry 256 bits of entropy, so a slow hash adds
 nothing).  All database work runs on the database's own thread
@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from nvr.base.sqlite_worker import SqliteWorker, connect
-from nvr.roles import Identity, Role
+from nvr.identity.roles import Identity, Role
 
 T = TypeVar("T")
 

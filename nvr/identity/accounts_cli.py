@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nvr.audit import append, canonical, verify
-from nvr.authdb import USERNAME_PATTERN, AuthDatabase, AuthError
-from nvr.config import Config
-from nvr.roles import Role, parse_cameras
-from nvr.timeutil import iso
+from nvr.base.config import Config
+from nvr.base.timeutil import iso
+from nvr.identity.audit import append, canonical, verify
+from nvr.identity.authdb import USERNAME_PATTERN, AuthDatabase, AuthError
+from nvr.identity.roles import Role, parse_cameras
 
 COMMANDS = ("user", "token", "audit")
 _MIN_PASSWORD = 10

@@ -1,6 +1,6 @@
 """Health of one camera: turns connection state, picture checks and rates into alarms.
 
-Three inputs, one output (alarms in :class:`~nvr.alarms.AlarmStore`):
+Three inputs, one output (alarms in :class:`~nvr.health.alarms.AlarmStore`):
 
 - connection state, pushed by :class:`RtspSource` through its ``on_state``
   hook: ``offline`` opens at once (the source already waited
@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from nvr.alarms import AlarmStore, AlarmType, Severity
-from nvr.config import Health, PictureChecks
+from nvr.base.config import Health, PictureChecks
+from nvr.health.alarms import AlarmStore, AlarmType, Severity
 from streams.hub import Hub, HubReader, ReaderClosed
 from streams.media import MediaPacket, SessionEnded, TrackKind
 from streams.picture_check import Condition, Findings, PictureCheck, decode_keyframe

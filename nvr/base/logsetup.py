@@ -8,8 +8,8 @@ import sys
 
 import av.logging
 
-from nvr.config import LogLevel
-from nvr.secrets import RedactingFilter
+from nvr.base.config import LogLevel
+from nvr.base.secrets import RedactingFilter
 
 _FFMPEG_LEVELS = {
     LogLevel.DEBUG: av.logging.VERBOSE,

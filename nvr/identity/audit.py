@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nvr import secrets
-from nvr.authdb import AuthDatabase
-from nvr.timeutil import iso
+from nvr.base import secrets
+from nvr.base.timeutil import iso
+from nvr.identity.authdb import AuthDatabase
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,30 @@
-"""Wiring of camera health: one :class:`CameraHealth` per camera, the alarm store, storage alarms, webhooks, metrics.
+"""Health of the station: one :class:`CameraHealth` per camera, the alarm store, storage alarms, webhooks.
 
-The daemon owns one :class:`HealthMonitor`.  It is built with the daemon (so
-that it sees every source's first state change), started with it, told when
-the storage is accepted (the alarm store moves onto it), and stopped first on
-shutdown so that open alarms are closed as "shutdown" and not as cleared.
+The station owns one :class:`HealthMonitor`.  It is built with the station
+(so that it sees every source's first state change), started with it, told
+when the storage is accepted (the alarm store moves onto it), and stopped
+first on shutdown so that open alarms are closed as "shutdown" and not as
+cleared.  It knows the station only through what it is given: the cameras'
+streams, a way to run tasks, the storage's state and the recorders' last
+writes (callables), so this package never imports the wiring above it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-
-from nvr.alarms import ALARMS_FILE, AlarmStore, AlarmType, severity_for
-from nvr.metrics import build_registry
-from nvr.webhooks import WebhookSender
+from nvr.base.config import Config
+from nvr.health.alarms import ALARMS_FILE, AlarmStore, AlarmType, severity_for
+from nvr.health.camera import CameraHealth
+from nvr.health.webhooks import WebhookSender
 from recorder.storage import free_space
-from streams.health import CameraHealth
+from streams.camera import CameraStreams
 from streams.hub import HubReader
-
-if TYPE_CHECKING:
-    from nvr.daemon import CameraRuntime, Daemon
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,23 @@ _STORAGE_CHECK_SECONDS = 5.0
 _ANALYSIS_THREADS = 2
 
 
+Spawn = Callable[[str, Callable[[], Awaitable[None]]], object]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageState:
+    """The recording storage as retention last saw it (None from the provider while it is refused)."""
+
+    root: Path
+    disk_full: bool
+    free_percent: float
+
+
 class HealthMonitor:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        config = daemon.config
+    def __init__(self, config: Config, cameras: Mapping[str, CameraStreams], spawn: Spawn,
+                 storage: Callable[[], StorageState | None], last_write: Callable[[str], float | None]) -> None:
+        self.spawn = spawn
+        self.storage = storage
         self.alarms = AlarmStore()
         self.executor = ThreadPoolExecutor(max_workers=_ANALYSIS_THREADS, thread_name_prefix="health")
         self.cameras: dict[str, CameraHealth] = {}
@@ -48,7 +60,7 @@ class HealthMonitor:
             self.alarms.listeners.append(sender.submit)
         self._stopping = False
         self._wake = asyncio.Event()
-        for camera_id, runtime in daemon.cameras.items():
+        for camera_id, runtime in cameras.items():
             camera = runtime.config
             self.cameras[camera_id] = CameraHealth(
                 camera_id,
@@ -60,7 +72,7 @@ class HealthMonitor:
                 self.alarms,
                 self.executor,
                 record=camera.record,
-                last_write=_last_write(runtime),
+                last_write=_last_write_of(last_write, camera_id),
             )
             for hub in (runtime.hub, runtime.live_hub):
                 if hub is not None:
@@ -69,7 +81,6 @@ class HealthMonitor:
             self.reader_drops[(camera_id, f"health:{camera_id}")] = 0
             if camera.record:
                 self.reader_drops[(camera_id, f"recorder:{camera_id}")] = 0
-        self.registry: CollectorRegistry = build_registry(daemon, self)
 
     def _count_drop(self, reader: HubReader) -> None:
         camera = reader.hub.name.split("/", 1)[0]
@@ -77,7 +88,7 @@ class HealthMonitor:
         self.reader_drops[key] = self.reader_drops.get(key, 0) + 1
 
     def start(self) -> None:
-        spawn = self.daemon.spawn
+        spawn = self.spawn
         spawn("alarms-heartbeat", self.alarms.heartbeat)
         spawn("storage-health", self._watch_storage)
         for camera_id, camera_health in self.cameras.items():
@@ -101,24 +112,17 @@ class HealthMonitor:
 
     async def _watch_storage(self) -> None:
         while not self._stopping:
-            retention = self.daemon.retention
-            if self.daemon.index is not None:
+            state = self.storage()
+            if state is not None:
                 try:
-                    self.storage_space = await asyncio.to_thread(free_space, self.daemon.root)
+                    self.storage_space = await asyncio.to_thread(free_space, state.root)
                 except OSError as exc:
                     log.debug("cannot read free space: %s", exc)
-            if retention is not None:
-                if retention.disk_full:
-                    self.alarms.open(
-                        None,
-                        AlarmType.DISK_FULL,
-                        severity_for(None),
-                        {"free_percent": round(retention.last_free_percent, 2)},
-                    )
+                details = {"free_percent": round(state.free_percent, 2)}
+                if state.disk_full:
+                    self.alarms.open(None, AlarmType.DISK_FULL, severity_for(None), details)
                 else:
-                    self.alarms.close(
-                        None, AlarmType.DISK_FULL, {"free_percent": round(retention.last_free_percent, 2)}
-                    )
+                    self.alarms.close(None, AlarmType.DISK_FULL, details)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=_STORAGE_CHECK_SECONDS)
@@ -137,11 +141,8 @@ class HealthMonitor:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _last_write(runtime: CameraRuntime) -> Callable[[], float | None]:
-    def last_write() -> float | None:
-        recorder = runtime.recorder
-        if recorder is None or not recorder.core.last_write_mono:
-            return None
-        return recorder.core.last_write_mono
+def _last_write_of(last_write: Callable[[str], float | None], camera_id: str) -> Callable[[], float | None]:
+    def of_camera() -> float | None:
+        return last_write(camera_id)
 
-    return last_write
+    return of_camera

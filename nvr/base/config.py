@@ -8,7 +8,7 @@ Loading goes in three steps:
    failing that, by the file NAME in systemd's ``$CREDENTIALS_DIRECTORY``.
    A value substituted into the user-info part of a URL is percent-encoded
    for it, so a raw password such as ``Pa55@w:rd%21!`` works as written.
-   Every password that ends up in a URL is registered with :mod:`nvr.secrets`.
+   Every password that ends up in a URL is registered with :mod:`nvr.base.secrets`.
 3. The data is validated by frozen pydantic models that forbid unknown keys.
 
 All problems are collected and raised together as :class:`ConfigError`.
@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nvr import secrets
+from nvr.base import secrets
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Keys whose substituted values are secrets even outside a URL.

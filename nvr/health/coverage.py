@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvr.alarms import Alarm, AlarmType, Run
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
+from nvr.health.alarms import Alarm, AlarmType, Run
 from recorder.index import SegmentRecord
 from recorder.timeline import Cause, Gap, Timeline, build, from_intervals
 

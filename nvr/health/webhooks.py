@@ -18,9 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from nvr import __version__, secrets
-from nvr.alarms import AlarmChange
-from nvr.config import Alerts, Webhook
+from nvr import __version__
+from nvr.base import secrets
+from nvr.base.config import Alerts, Webhook
+from nvr.health.alarms import AlarmChange
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nvr.base.config import Zone
 from nvr.base.sqlite_worker import SqliteWorker, connect
-from nvr.config import Zone
-from nvr.timeutil import iso
+from nvr.base.timeutil import iso
 
 log = logging.getLogger(__name__)
 
