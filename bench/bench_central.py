@@ -33,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, cpu_seconds, report  # noqa: E402
-from nvr.access_cli import create_token  # noqa: E402
-from nvr.roles import Role  # noqa: E402
+from nvr.identity.accounts_cli import create_token  # noqa: E402
+from nvr.identity.roles import Role  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
 from tests.conftest import Daemon, free_port, wait_until  # noqa: E402
 

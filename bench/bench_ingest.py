@@ -128,8 +128,8 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, r
     cfg.write_text(yaml.safe_dump(config))
     subprocess.run([python(), "-m", "nvr", "init-storage", "-c", str(cfg)], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
-    from nvr.access_cli import create_token
-    from nvr.roles import Role
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
 
     token = create_token(storage / "auth.sqlite3", "bench", Role.ADMIN)  # access control: deny by default
     proc = subprocess.Popen([python(), "-m", "nvr", "run", "-c", str(cfg)], cwd=REPO)
