@@ -36,7 +36,7 @@ from bench.common import REPO, cpu_seconds, report  # noqa: E402
 from nvr.identity.accounts_cli import create_token  # noqa: E402
 from nvr.identity.roles import Role  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
-from tests.conftest import Daemon, free_port, wait_until  # noqa: E402
+from tests.conftest import StationProcess, free_port, wait_until  # noqa: E402
 
 CAMERA = {"width": 320, "height": 240, "fps": 10}
 
@@ -79,7 +79,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sims = [SimCamera(f"sim-{x}", **CAMERA) for x in "abcd"]
-    daemons: list[Daemon] = []
+    daemons: list[StationProcess] = []
     console: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-central-") as tmp:
         try:
@@ -90,7 +90,7 @@ def main() -> int:
             for i in range(args.stations):
                 workdir = Path(tmp) / f"st{i}"
                 workdir.mkdir()
-                daemon = Daemon(workdir, [
+                daemon = StationProcess(workdir, [
                     {"id": "cam-1", "name": "Hall", "zone": "hall", "url": sims[i % 2].url},
                     {"id": "cam-2", "name": "Cell", "zone": "holding_cell", "url": sims[2 + i % 2].url},
                 ], station={"id": f"st-{i}", "name": f"Station {i}"}, log={"level": "info"})

@@ -33,18 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import clip_1080p, cpu_seconds, report  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
-from tests.conftest import Daemon, wait_until  # noqa: E402
+from tests.conftest import StationProcess, wait_until  # noqa: E402
 
 STALL = 2.0
 
 
-def metric(daemon: Daemon, name: str, camera: str) -> float:
+def metric(daemon: StationProcess, name: str, camera: str) -> float:
     text = daemon.get("/metrics")[1].decode()
     match = re.search(rf'^{name}{{camera="{camera}"}} (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
-def offline_alarms(daemon: Daemon, camera: str, open_only: bool = False) -> list[dict[str, Any]]:
+def offline_alarms(daemon: StationProcess, camera: str, open_only: bool = False) -> list[dict[str, Any]]:
     query = f"/api/events?camera={camera}&type=offline" + ("&open=true" if open_only else "")
     return daemon.get(query)[1]["events"]  # type: ignore[no-any-return]
 
@@ -54,7 +54,7 @@ def epoch(text: str) -> float:
 
 
 def cpu_phase(workdir: Path, cam: SimCamera, record: bool, seconds: float) -> dict[str, float]:
-    daemon = Daemon(
+    daemon = StationProcess(
         workdir,
         [{"id": "cam", "name": "Cam", "url": cam.url, "record": record}],
         health={"stall_seconds": STALL},
@@ -89,7 +89,7 @@ def cpu_phase(workdir: Path, cam: SimCamera, record: bool, seconds: float) -> di
 def latency_phase(workdir: Path, runs: int) -> dict[str, Any]:
     cam = SimCamera("lat", gop=15)
     cam.start()
-    daemon = Daemon(
+    daemon = StationProcess(
         workdir,
         [{"id": "cam", "name": "Cam", "url": cam.url}],
         health={"stall_seconds": STALL},

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import clip_1080p, report  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
-from tests.conftest import Daemon, wait_until  # noqa: E402
+from tests.conftest import StationProcess, wait_until  # noqa: E402
 
 WRK_CONNECTIONS = 16
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -72,14 +72,14 @@ def wrk(url: str, token: str | None, seconds: float) -> dict[str, float]:
             "non_2xx": int(errors.group(1)) if errors else 0}
 
 
-def load(daemon: Daemon, seconds: float) -> dict[str, Any]:
+def load(daemon: StationProcess, seconds: float) -> dict[str, Any]:
     return {
         "healthz": wrk(daemon.base_url + "/healthz", None, seconds),
         "api_cameras": wrk(daemon.base_url + "/api/cameras", daemon.token, seconds),
     }
 
 
-def segments_total(daemon: Daemon) -> dict[str, float]:
+def segments_total(daemon: StationProcess) -> dict[str, float]:
     text = daemon.get("/metrics")[1].decode()
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r'^nvr_recording_segments_total\{camera="([^"]+)"\} (\S+)$', text, re.MULTILINE)}
@@ -104,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nvr-bench-http-") as tmp:
         root = Path(tmp)
         (root / "idle").mkdir()
-        empty = Daemon(root / "idle", [], **quiet)
+        empty = StationProcess(root / "idle", [], **quiet)
         empty.start()
         try:
             without = load(empty, args.seconds)
@@ -117,7 +117,7 @@ def main() -> None:
             for cam in cams:
                 cam.start()
             (root / "rec").mkdir()
-            daemon = Daemon(root / "rec", [{"id": c.name, "name": c.name, "url": c.url} for c in cams],
+            daemon = StationProcess(root / "rec", [{"id": c.name, "name": c.name, "url": c.url} for c in cams],
                             storage={"segment_seconds": 4}, **quiet)
             daemon.start()
             try:

@@ -38,7 +38,7 @@ from aiortc.mediastreams import MediaStreamError  # noqa: E402
 
 from bench.common import clip_1080p, cpu_seconds, report  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
-from tests.conftest import Daemon, wait_until  # noqa: E402
+from tests.conftest import StationProcess, wait_until  # noqa: E402
 from tests.test_live import CHROMIUM_ARGS  # noqa: E402
 
 MEASURE_JS = """async (camera) => {
@@ -89,7 +89,7 @@ def first_frame_phase(root: Path, runs: int) -> None:
     cam = SimCamera("ff", width=640, height=360, fps=15, gop=30)
     cam.start()
     root.mkdir()
-    daemon = Daemon(root, [{"id": "cam", "name": "Cam", "url": cam.url}], log={"level": "info"})
+    daemon = StationProcess(root, [{"id": "cam", "name": "Cam", "url": cam.url}], log={"level": "info"})
     try:
         daemon.start()
         daemon.wait_state("cam", "online", timeout=30)
@@ -150,7 +150,7 @@ def cpu_phase(root: Path, viewers: int, seconds: float) -> None:
     cam = SimCamera("cpu", file=clip_1080p(), fps=25)
     cam.start()
     root.mkdir()
-    daemon = Daemon(root, [{"id": "cam", "name": "Cam", "url": cam.url}], log={"level": "info"})
+    daemon = StationProcess(root, [{"id": "cam", "name": "Cam", "url": cam.url}], log={"level": "info"})
     try:
         daemon.start()
         daemon.wait_state("cam", "online", timeout=30)
