@@ -20,7 +20,6 @@ console's database.  Camera allow-lists name cameras ``STATION/CAMERA``
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import urllib.parse
@@ -39,13 +38,13 @@ from nvr import __version__
 from nvr.identity.audit import AuditLog
 from nvr.identity.authdb import AuthDatabase
 from nvr.identity.roles import Role
-from web.app import api_error, error_response, json_errors, read_body
-from web.slots import LimitReached
+from web import access, openapi, sse
+from web.access import ACCESS, audit, identity, may_see, station_camera
+from web.console import _CSP, STATIC_DIR
+from web.http import api_error, error_response, json_errors, read_body
 
 log = logging.getLogger(__name__)
 
-_SSE_QUEUE = 256
-_SSE_KEEPALIVE_SECONDS = 15.0
 
 
 class ConsoleRuntime:
@@ -66,8 +65,6 @@ RUNTIME = web.AppKey("console_runtime", ConsoleRuntime)
 
 
 def create_console_app(runtime: ConsoleRuntime) -> web.Application:
-    from web import access
-    from web.console import STATIC_DIR
 
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_OFFER_BYTES + 1024)
     app[RUNTIME] = runtime
@@ -82,6 +79,7 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
     app.on_shutdown.append(_close_streams)
     witness.setup(app, runtime.witness, runtime.config.console.id,
                   {s.id: s.name or s.id for s in runtime.config.stations})
+    openapi.add_routes(app)
     access.setup(app, runtime)  # an AccessPort: .auth, .audit, .config.auth, .config.web
     return app
 
@@ -92,7 +90,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def index(_request: web.Request) -> web.FileResponse:
-    from web.console import _CSP, STATIC_DIR
 
     return web.FileResponse(STATIC_DIR / "fleet.html", headers={
         "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
@@ -100,7 +97,6 @@ async def index(_request: web.Request) -> web.FileResponse:
 
 
 def _who(request: web.Request) -> Any:
-    from web.access import identity
 
     return identity(request)
 
@@ -113,86 +109,35 @@ async def get_alarms(request: web.Request) -> web.Response:
     return web.json_response({"alarms": request.app[RUNTIME].fleet.alarms_json(_who(request))})
 
 
-def _sse(event: str, body: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(body)}\n\n".encode()
-
-
 async def stream_fleet(request: web.Request) -> web.StreamResponse:
-    from web.access import ACCESS, limit_error, may_see, station_camera
 
     runtime = request.app[RUNTIME]
     fleet = runtime.fleet
     who = _who(request)
-    access = request.app[ACCESS]
-    try:
-        slot = access.event_streams.take(who.name if who is not None else "anonymous")  # before any await
-    except LimitReached as limit:
-        raise limit_error(limit) from None
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_SSE_QUEUE)
-    ended = asyncio.Event()
 
-    def listener(name: str, body: dict[str, Any]) -> None:
-        if name.startswith("alarm.") and not may_see(who, station_camera(body["station"], body["alarm"].get("camera"))):
-            return
-        try:
-            queue.put_nowait((name, body))
-        except asyncio.QueueFull:
-            log.warning("fleet feed client too slow; closing its stream")
-            close()
+    def subscribe(publish: sse.Publish) -> Callable[[], None]:
+        def listener(name: str, body: dict[str, Any]) -> None:
+            if name.startswith("alarm.") and not may_see(who, station_camera(body["station"],
+                                                                             body["alarm"].get("camera"))):
+                return
+            publish(sse.Event(name, body))
 
-    def close() -> None:
-        if listener in fleet.listeners:
-            fleet.listeners.remove(listener)
-        ended.set()
-        try:  # wake the writer now, not at the next keepalive (shutdown must not wait for it)
-            queue.put_nowait(("", {}))
-        except asyncio.QueueFull:
-            pass
+        fleet.listeners.append(listener)
+        return lambda: fleet.listeners.remove(listener) if listener in fleet.listeners else None
 
-    unwatch = access.watch.watch(who, "fleet feed", lambda _reason: close())
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-    })
-    fleet.listeners.append(listener)
-    runtime.sse_closers.add(close)
-    try:
-        await response.prepare(request)
-        await response.write(_sse("fleet", fleet.fleet_json(who)))
-        while not ended.is_set():
-            try:
-                name, body = await asyncio.wait_for(queue.get(), _SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            if ended.is_set():
-                break
-            if name == "station":
-                # Coalesce: one snapshot of each station that changed, however many changes queued.
-                pending = {body["station"]}
-                while not queue.empty():
-                    more_name, more = queue.get_nowait()
-                    if more_name == "station":
-                        pending.add(more["station"])
-                    else:
-                        await response.write(_sse(more_name, more))
-                for station_id in sorted(pending):
-                    await response.write(_sse("station", fleet.station_json(station_id, who)))
-            else:
-                await response.write(_sse(name, body))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        runtime.sse_closers.discard(close)
-        close()
-        unwatch()
-        slot.release()
-    return response
+    def coalesce(events: list[sse.Event]) -> list[sse.Event]:
+        # One snapshot of each station that changed, however many changes queued.
+        changed = sorted({e.body["station"] for e in events if e.name == "station"})
+        return [e for e in events if e.name != "station"] + [
+            sse.Event("station", fleet.station_json(station_id, who)) for station_id in changed]
+
+    return await sse.serve(request, "fleet feed", subscribe, lambda: [sse.Event("fleet", fleet.fleet_json(who))],
+                           runtime.sse_closers, batch=coalesce)
 
 
 async def _close_streams(app: web.Application) -> None:
     runtime = app[RUNTIME]
-    for close in list(runtime.sse_closers):
-        close()
+    await sse.close_all(runtime.sse_closers)
     await runtime.fleet.stop()
 
 
@@ -218,7 +163,6 @@ def _station_error(body: bytes) -> tuple[str, str]:
 
 
 async def post_offer(request: web.Request) -> web.Response:
-    from web.access import audit
 
     link = _link(request)
     runtime = request.app[RUNTIME]
@@ -255,7 +199,6 @@ async def post_offer(request: web.Request) -> web.Response:
     if session_id is None:
         audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, error="bad_location")
         return error_response(502, "station_error", f"station {link.id} answered without a session Location")
-    from web.access import ACCESS
 
     session = runtime.relay.add(link, camera_id, session_id, user)
     session.unwatch = request.app[ACCESS].watch.watch(
@@ -269,7 +212,6 @@ async def post_offer(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    from web.access import audit
 
     link = _link(request)
     runtime = request.app[RUNTIME]

@@ -33,8 +33,9 @@ from nvr.base.timeutil import iso
 from recorder.checkpoint import FILE_FORMAT, CheckpointError, Envelope, open_envelope
 from recorder.keys import fingerprint, load_public
 from recorder.trust import KeyringEntry, keyring_document
+from web import params
 from web.access import audit, visible
-from web.app import api_error
+from web.http import api_error
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +165,7 @@ async def station_checkpoints(request: web.Request) -> web.Response:
     # A restricted user gets the same answer for a station they may not see as for one that does not exist.
     if not visible(request, f"{station}/*") or station not in console["stations"]:
         raise api_error(web.HTTPNotFound, "unknown_station", f"no station {station[:64]!r} you may see")
-    since = None
-    raw = request.query.get("since")
-    if raw:
-        from nvr.base.timeutil import parse_iso
-
-        try:
-            since = parse_iso(raw)
-        except ValueError:
-            raise api_error(web.HTTPBadRequest, "invalid_since", "since: not an ISO-8601 time") from None
+    since = params.time(request.query.get("since"), "since", required=False)
     witness = request.app[WITNESS]
     doc = await witness.call(witness.export, station, console["id"], since)
     audit(request, "checkpoints.export", station=station, checkpoints=len(doc["checkpoints"]))

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from nvr.base import systemd
 from nvr.base.config import Web, WebLimits
+from web.conn_limits import ConnectionCollector, ConnectionLimiter, LimitedSite, body_deadline
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -112,8 +113,6 @@ async def start_web(app: web.Application, host: str, port: int, ssl_context: ssl
     ``registry`` when one is given.
     """
     from prometheus_client import ProcessCollector
-
-    from web.conn_limits import ConnectionCollector, ConnectionLimiter, LimitedSite, body_deadline
 
     limits = limits or WebLimits()
     soft = raise_nofile_limit()

@@ -36,11 +36,13 @@ from typing import Any
 
 from aiohttp import web
 
-from nvr.base.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso
 from nvr.identity.audit import AuditQuery
 from nvr.identity.authdb import AuthDatabase
 from nvr.identity.roles import Identity, Permission, Role
-from web.app import api_error, json_body
+from web import params
+from web.console import _CSP, STATIC_DIR
+from web.http import api_error, json_body
 from web.identity_watch import IdentityWatch, session_key
 from web.login_throttle import LoginThrottle
 from web.ports import AccessPort
@@ -188,9 +190,6 @@ def setup(app: web.Application, host: AccessPort) -> None:
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/me", me)
     app.router.add_get("/api/audit", read_audit)
-    from web import openapi
-
-    app.router.add_get("/api/openapi.json", openapi.serve)
     app.on_startup.append(_check_table)
 
 
@@ -416,7 +415,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 async def login_page(_request: web.Request) -> web.FileResponse:
-    from web.console import _CSP, STATIC_DIR
 
     return web.FileResponse(STATIC_DIR / "login.html", headers={
         "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
@@ -530,32 +528,16 @@ async def me(request: web.Request) -> web.Response:
 # -- the audit log --------------------------------------------------------------------------
 
 
-def _time(request: web.Request, name: str) -> float | None:
-    text = request.query.get(name)
-    if not text:
-        return None
-    try:
-        return parse_iso(text)
-    except ValueError as exc:
-        raise api_error(web.HTTPBadRequest, "invalid_" + name, f"{name}: not an ISO-8601 time ({exc})") from None
-
-
 async def read_audit(request: web.Request) -> web.Response:
     access = request.app[ACCESS]
     who = identity(request)
-    try:
-        limit = int(request.query.get("limit", "1000"))
-    except ValueError:
-        raise api_error(web.HTTPBadRequest, "invalid_limit", "limit: an integer") from None
-    if not 1 <= limit <= _MAX_AUDIT_ENTRIES:
-        raise api_error(web.HTTPBadRequest, "invalid_limit", f"limit: between 1 and {_MAX_AUDIT_ENTRIES}")
+    limit = params.integer(request, "limit", 1000, 1, _MAX_AUDIT_ENTRIES)
+    since, until = params.time_range(request.query.get("since"), request.query.get("until"), None,
+                                     "since", "until", required=False)
     query = AuditQuery(
         actor=request.query.get("user") or None, action=request.query.get("action") or None,
-        since=_time(request, "since"), until=_time(request, "until"), limit=limit,
-        cameras=who.cameras if who is not None else None,
+        since=since, until=until, limit=limit, cameras=who.cameras if who is not None else None,
     )
-    if query.since is not None and query.until is not None and query.until < query.since:
-        raise api_error(web.HTTPBadRequest, "invalid_until", "until: before since")
     entries = await access.audit.db.call(access.audit.query, query)
     audit(request, "audit.read", filter_user=query.actor, filter_action=query.action, since=iso(query.since),
           until=iso(query.until), returned=len(entries))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web.app import STATION
+from web.http import STATION
 
 
 def add_routes(app: web.Application) -> None:

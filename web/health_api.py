@@ -16,22 +16,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from nvr.base.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso
 from nvr.health import coverage
 from nvr.health.alarms import AlarmChange, AlarmType
 from nvr.health.monitor import HealthMonitor
-from web.access import ACCESS, identity, limit_error, visible
-from web.app import STATION, api_error, find_camera
-from web.slots import LimitReached
+from web import params, sse
+from web.access import visible
+from web.http import STATION, api_error, find_camera
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,6 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what genera
 
 MAX_EVENTS = 10_000
 MAX_COVERAGE_SECONDS = 366 * 86400
-_SSE_QUEUE = 256
-_SSE_KEEPALIVE_SECONDS = 15.0
 SSE_CLOSERS = web.AppKey("sse_closers", set[Callable[[], None]])
 
 
@@ -58,20 +54,6 @@ def _health(request: web.Request) -> HealthMonitor:
     return request.app[STATION].health
 
 
-def _time_param(request: web.Request, name: str, required: bool = False) -> float | None:
-    text = request.query.get(name)
-    if not text:
-        if required:
-            raise api_error(
-                web.HTTPBadRequest, "bad_request", f"{name} is required (ISO-8601, e.g. 2026-01-31T12:00:00Z)"
-            )
-        return None
-    try:
-        return parse_iso(text)
-    except ValueError as exc:
-        raise api_error(web.HTTPBadRequest, "bad_time", f"{name}: not an ISO-8601 time with a zone ({exc})") from None
-
-
 def _camera_param(request: web.Request) -> str | None:
     camera = request.query.get("camera") or None
     if camera is not None and camera not in request.app[STATION].cameras:
@@ -81,111 +63,38 @@ def _camera_param(request: web.Request) -> str | None:
 
 async def list_events(request: web.Request) -> web.Response:
     camera = _camera_param(request)
-    kind = None
-    if request.query.get("type"):
-        try:
-            kind = AlarmType(request.query["type"])
-        except ValueError:
-            known = ", ".join(t.value for t in AlarmType)
-            raise api_error(web.HTTPBadRequest, "bad_type", f"unknown alarm type; one of {known}") from None
-    since, until = _time_param(request, "since"), _time_param(request, "until")
-    if since is not None and until is not None and until < since:
-        raise api_error(web.HTTPBadRequest, "bad_range", "until is before since")
-    open_text = request.query.get("open", "").lower()
-    if open_text not in ("", "true", "false", "1", "0"):
-        raise api_error(web.HTTPBadRequest, "bad_request", "open must be true or false")
-    try:
-        limit = int(request.query.get("limit", "1000"))
-    except ValueError:
-        raise api_error(web.HTTPBadRequest, "bad_request", "limit must be an integer") from None
-    if not 1 <= limit <= MAX_EVENTS:
-        raise api_error(web.HTTPBadRequest, "bad_request", f"limit must be between 1 and {MAX_EVENTS}")
-    alarms = await _health(request).alarms.query(camera, kind, since, until, open_text in ("true", "1"), limit)
+    kind = params.choice(request, "type", AlarmType)
+    since, until = params.time_range(request.query.get("since"), request.query.get("until"), None,
+                                     "since", "until", required=False)
+    open_only = params.boolean(request, "open")
+    limit = params.integer(request, "limit", 1000, 1, MAX_EVENTS)
+    alarms = await _health(request).alarms.query(camera, kind, since, until, open_only, limit)
     return web.json_response({"events": [alarm.json() for alarm in alarms if visible(request, alarm.camera)]})
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     store = _health(request).alarms
-    queue: asyncio.Queue[AlarmChange] = asyncio.Queue(_SSE_QUEUE)
-    closers = request.app[SSE_CLOSERS]
-    access = request.app[ACCESS]
-    who = identity(request)
-    try:
-        slot = access.event_streams.take(who.name if who is not None else "anonymous")  # before any await
-    except LimitReached as limit:
-        raise limit_error(limit) from None
 
-    ended = asyncio.Event()
+    def subscribe(publish: sse.Publish) -> Callable[[], None]:
+        def listener(change: AlarmChange) -> None:
+            if visible(request, change.alarm.camera):
+                body = change.json()
+                publish(sse.Event(body["event"], body, change.alarm.id))
 
-    def listener(change: AlarmChange) -> None:
-        if not visible(request, change.alarm.camera):
-            return
-        try:
-            queue.put_nowait(change)
-        except asyncio.QueueFull:
-            # Too slow: end the stream rather than buffer without bound; the client reconnects.
-            log.warning("alarm feed client too slow; closing its stream")
-            close()
+        store.listeners.append(listener)
+        return lambda: store.listeners.remove(listener) if listener in store.listeners else None
 
-    def close() -> None:
-        if listener in store.listeners:
-            store.listeners.remove(listener)
-        ended.set()
-
-    unwatch = access.watch.watch(who, "alarm feed", lambda _reason: close())
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    store.listeners.append(listener)
-    closers.add(close)
-    try:
-        await response.prepare(request)
+    def initial() -> list[sse.Event]:
         # The current open alarms first, so a console that (re)connects starts complete.
-        await response.write(b": nvr alarm feed\n\n")
-        for alarm in filter(lambda a: visible(request, a.camera), store.open_alarms()):
-            await response.write(_sse("alarm.open", {"event": "alarm.open", "alarm": alarm.json()}, alarm.id))
-        while not ended.is_set():
-            if queue.empty():
-                waiter = asyncio.ensure_future(ended.wait())
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait(
-                    {waiter, getter}, timeout=_SSE_KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                if getter not in done:
-                    getter.cancel()
-                    if not done:
-                        await response.write(b": keepalive\n\n")
-                    continue
-                change = getter.result()
-            else:
-                change = queue.get_nowait()
-            if ended.is_set():
-                break
-            body = change.json()
-            await response.write(_sse(body["event"], body, change.alarm.id))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        closers.discard(close)
-        close()
-        unwatch()
-        slot.release()
-    return response
+        return [sse.Event("alarm.open", {"event": "alarm.open", "alarm": alarm.json()}, alarm.id)
+                for alarm in store.open_alarms() if visible(request, alarm.camera)]
 
-
-def _sse(event: str, body: dict[str, Any], event_id: str) -> bytes:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(body)}\n\n".encode()
+    return await sse.serve(request, "alarm feed", subscribe, initial, request.app[SSE_CLOSERS],
+                           greeting=b": nvr alarm feed\n\n")
 
 
 async def _close_streams(app: web.Application) -> None:
-    closers: set[Callable[[], None]] = app[SSE_CLOSERS]
-    for close in list(closers):
-        close()
+    await sse.close_all(app[SSE_CLOSERS])
 
 
 async def relearn_reference(request: web.Request) -> web.Response:
@@ -201,13 +110,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def get_coverage(request: web.Request) -> web.Response:
     station = request.app[STATION]
-    start = _time_param(request, "start", required=True)
-    end = _time_param(request, "end", required=True)
-    assert start is not None and end is not None
-    if end <= start:
-        raise api_error(web.HTTPBadRequest, "bad_range", "end must be after start")
-    if end - start > MAX_COVERAGE_SECONDS:
-        raise api_error(web.HTTPBadRequest, "range_too_large", "the range may span at most 366 days")
+    start, end = params.required_range(request.query.get("start"), request.query.get("end"), MAX_COVERAGE_SECONDS)
     camera = _camera_param(request)
     index = station.recording.index
     if index is None:

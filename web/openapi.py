@@ -146,3 +146,8 @@ def document(app: web.Application) -> dict[str, Any]:
 
 async def serve(request: web.Request) -> web.Response:
     return web.json_response(document(request.app))
+
+
+def add_routes(app: web.Application) -> None:
+    """The description of the API, generated from the route table (station and console alike)."""
+    app.router.add_get("/api/openapi.json", serve)

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
 from aiohttp import web
 
-from nvr.base.timeutil import iso, parse_iso
+from nvr.base.timeutil import iso
 from nvr.health import coverage
 from recorder.clip import ClipError, ClipStream
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
-from recorder.index import Hold
+from recorder.index import Hold, SegmentIndex
 from recorder.search import CauseSource, search
 from recorder.timeline import Cause
+from web import params
 from web.access import audit, require_camera, visible
-from web.app import STATION, api_error, json_body
+from web.console import _CSP, STATIC_DIR
+from web.http import STATION, api_error, json_body
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +52,9 @@ def current_user(request: web.Request) -> str:
 # -- input --------------------------------------------------------------------------------
 
 
-def bad_request(field: str, message: str) -> web.HTTPException:
-    return api_error(web.HTTPBadRequest, "invalid_" + field, f"{field}: {message}")
-
-
-def parse_time(value: Any, field: str) -> float:
-    if value is None or value == "":
-        raise bad_request(field, "is required (ISO-8601 time with Z or an offset)")
-    if not isinstance(value, str):
-        raise bad_request(field, "must be an ISO-8601 string")
-    try:
-        parsed = parse_iso(value)
-    except ValueError as exc:
-        raise bad_request(field, f"is not a valid ISO-8601 time ({exc})") from None
-    if not math.isfinite(parsed):
-        raise bad_request(field, "is not a valid time")
-    return parsed
-
-
-def parse_range(request: web.Request, start_raw: Any, end_raw: Any, limit_hours: float | None) -> tuple[float, float]:
-    start = parse_time(start_raw, "start")
-    end = parse_time(end_raw, "end")
-    if end <= start:
-        raise bad_request("end", "must be after start")
-    if limit_hours is not None and end - start > limit_hours * 3600:
-        raise bad_request("end", f"the range is longer than the limit of {limit_hours:g} h")
-    return start, end
-
-
 def known_camera(request: web.Request, camera_id: Any, field: str = "camera") -> str:
     if not isinstance(camera_id, str) or not camera_id:
-        raise bad_request(field, "is required")
+        raise params.invalid(field, "is required")
     # The allow-list first: a restricted user gets the same 403 for an unknown camera as for a forbidden one.
     require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
     if camera_id not in request.app[STATION].cameras:
@@ -89,7 +62,7 @@ def known_camera(request: web.Request, camera_id: Any, field: str = "camera") ->
     return camera_id
 
 
-def require_index(request: web.Request) -> Any:
+def require_index(request: web.Request) -> SegmentIndex:
     station = request.app[STATION]
     if station.recording.index is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable",
@@ -120,8 +93,8 @@ async def cause_source(request: web.Request, start: float, end: float) -> CauseS
 
 async def search_recordings(request: web.Request) -> web.Response:
     camera = known_camera(request, request.query.get("camera"))
-    start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
-                             request.app[STATION].config.recordings.max_search_hours)
+    start, end = params.required_range(request.query.get("start"), request.query.get("end"),
+                                       request.app[STATION].config.recordings.max_search_hours * 3600)
     index = require_index(request)
     result = await index.call(search, index, camera, start, end, await cause_source(request, start, end))
     audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
@@ -142,8 +115,8 @@ async def search_recordings(request: web.Request) -> web.Response:
 async def clip(request: web.Request) -> web.StreamResponse:
     station = request.app[STATION]
     camera = known_camera(request, request.match_info["camera_id"])
-    start, end = parse_range(request, request.query.get("start"), request.query.get("end"),
-                             station.config.recordings.max_range_hours)
+    start, end = params.required_range(request.query.get("start"), request.query.get("end"),
+                                       station.config.recordings.max_range_hours * 3600)
     index = require_index(request)
     segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
     if not segments:
@@ -206,12 +179,13 @@ async def create_export(request: web.Request) -> web.Response:
     body = await json_body(request)
     cameras = body.get("cameras")
     if not isinstance(cameras, list) or not cameras or not all(isinstance(c, str) for c in cameras):
-        raise bad_request("cameras", "must be a non-empty list of camera ids")
+        raise params.invalid("cameras", "must be a non-empty list of camera ids")
     cameras = [known_camera(request, c, "cameras") for c in dict.fromkeys(cameras)]
-    start, end = parse_range(request, body.get("start"), body.get("end"), station.config.recordings.max_range_hours)
+    start, end = params.required_range(body.get("start"), body.get("end"),
+                                       station.config.recordings.max_range_hours * 3600)
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
-        raise bad_request("reason", "is required: say why this evidence is exported")
+        raise params.invalid("reason", "is required: say why this evidence is exported")
     require_index(request)
     if station.recording.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
@@ -282,10 +256,10 @@ async def list_holds(request: web.Request) -> web.Response:
 async def create_hold(request: web.Request) -> web.Response:
     body = await json_body(request)
     camera = known_camera(request, body.get("camera"))
-    start, end = parse_range(request, body.get("start"), body.get("end"), None)
+    start, end = params.required_range(body.get("start"), body.get("end"), None)
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
-        raise bad_request("reason", "is required: say why this footage is held")
+        raise params.invalid("reason", "is required: say why this footage is held")
     index = require_index(request)
     hold = await index.call(index.add_hold, camera, start, end, reason.strip(), current_user(request))
     log.info("evidence hold %d on %s %s..%s by %s", hold.id, camera, iso(start), iso(end), hold.created_by)
@@ -297,7 +271,7 @@ async def create_hold(request: web.Request) -> web.Response:
 async def release_hold(request: web.Request) -> web.Response:
     raw = request.match_info["hold_id"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:  # '²' is a digit to isdigit(), 2**63 overflows
-        raise bad_request("hold_id", "must be a number")
+        raise params.invalid("hold_id", "must be a number")
     index = require_index(request)
     held = next((h for h in await index.call(index.active_holds) if h.id == int(raw)), None)
     if held is not None:
@@ -323,16 +297,12 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     if not visible(request, "*"):
         # Checkpoints name every camera's chain head: only identities that may see every camera.
         raise api_error(web.HTTPForbidden, "cameras_restricted", "checkpoints cover every camera")
-    raw_after, raw_limit = request.query.get("after", "0"), request.query.get("limit", "500")
-    # ASCII digits only, and short: '²' passes isdigit() but not int(), and int() refuses 4,300+ digits.
-    if not raw_after.isascii() or not raw_after.isdigit() or len(raw_after) > 18:
-        raise bad_request("after", "must be a checkpoint sequence number (0 for all)")
-    if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 4 or not 1 <= int(raw_limit) <= 1000:
-        raise bad_request("limit", "must be 1..1000")
+    after = params.integer(request, "after", 0, 0, 2**62)
+    limit = params.integer(request, "limit", 500, 1, 1000)
     index = require_index(request)
     if station.recording.key is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "the station key lives in storage")
-    rows = await index.call(index.checkpoints, int(raw_after), int(raw_limit))
+    rows = await index.call(index.checkpoints, after, limit)
     return web.json_response({
         "station": station.config.station.id, "fingerprint": station.recording.key.fingerprint,
         "public_key_pem": station.recording.key.public_pem.decode(),
@@ -341,7 +311,6 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 
 
 async def playback_page(_request: web.Request) -> web.FileResponse:
-    from web.console import _CSP, STATIC_DIR
 
     return web.FileResponse(STATIC_DIR / "playback.html", headers={
         "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,

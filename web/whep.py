@@ -43,7 +43,7 @@ from streams.bitstream import iter_nal_units
 from streams.camera import CameraStreams
 from streams.media import TrackInfo
 from web.access import ACCESS, audit, identity, via_console, visible
-from web.app import error_response, find_camera, read_body
+from web.http import error_response, find_camera, read_body
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
 from web.ports import StationPort

@@ -20,6 +20,8 @@ from nvr.base.timeutil import iso
 from nvr.identity.audit import append, canonical, verify
 from nvr.identity.authdb import USERNAME_PATTERN, AuthDatabase, AuthError
 from nvr.identity.roles import Role, parse_cameras
+from recorder.checkpoint import CheckpointError, check_audit, load_file
+from recorder.keys import load_station_public
 
 COMMANDS = ("user", "token", "audit")
 _MIN_PASSWORD = 10
@@ -106,11 +108,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _check_witnessed(file: str, config: Config) -> list[str]:
     """Failures of the audit log against the checkpoints in ``file``; ["error: ..."] if they cannot be read."""
-    from pathlib import Path
-
-    from recorder.checkpoint import CheckpointError, check_audit, load_file
-    from recorder.keys import load_station_public
-
     station = getattr(config, "station", None)
     if station is None:
         return ["error: --checkpoints: checkpoints are made by stations; this is not a station's config"]
