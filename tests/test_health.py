@@ -177,11 +177,11 @@ def test_outage_is_alarmed_alerted_counted_and_shown_as_a_coverage_gap(
 
     # Bad requests are JSON errors.
     status, body = daemon.get("/api/coverage?start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z")
-    assert status == 400 and body["error"] == "bad_range"
+    assert status == 400 and body["error"] == "invalid_end"  # one parser, one code per field (issue 14)
     status, body = daemon.get("/api/events?camera=nope")
     assert status == 404 and body["error"] == "unknown_camera"
     status, body = daemon.get("/api/events?type=nope")
-    assert status == 400 and body["error"] == "bad_type"
+    assert status == 400 and body["error"] == "invalid_type"
     assert "hook-secret-1" not in daemon.get("/metrics")[1].decode()
 
 
