@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from central.config import ConsoleConfig
-from central.station_link import Reachability, StationAlarm, StationLink
+from central.station_link import Reachability, StationLink
 from central.witness import Witness
 from nvr.base.timeutil import iso
 from nvr.identity.roles import Identity
 from web.access import may_see, station_camera
+from web.schema import AlarmView
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class Fleet:
 
     def _changed(self, link: StationLink, kind: str, payload: Any) -> None:
         events: list[tuple[str, dict[str, Any]]] = []
-        if kind in ("opened", "closed") and isinstance(payload, StationAlarm):
+        if kind in ("opened", "closed") and isinstance(payload, AlarmView):
             events.append((f"alarm.{kind}", {"station": link.id, "alarm": self._alarm_json(link, payload)}))
         events.append(("station", {"station": link.id}))
         for listener in list(self.listeners):
@@ -68,7 +69,7 @@ class Fleet:
     def _camera_info(self, link: StationLink) -> dict[str, dict[str, Any]]:
         return {c.id: {"name": c.name, "zone": c.zone} for c in link.state.cameras}
 
-    def _alarm_json(self, link: StationLink, alarm: StationAlarm) -> dict[str, Any]:
+    def _alarm_json(self, link: StationLink, alarm: AlarmView) -> dict[str, Any]:
         camera = self._camera_info(link).get(alarm.camera or "", {})
         return {
             **alarm.model_dump(),

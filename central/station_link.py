@@ -38,6 +38,7 @@ from central.config import Follow, StationLinkConfig
 from central.witness import Witness
 from nvr.base import secrets
 from nvr.base.timeutil import iso
+from web.schema import AlarmView, CameraView, EventsView
 
 log = logging.getLogger(__name__)
 
@@ -83,46 +84,14 @@ class StationError(Exception):
         return cls(problem.reason, problem.message)
 
 
-# -- what a station answers (only the fields the console shows; unknown fields ignored) -------
+# -- what a station answers: web.schema, the models the station builds its answers from -------
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class StationCamera(_Lenient):
-    id: str
-    name: str
-    zone: str = "other"
-    state: str
-    state_reason: str | None = None
-    state_message: str | None = None
-    state_changed_at: str | None = None
-    codec: str | None = None
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    recording: bool = False
-    recording_error: str | None = None
-    last_packet_at: str | None = None
-
-
-class StationAlarm(_Lenient):
-    id: str
-    camera: str | None = None
-    type: str
-    severity: str
-    opened_at: str
-    closed_at: str | None = None
-    open: bool = True
-    details: dict[str, Any] = {}
-
-
-class _Events(_Lenient):
-    events: list[StationAlarm]
-
-
-_CAMERAS = TypeAdapter(list[StationCamera])
+_CAMERAS = TypeAdapter(list[CameraView])
 
 
 class _CheckpointRow(_Lenient):
@@ -205,8 +174,8 @@ class StationState:
     problem: Problem | None = None
     since: float = 0.0
     last_ok_at: float | None = None
-    cameras: tuple[StationCamera, ...] = ()
-    alarms: dict[str, StationAlarm] | None = None
+    cameras: tuple[CameraView, ...] = ()
+    alarms: dict[str, AlarmView] | None = None
     feed_connected: bool = False
     feed_problem: Problem | None = None
 
@@ -233,7 +202,7 @@ class StationLink:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
-        self._changes: list[tuple[float, StationAlarm]] = []
+        self._changes: list[tuple[float, AlarmView]] = []
 
     @property
     def id(self) -> str:
@@ -376,7 +345,7 @@ class StationLink:
             started = time.monotonic()
             try:
                 cameras = _parse(_CAMERAS, await self.get_json("/api/cameras"), "/api/cameras")
-                events = _parse(TypeAdapter(_Events), await self.get_json("/api/events?open=true"),
+                events = _parse(TypeAdapter(EventsView), await self.get_json("/api/events?open=true"),
                                 "/api/events").events
             except asyncio.CancelledError:
                 raise
@@ -400,7 +369,7 @@ class StationLink:
             except TimeoutError:
                 pass
 
-    def _apply_poll(self, cameras: tuple[StationCamera, ...], events: list[StationAlarm], started: float) -> None:
+    def _apply_poll(self, cameras: tuple[CameraView, ...], events: list[AlarmView], started: float) -> None:
         state = self.state
         # Alarm changes from the feed that arrived after this poll started are newer than its answer.
         alarms = {a.id: a for a in events if a.open}
@@ -516,7 +485,7 @@ class StationLink:
             return
         try:
             body = json.loads(data)
-            alarm = StationAlarm.model_validate(body["alarm"])
+            alarm = AlarmView.model_validate(body["alarm"])
         except (ValueError, KeyError, TypeError, ValidationError):
             log.debug("[%s] ignoring a malformed %s event", self.id, event)
             return
@@ -531,7 +500,7 @@ class StationLink:
 
     # -- views ----------------------------------------------------------------------------
 
-    def open_alarms(self) -> list[StationAlarm]:
+    def open_alarms(self) -> list[AlarmView]:
         return list((self.state.alarms or {}).values())
 
     def json_state(self) -> dict[str, Any]:
@@ -551,7 +520,7 @@ class StationLink:
         }
 
 
-def _apply_alarm(alarms: dict[str, StationAlarm], alarm: StationAlarm) -> None:
+def _apply_alarm(alarms: dict[str, AlarmView], alarm: AlarmView) -> None:
     if alarm.open and alarm.closed_at is None:
         alarms[alarm.id] = alarm
     else:

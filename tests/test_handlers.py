@@ -130,3 +130,23 @@ async def test_checkpoints_route_with_a_key_and_an_index(aiohttp_client: Any, tm
         assert resp.status == 503 and "not mounted" in (await resp.json())["message"]
     finally:
         index.close()
+
+
+def test_the_station_answers_with_the_models_the_console_parses(tmp_path: Path) -> None:
+    """One schema: what the station writes is exactly what web.schema (and so the console) reads."""
+    from nvr.health.alarms import Alarm, AlarmType, Severity
+    from streams.camera import CameraStreams
+    from web.schema import AlarmView, CameraView
+
+    config = configmod.parse(
+        f"station: {{id: st-h, name: H}}\nstorage: {{path: {tmp_path}}}\n"
+        "cameras:\n  - {id: cell-1, name: Cell 1, zone: holding_cell, url: 'rtsp://127.0.0.1:1/main',"
+        " live_url: 'rtsp://127.0.0.1:1/sub'}\n", environ={})
+    streams = CameraStreams.build(config.cameras[0], config.ingest, config.health)
+    body = web_app.camera_json(streams, None)
+    assert set(body) == set(CameraView.model_fields)
+    parsed = CameraView.model_validate(body)
+    assert parsed.zone == "holding_cell" and parsed.live is not None and parsed.state == body["state"]
+    alarm = Alarm("a1", "cell-1", AlarmType.COVERED, Severity.CRITICAL, 1000.0, None, {"score": 0.9})
+    assert set(alarm.json()) == set(AlarmView.model_fields)
+    assert AlarmView.model_validate(alarm.json()).model_dump() == alarm.json()

@@ -24,6 +24,7 @@ from web import access, archive_api, console, health_api, openapi, recordings, w
 from web.http import MAX_BODY_BYTES, STATION, find_camera, json_errors
 from web.limits_metrics import LimitsCollector
 from web.ports import StationPort
+from web.schema import CameraView, SourceView
 
 log = logging.getLogger(__name__)
 
@@ -75,36 +76,33 @@ async def get_camera(request: web.Request) -> web.Response:
     return web.json_response(camera_json(runtime, request.app[STATION].recording.recorders.get(runtime.config.id)))
 
 
-def source_json(source: RtspSource) -> dict[str, Any]:
+def source_view(source: RtspSource) -> SourceView:
     status = source.status()
-    return {
-        "state": status.state.value,
-        "state_reason": status.reason.value if status.reason else None,
-        "state_message": status.message,
-        "state_changed_at": iso(status.changed_at),
-        "codec": status.codec,
-        "width": status.width,
-        "height": status.height,
-        "fps": status.fps,
-        "bitrate_bps": status.bitrate_bps,
-        "last_packet_at": iso(status.last_packet_at),
-        "audio_codec": status.audio_codec,
-        "reconnects": status.reconnects,
-        "invalid_packets": status.garbage_packets,
-    }
+    return SourceView(
+        state=status.state.value,
+        state_reason=status.reason.value if status.reason else None,
+        state_message=status.message,
+        state_changed_at=iso(status.changed_at),
+        codec=status.codec,
+        width=status.width,
+        height=status.height,
+        fps=status.fps,
+        bitrate_bps=status.bitrate_bps,
+        last_packet_at=iso(status.last_packet_at),
+        audio_codec=status.audio_codec,
+        reconnects=status.reconnects,
+        invalid_packets=status.garbage_packets,
+    )
 
 
 def camera_json(runtime: CameraStreams, recorder: Recorder | None) -> dict[str, Any]:
     camera = runtime.config
-    body: dict[str, Any] = {
-        "id": camera.id,
-        "name": camera.name,
-        "zone": camera.zone.value,
-        "record": camera.record,
-        **source_json(runtime.source),
-    }
-    body["live"] = source_json(runtime.live_source) if runtime.live_source is not None else None
-    body["recording"] = recorder.recording if recorder is not None else False
-    body["recording_error"] = recorder.core.error if recorder is not None else None
-    body["last_segment_at"] = iso(recorder.last_segment_end) if recorder is not None else None
-    return body
+    view = CameraView(
+        id=camera.id, name=camera.name, zone=camera.zone.value, record=camera.record,
+        **source_view(runtime.source).model_dump(),
+        live=source_view(runtime.live_source) if runtime.live_source is not None else None,
+        recording=recorder.recording if recorder is not None else False,
+        recording_error=recorder.core.error if recorder is not None else None,
+        last_segment_at=iso(recorder.last_segment_end) if recorder is not None else None,
+    )
+    return view.model_dump()
