@@ -133,6 +133,7 @@ class ArchivedObject:
     def segment(self) -> SegmentRecord:
         """The index row this object was made from (for clips and exports of archive-only footage)."""
         data = json.loads(self.fields)
+        data.setdefault("status", "ok")  # not part of the chained fields
         return SegmentRecord(id=self.segment_id, prev_chain=self.prev_chain, chain_hash=self.chain_hash, **data)
 
 
@@ -286,6 +287,10 @@ class Archiver:
         self._stop_flag = threading.Event()
         self.store = store or ArchiveStore(config, stopping=self._stop_flag.is_set)
         self.status = ArchiveStatus()
+        from recorder.archive_read import ArchiveReader
+
+        # Reading back archive-only footage (clips, search) on a connection, thread and client of its own.
+        self.reader = ArchiveReader(root, config)
         self._checked = False
         self._failures = 0
         self._kick = asyncio.Event()
@@ -335,6 +340,7 @@ class Archiver:
     async def close(self) -> None:
         self.stop()
         await asyncio.to_thread(self.db.close)
+        await asyncio.to_thread(self.reader.close)
 
     def update_alarm(self, now: float | None = None) -> None:
         """Open archive_backlog past the bound, close it once the backlog is younger again (loop thread)."""
