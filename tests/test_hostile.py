@@ -77,6 +77,33 @@ async def test_a_sign_in_flood_waits_in_its_own_pool_and_the_default_executor_st
         assert is_json_error(busy, "login_busy")
 
 
+async def test_a_flood_of_refused_requests_leaves_a_bounded_trail(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    # Every refused request was audited (a disk write) and bad paths logged at WARNING, one each:
+    # a flood from one address filled the audit log and the journal, and took the disk from recording.
+    from yarl import URL
+
+    async with running_station(station_config(tmp_path)) as station:
+        bad = [station.http.get(URL(station.url("/") + f"static/..%2F..%2Fetc%2Fpasswd{n}", encoded=True))
+               for n in range(150)]
+        statuses = [resp.status for resp in await asyncio.gather(*bad)]
+        assert statuses == [400] * 150
+        for _ in range(3):
+            await station.login("monitor1", "wrong")
+        locked = await asyncio.gather(*(station.login("monitor1", "wrong") for _ in range(100)))
+        assert [status for status, _, _ in locked] == [429] * 100
+        rejected = await station.audit(action="request.rejected")
+        assert 1 <= len(rejected) <= 25, f"{len(rejected)} audit entries for 150 bad paths"
+        assert len(await station.audit(action="login.locked")) <= 25
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "refused GET" in r.getMessage()]
+        assert 1 <= len(warnings) <= 25
+        # Other clients' refusals are still recorded: the budget is per address and kind.
+        status, _, _ = await station.request("GET", "/api/audit", headers=station.auth("monitor"))
+        assert status == 403
+        denied = await station.audit(action="access.denied")
+        assert any(e["actor"] == "token:monitor" for e in denied)
+
+
 # -- live sessions and event streams ----------------------------------------------------------
 
 
