@@ -164,6 +164,8 @@ class Daemon:
         )
         await asyncio.to_thread(self.exports.prepare)
         self.retention.free_other = self.exports.free_space_for_recordings
+        if self.archiver is not None:
+            self.exports.archive = self.archiver.reader
         self.spawn("exports", self.exports.run)
         self.spawn("checkpoints", self._checkpoint_loop)
         loop = asyncio.get_running_loop()

@@ -367,6 +367,7 @@ class Archiver:
             if not self._checked:
                 self.store.check()
                 self._checked = True
+            self.upload_station_key()
             worked = self.upload_next()
         except ArchiveError as exc:
             self._failed(exc)
@@ -377,6 +378,22 @@ class Archiver:
         self._last_code = None
         self.refresh(state="ok")
         return _Step(worked=worked)
+
+    def upload_station_key(self) -> None:
+        """Put the station's public key beside its segments once, so the archive alone names it."""
+        from recorder.archive_export import station_key_object
+        from recorder.keys import fingerprint, load_station_public, public_pem
+
+        public = load_station_public(self.root)
+        if public is None:
+            return  # not made yet (the daemon makes it at start); the next step tries again
+        fp = fingerprint(public)
+        if self.db.state("station_key", "") == fp:
+            return
+        key = station_key_object(self.config.prefix, self.station)
+        stored = self.store.put_bytes(key, public_pem(public), "application/x-pem-file")
+        self.db.set_state("station_key", fp)
+        log.info("archive: station key %s stored as %s (version %s)", fp, key, stored.version_id)
 
     def scan(self) -> int:
         """Queue every indexed segment not yet queued or archived; return how many were added."""

@@ -77,6 +77,14 @@ class ArchiveReader:
     def find(self, camera: str, start: float, end: float) -> list[ArchivedSegment]:
         return archive_only(self.db.db, camera, start, end)
 
+    # -- from any other thread (an export job, the CLI): the work still runs on the reader's thread --------
+
+    def find_blocking(self, camera: str, start: float, end: float) -> list[ArchivedSegment]:
+        return self.db.submit(self.find, camera, start, end).result()
+
+    def fetch_blocking(self, segments: list[ArchivedSegment]) -> dict[int, Path]:
+        return self.db.submit(self.fetch_all, segments).result() if segments else {}
+
     def fetch_all(self, segments: list[ArchivedSegment]) -> dict[int, Path]:
         """Local paths of cached copies (fetched now if needed), by segment id; raises ArchiveError."""
         return {seg.record.id: self.fetch(seg) for seg in segments}

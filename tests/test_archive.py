@@ -34,6 +34,7 @@ from recorder.storage import init_storage, segment_relpath
 from recorder.verify_archive import verify_archive
 from sim import radosgw
 from tests.conftest import REPO, free_port, wait_until
+from tests.test_central import console_factory  # noqa: F401 - the central console fixture
 
 pytestmark = pytest.mark.skipif(radosgw.available() is not None,
                                 reason=f"Ceph is not installed ({radosgw.available()} missing)")
@@ -299,8 +300,11 @@ def entry(cam_id: str, url: str) -> dict[str, object]:
 
 
 def bucket_versions(gateway: radosgw.RadosGateway, bucket: str) -> list[dict[str, Any]]:
+    """Every version of a segment in the bucket (the station's public key object aside)."""
     pages = s3(gateway).get_paginator("list_object_versions").paginate(Bucket=bucket)
-    return [v for page in pages for v in page.get("Versions", [])]
+    versions = [v for page in pages for v in page.get("Versions", [])]
+    assert sum(v["Key"] == f"{STATION}/station-ed25519.pub.pem" for v in versions) == 1  # stored once
+    return [v for v in versions if v["Key"].endswith(".mp4")]
 
 
 def index_rows(storage: Path, query: str) -> list[tuple[Any, ...]]:
@@ -323,11 +327,22 @@ def assert_everything_archived_once(gateway: radosgw.RadosGateway, bucket: str, 
 
 
 def test_store_outage_grows_the_backlog_opens_the_alarm_then_drains_without_loss_or_duplicates(
-        rgw: radosgw.RadosGateway, tmp_path: Path, cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+        rgw: radosgw.RadosGateway, tmp_path: Path, cameras, daemon_factory,  # type: ignore[no-untyped-def]
+        console_factory) -> None:  # noqa: F811 - the fixture imported above
+    from nvr.access_cli import create_token
+    from nvr.roles import Role
+
     bucket = new_bucket(rgw)
     cam = cameras("cell", fps=10, gop=10)
     daemon = daemon_factory([entry("cell", cam.url)], env=ENV_KEYS, storage={"segment_seconds": 2},
                             archive=archive_section(rgw, bucket, backlog_alarm_seconds=8))
+    # The central console shows the station's archive backlog (read with its role-central token).
+    console = console_factory([{"id": STATION, "url": daemon.base_url, "token": "${TOKEN}"}],
+                              env={"TOKEN": create_token(daemon.auth_db, "central", Role.CENTRAL)})
+
+    def console_archive() -> dict[str, Any]:
+        archive: dict[str, Any] = console.fleet()[STATION]["archive"] or {}
+        return archive
 
     def archive() -> dict[str, Any]:
         status, body = daemon.get("/api/archive")
@@ -347,6 +362,9 @@ def test_store_outage_grows_the_backlog_opens_the_alarm_then_drains_without_loss
         _, metrics = daemon.get("/metrics")
         assert b'nvr_alarms_open{camera="",type="archive_backlog"} 1.0' in metrics
         assert b"nvr_archive_up 0.0" in metrics
+        seen = wait_until(lambda: (a := console_archive()).get("state") == "failing" and a, 20,
+                          "the console never showed the archive failing")
+        assert seen["reason"] in ("unreachable", "timeout") and seen["backlog"]["segments"] >= 1, seen
         while time.monotonic() - outage_started < 60:
             time.sleep(1)
         backlog = archive()["backlog"]
@@ -357,14 +375,20 @@ def test_store_outage_grows_the_backlog_opens_the_alarm_then_drains_without_loss
                "the backlog never drained")
     wait_until(lambda: not [e for e in daemon.get("/api/events?open=true")[1]["events"]
                             if e["type"] == "archive_backlog"], 20, "archive_backlog never closed")
+    wait_until(lambda: console_archive().get("state") == "ok", 20, "the console never showed the archive ok")
     daemon.stop()
     # The last segment, closed at stop, goes with the next start; everything in the index is in the store once.
     daemon.start()
     wait_until(lambda: archive()["backlog"]["segments"] == 0 and archive()["archived_segments"] >= 1, 30, "not drained")
+    # The keys are nowhere: not in the API, the metrics or the log (the log runs at debug level here).
+    _, metrics = daemon.get("/metrics")
+    for secret in (rgw.secret_key, rgw.access_key):
+        assert secret not in json.dumps(archive()) and secret.encode() not in metrics
+        assert secret not in json.dumps(console.fleet())
     daemon.stop()
     assert_everything_archived_once(rgw, bucket, daemon.storage)
     text = daemon.log()
-    assert rgw.secret_key not in text and "archive: unreachable" in text
+    assert rgw.secret_key not in text and rgw.access_key not in text and "archive: unreachable" in text
     assert text.count("archive: unreachable") + text.count("archive: timeout") <= 3  # one warning, repeats at DEBUG
 
 
@@ -397,7 +421,7 @@ def test_sigkill_mid_upload_resumes_where_it_left_off(rgw: radosgw.RadosGateway,
     assert in_flight[0][0] in archived_ids
 
 
-def test_a_segment_deleted_locally_after_archiving_still_plays_from_the_archive(
+def test_a_segment_deleted_locally_after_archiving_still_plays_and_exports_from_the_archive(
         rgw: radosgw.RadosGateway, tmp_path: Path, cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     import io
     import urllib.parse
@@ -440,3 +464,78 @@ def test_a_segment_deleted_locally_after_archiving_still_plays_from_the_archive(
     assert any(p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == record.sha256 for p in cached)
     status, entries = daemon.get("/api/audit?action=recordings.clip")
     assert status == 200 and entries["entries"][-1]["details"]["copy"] == "archive", entries
+    # The export ships the archived copy, byte for byte, and the package verifies.
+    import zipfile
+
+    status, job = daemon.request("POST", "/api/exports", {"cameras": ["cell"], "start": iso(record.start),
+                                                          "end": iso(record.end - 0.2), "reason": "complaint 19"})
+    assert status == 202, job
+
+    state = wait_until(lambda: (j := daemon.get(f"/api/exports/{job['id']}")[1])["state"] in ("done", "failed")
+                       and j, 60, "export never finished")
+    assert state["state"] == "done", state
+    status, data = daemon.get(state["download"])
+    assert status == 200
+    package = tmp_path / "package.zip"
+    package.write_bytes(data)
+    with zipfile.ZipFile(package) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        [segment] = manifest["cameras"][0]["segments"]
+        assert segment["copy"] == "archive" and segment["index_id"] == record.id
+        assert hashlib.sha256(zf.read(segment["file"])).hexdigest() == record.sha256
+    _, key = daemon.get("/api/key")
+    ok = run_cli("verify", str(package), "--fingerprint", key["fingerprint"], env={})
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_station_gone_a_package_from_the_archive_alone_verifies_as_unsigned_and_chained(
+        rgw: radosgw.RadosGateway, tmp_path: Path) -> None:
+    import shutil
+    import zipfile
+
+    from nvr.timeutil import iso
+    from recorder.keys import StationKey
+
+    bucket = new_bucket(rgw)
+    root, index = storage_with_index(tmp_path)
+    key = StationKey.load_or_create(root)
+    records = fake_segments(root, index, "cell-1", 4)
+    fake_segments(root, index, "hall", 2)
+    archiver = Archiver(root, STATION, archive_config(rgw, bucket, prefix="region-7/"))
+    drain(archiver)
+    index.close()
+    archiver.db.close()
+    shutil.rmtree(root)  # the station burnt down
+    env = {"NVR_ARCHIVE_ACCESS_KEY": rgw.access_key, "NVR_ARCHIVE_SECRET_KEY": rgw.secret_key}
+    package = tmp_path / "from-archive.zip"
+    out = run_cli("archive", "export", "--endpoint", rgw.endpoint, "--bucket", bucket, "--prefix", "region-7/",
+                  "--station", STATION, "--camera", "cell-1", "--start", iso(records[1].start + 0.5),
+                  "--end", iso(records[3].end), "-o", str(package), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 segment(s) from the archive" in out.stdout and "NOT signed" in out.stdout
+    assert rgw.secret_key not in out.stdout + out.stderr
+    with zipfile.ZipFile(package) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        segments = manifest["cameras"][0]["segments"]
+        assert [s["fields"]["sha256"] for s in segments] == [r.sha256 for r in records[1:]]
+        assert [s["chain_hash"] for s in segments] == [r.chain_hash for r in records[1:]]
+        assert all(hashlib.sha256(zf.read(s["file"])).hexdigest() == s["fields"]["sha256"] for s in segments)
+    ok = run_cli("verify", str(package), "--fingerprint", key.fingerprint, env={})
+    assert ok.returncode == 3 and "ARCHIVE: 3 segment(s) intact and chained" in ok.stdout, ok.stdout
+    assert "is the trusted key" in ok.stdout
+    wrong = run_cli("verify", str(package), "--fingerprint", "SHA256:" + "ab12" * 16, env={})
+    assert wrong.returncode == 1 and "is not the trusted key" in wrong.stdout, wrong.stdout
+    flipped = tmp_path / "flipped.zip"
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(flipped, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == segments[1]["file"]:
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            dst.writestr(item.filename, data)
+    bad = run_cli("verify", str(flipped), "--fingerprint", key.fingerprint, env={})
+    assert bad.returncode == 1 and f"FAIL {segments[1]['file']}: its SHA-256 is not the one in the manifest" \
+        in bad.stdout, bad.stdout
+    missing = run_cli("archive", "export", "--endpoint", rgw.endpoint, "--bucket", bucket, "--station", "st-other",
+                      "--camera", "cell-1", "--start", iso(records[0].start), "--end", iso(records[3].end),
+                      "-o", str(tmp_path / "none.zip"), env=env)
+    assert missing.returncode == 1 and "the station's public key is not in the archive" in missing.stderr
