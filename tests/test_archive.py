@@ -157,9 +157,48 @@ def write_config(path: Path, storage: Path, archive: dict[str, Any]) -> Path:
     return path
 
 
+class _Failing500:
+    """An HTTPS "store" on 127.0.0.1 that answers 500 to everything, with the certificate given."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _fail(self) -> None:
+                body = b"<Error><Code>InternalError</Code><Message>we are down</Message></Error>"
+                self.send_response(500)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = _fail  # noqa: N815
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_check_archive_says_precisely_what_is_wrong(rgw: radosgw.RadosGateway, tmp_path: Path) -> None:
+    from tests.test_central import _certificate
+
     locked, unlocked = new_bucket(rgw), new_bucket(rgw, lock=False)
     storage = tmp_path / "storage"
+    good_cert, good_key = _certificate(tmp_path, "good")
+    old_cert, old_key = _certificate(tmp_path, "expired", valid_days=-1)
+    failing, expired = _Failing500(good_cert, good_key), _Failing500(old_cert, old_key)
     cases = {
         "ok": (archive_section(rgw, locked), ENV_KEYS, 0, "archive OK: bucket " + locked),
         "missing": (archive_section(rgw, "no-such-bucket"), ENV_KEYS, 1, "bucket_missing: bucket 'no-such-bucket'"),
@@ -168,16 +207,26 @@ def test_check_archive_says_precisely_what_is_wrong(rgw: radosgw.RadosGateway, t
                          "auth_failed"),
         "unreachable": (archive_section(rgw, locked, endpoint=f"http://127.0.0.1:{free_port()}"), ENV_KEYS, 1,
                         "unreachable: cannot connect"),
-        "tls": (archive_section(rgw, locked, endpoint=rgw.endpoint.replace("http:", "https:")), ENV_KEYS, 1,
-                "tls_error"),
+        "no tls there": (archive_section(rgw, locked, endpoint=rgw.endpoint.replace("http:", "https:")), ENV_KEYS,
+                         1, "tls_error: https://127.0.0.1"),
+        "untrusted": (archive_section(rgw, locked, endpoint=failing.url), ENV_KEYS, 1,
+                      "tls_error: " + failing.url + ": its certificate is not signed by a trusted CA"),
+        "expired": (archive_section(rgw, locked, endpoint=expired.url, ca=str(old_cert)), ENV_KEYS, 1,
+                    "tls_error: " + expired.url + ": its certificate has expired"),
+        "answers 500": (archive_section(rgw, locked, endpoint=failing.url, ca=str(good_cert)), ENV_KEYS, 1,
+                        f"store_error: {failing.url} answered 500"),
     }
-    for name, (section, env, code, expected) in cases.items():
-        config = write_config(tmp_path / f"{name.replace(' ', '_')}.yaml", storage, section)
-        out = run_cli("check-archive", "-c", str(config), env=env)
-        text = out.stdout + out.stderr
-        assert out.returncode == code, (name, text)
-        assert expected in text, (name, text)
-        assert rgw.secret_key not in text and "wrong-secret-0042" not in text, (name, text)
+    try:
+        for name, (section, env, code, expected) in cases.items():
+            config = write_config(tmp_path / f"{name.replace(' ', '_')}.yaml", storage, section)
+            out = run_cli("check-archive", "-c", str(config), env=env)
+            text = out.stdout + out.stderr
+            assert out.returncode == code, (name, text)
+            assert expected in text, (name, text)
+            assert rgw.secret_key not in text and "wrong-secret-0042" not in text, (name, text)
+    finally:
+        failing.close()
+        expired.close()
 
 
 # -- uploads, locks, verification (the archiver without a daemon) ------------------------------------
