@@ -31,6 +31,11 @@ def main() -> int:
     parser.add_argument("--archive", action="store_true",
                         help="also start a local Ceph RADOS Gateway and archive every segment to it (S3 Object Lock)")
     args = parser.parse_args()
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops everything like Ctrl-C (the gateway's processes included)
+
+    signal.signal(signal.SIGTERM, interrupted)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
 
@@ -109,4 +114,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # while starting: everything started so far was stopped on the way out
+        raise SystemExit(130) from None
