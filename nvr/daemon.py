@@ -189,7 +189,9 @@ class Daemon:
 
         config = self.config.archive
         assert config is not None
-        self.archiver = Archiver(self.root, self.config.station.id, config, self.health.alarms)
+        # Off the loop: making boto3's clients reads its service models (a tenth of a second of CPU).
+        self.archiver = await asyncio.to_thread(Archiver, self.root, self.config.station.id, config,
+                                                self.health.alarms)
         await self.archiver.open()  # creates its tables before retention looks at them
         self.health.registry.register(ArchiveCollector(self.archiver))
         if config.tiered_retention:

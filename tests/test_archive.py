@@ -304,6 +304,36 @@ def test_an_object_altered_in_the_store_is_caught_by_verify_archive(rgw: radosgw
     archiver.db.close()
 
 
+def test_an_object_that_comes_back_different_is_never_counted_as_archived(rgw: radosgw.RadosGateway,
+                                                                          tmp_path: Path) -> None:
+    bucket = new_bucket(rgw)
+    root, index = storage_with_index(tmp_path)
+    [record] = fake_segments(root, index, "cell-1", 1)
+    config = archive_config(rgw, bucket)
+
+    class Corrupting(ArchiveStore):
+        """The first read-back returns other bytes (a store that corrupted the object)."""
+
+        reads = 0
+
+        def hash_version(self, key: str, version_id: str) -> tuple[str, int]:
+            Corrupting.reads += 1
+            digest, size = super().hash_version(key, version_id)
+            return ("0" * 64, size) if Corrupting.reads == 1 else (digest, size)
+
+    archiver = Archiver(root, STATION, config, store=Corrupting(config))
+    step = archiver.step()
+    assert step.error is not None and step.error.code == "verify_failed" and "came back different" in str(step.error)
+    assert archiver.status.state == "failing" and archiver.status.backlog_segments == 1
+    assert archived_and_verified(archiver.db.db, 10) == []  # tiered retention may not delete it
+    drain(archiver)  # the next attempt uploads a new version and reads it back right
+    rows = index_rows(root, "SELECT version_id, verified_at, verify_error FROM archive_objects ORDER BY id")
+    assert len(rows) == 2 and rows[0][2] and rows[0][1] is None and rows[1][1] is not None and rows[1][2] is None
+    assert [r.id for r in archived_and_verified(archiver.db.db, 10)] == [record.id]
+    index.close()
+    archiver.db.close()
+
+
 # -- tiered retention ------------------------------------------------------------------------------
 
 
