@@ -144,17 +144,18 @@ def print_findings(failures: list[str], notes: list[str]) -> None:
         print(f"FAIL {failure}")
 
 
-def verify_package(path: Any, anchor: Any) -> int:
+def verify_package(path: Any, anchor: Any, checkpoints: Any = None) -> int:
     """``nvr verify`` of a package built from the archive: intact and chained at best, never signed (exit 3)."""
     from recorder.archive_export import verify_archive_package
     from recorder.verify import Verdict
 
-    report = verify_archive_package(path, anchor)
+    report = verify_archive_package(path, anchor, checkpoints)
     print_findings(report.failures, report.notes)
     if report.failures:
         print(f"FAILED: {len(report.failures)} problem(s)")
         return int(Verdict.FAILED)
     trusted = "the trusted key" if anchor is not None else "a key NOT checked against any anchor"
-    print(f"ARCHIVE: {report.segments} segment(s) intact and chained, built from the archive without the station "
-          f"and NOT signed by it; the archive's station key {report.fingerprint} is {trusted} (exit 3)")
+    attested = f", {report.attested} attested by the station's signed checkpoints" if checkpoints else ""
+    print(f"ARCHIVE: {report.segments} segment(s) intact and chained{attested}, built from the archive without the "
+          f"station and NOT signed by it; the archive's station key {report.fingerprint} is {trusted} (exit 3)")
     return int(Verdict.UNAUTHENTICATED)

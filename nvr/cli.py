@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     anchor.add_argument("--fingerprint", metavar="HEX",
                         help="the station key's fingerprint (SHA256:...), obtained out of band")
     anchor.add_argument("--keyring", metavar="FILE", help="station keys as the central console exports them")
+    verify.add_argument("--checkpoints", metavar="FILE",
+                        help="for a package built from the archive: the station's signed checkpoints (from the "
+                             "central console), to count the segments the station itself attested")
     return parser
 
 
@@ -203,7 +206,10 @@ def _verify(args: argparse.Namespace) -> int:
     if is_archive_package(Path(args.package)):  # built from the archive without the station (issue 19)
         from nvr import archive_cli
 
-        return archive_cli.verify_package(Path(args.package), anchor)
+        return archive_cli.verify_package(Path(args.package), anchor,
+                                          Path(args.checkpoints) if args.checkpoints else None)
+    if args.checkpoints:
+        print("note: --checkpoints is only used for packages built from the archive (nvr archive export)")
     report = verify_package(Path(args.package), anchor)
     for failure in report.failures:
         print(f"FAIL {failure}")

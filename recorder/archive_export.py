@@ -20,7 +20,9 @@ archive holds and that each segment's recorded fields, hash and place in its
 camera's chain are consistent; not that the station made them (anyone who can
 write the bucket could add a consistent chain of objects of their own; none
 can alter or remove the locked ones).  Comparing the chain hashes with the
-station's signed checkpoints is the step that would tie them to the station.
+station's signed checkpoints (``nvr verify --checkpoints``) ties them to it:
+a segment whose chain hash a checkpoint names, and every segment before it in
+an unbroken chain, was attested by the station's own signature.
 """
 
 from __future__ import annotations
@@ -172,9 +174,9 @@ It is NOT signed: the station's private key never leaves the station.
 checks every file's SHA-256 against the one recorded when the segment was written, recomputes every
 segment's chain link from its recorded fields, and the links between consecutive segments, and that
 the station key the archive holds is the one you trust. It shows the files are what the archive holds
-under Object Lock, in their recorded order; it cannot show the station signed them. Compare the
-segments' chain hashes with the station's signed checkpoints (the central console keeps them) to tie
-them to the station. Obtain the fingerprint out of band, never from this package.
+under Object Lock, in their recorded order; alone it cannot show the station made them. Add
+--checkpoints FILE (the station's signed checkpoints, from the central console) to count the segments
+whose chain the station itself signed. Obtain the fingerprint out of band, never from this package.
 """
 
 
@@ -183,6 +185,7 @@ class ArchivePackageReport:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     segments: int = 0
+    attested: int = 0  # segments whose chain a checkpoint signed by the station reaches
     fingerprint: str | None = None
 
 
@@ -199,8 +202,9 @@ def is_archive_package(path: Path) -> bool:
         return False
 
 
-def verify_archive_package(path: Path, trusted: Any | None) -> ArchivePackageReport:
-    """``trusted``: a recorder.trust.TrustAnchor, or None (then the key is only reported)."""
+def verify_archive_package(path: Path, trusted: Any | None, checkpoints: Path | None = None) -> ArchivePackageReport:
+    """``trusted``: a recorder.trust.TrustAnchor, or None (then the key is only reported); ``checkpoints``:
+    the station's signed checkpoints as the console exports them, which attest the chain up to each head."""
     report = ArchivePackageReport()
     try:
         package = zipfile.ZipFile(path)
@@ -250,8 +254,22 @@ def verify_archive_package(path: Path, trusted: Any | None) -> ArchivePackageRep
             if trusted is not None and not any(k.matches(public) for k in trusted.keys):
                 report.failures.append(f"the station key in the archive ({fingerprint(public)}) is not the trusted "
                                        f"key ({trusted.describe()})")
+        heads: set[tuple[str, str]] = set()
+        if checkpoints is not None:
+            from recorder.checkpoint import CheckpointError, load_file
+
+            try:
+                witnessed = load_file(checkpoints, str(manifest.get("station", "")), public)
+            except CheckpointError as exc:
+                report.failures.append(f"--checkpoints: {exc}")
+            else:
+                report.failures.extend(witnessed.failures)
+                report.notes.extend(witnessed.notes)
+                heads = {(camera, head.chain_hash) for body in witnessed.checkpoints
+                         for camera, head in body.cameras.items()}
         for camera in manifest.get("cameras", []):
             previous: str | None = None
+            run = 0  # segments since the last break or attested head
             for seg in camera.get("segments", []):
                 report.segments += 1
                 where = f"{seg.get('file')} (camera {camera.get('id')})"
@@ -268,5 +286,10 @@ def verify_archive_package(path: Path, trusted: Any | None) -> ArchivePackageRep
                     report.failures.append(f"{where}: its file is not the segment recorded (SHA-256 differs)")
                 if previous is not None and seg["prev_chain"] != previous:
                     report.notes.append(f"{where}: the chain breaks before it (a segment not in the package)")
+                    run = 0
                 previous = seg.get("chain_hash")
+                run += 1
+                if (camera.get("id"), previous) in heads:  # the station signed this head: it and its chain are its
+                    report.attested += run
+                    run = 0
     return report

@@ -582,6 +582,16 @@ def test_station_gone_a_package_from_the_archive_alone_verifies_as_unsigned_and_
     fake_segments(root, index, "hall", 2)
     archiver = Archiver(root, STATION, archive_config(rgw, bucket, prefix="region-7/"))
     drain(archiver)
+    # The console collected a checkpoint the station signed while records[2] was cell-1's newest segment.
+    from recorder import checkpoint
+
+    heads = {"cell-1": (records[2].id, records[2].chain_hash, records[2].end)}
+    body = checkpoint.make_body(station=STATION, seq=1, now=time.time(), reason="periodic", key=key,
+                                audit_head=None, heads=heads)
+    witnessed = tmp_path / "checkpoints.json"
+    witnessed.write_text(json.dumps({"format": checkpoint.FILE_FORMAT, "station": STATION,
+                                     "checkpoints": [checkpoint.sign(key, body).model_dump()],
+                                     "public_key_pem": key.public_pem.decode()}))
     index.close()
     archiver.db.close()
     shutil.rmtree(root)  # the station burnt down
@@ -602,6 +612,11 @@ def test_station_gone_a_package_from_the_archive_alone_verifies_as_unsigned_and_
     ok = run_cli("verify", str(package), "--fingerprint", key.fingerprint, env={})
     assert ok.returncode == 3 and "ARCHIVE: 3 segment(s) intact and chained" in ok.stdout, ok.stdout
     assert "is the trusted key" in ok.stdout
+    attested = run_cli("verify", str(package), "--fingerprint", key.fingerprint, "--checkpoints", str(witnessed),
+                       env={})
+    # records[1] and [2] are reached by the signed head; records[3] came after the checkpoint.
+    assert attested.returncode == 3 and "3 segment(s) intact and chained, 2 attested by the station's signed " \
+        "checkpoints" in attested.stdout, attested.stdout
     wrong = run_cli("verify", str(package), "--fingerprint", "SHA256:" + "ab12" * 16, env={})
     assert wrong.returncode == 1 and "is not the trusted key" in wrong.stdout, wrong.stdout
     flipped = tmp_path / "flipped.zip"
