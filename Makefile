@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 SYSTEM_TEST_PACKAGES := debootstrap systemd-container iproute2 ffmpeg
 
-.PHONY: all system venv demo test test-system bench lint clean
+.PHONY: all system venv demo demo-archive test test-system bench lint clean
 
 all: venv
 
@@ -32,7 +32,11 @@ $(VENV)/.stamp: .system.stamp setup.cfg pyproject.toml constraints.txt
 	@touch $@
 
 demo: venv
-	$(PY) sim/demo.py
+	$(PY) sim/demo.py $(DEMO_ARGS)
+
+# make demo-archive: the demo with a local Ceph RADOS Gateway as its off-site archive (S3 Object Lock)
+demo-archive: venv
+	$(PY) sim/demo.py --archive $(DEMO_ARGS)
 
 test: venv
 	tests/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)

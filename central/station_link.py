@@ -94,6 +94,26 @@ class _Lenient(BaseModel):
 _CAMERAS = TypeAdapter(list[CameraView])
 
 
+class StationBacklog(_Lenient):
+    segments: int = 0
+    bytes: int = 0
+    oldest_age_seconds: float = 0.0
+    alarm_after_seconds: float | None = None
+
+
+class StationArchive(_Lenient):
+    """The station's off-site archive as its ``GET /api/archive`` says (issue 19)."""
+
+    enabled: bool = False
+    state: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    backlog: StationBacklog | None = None
+
+
+_ARCHIVE = TypeAdapter(StationArchive)
+
+
 class _CheckpointRow(_Lenient):
     seq: int
     body: str
@@ -178,6 +198,7 @@ class StationState:
     alarms: dict[str, AlarmView] | None = None
     feed_connected: bool = False
     feed_problem: Problem | None = None
+    archive: StationArchive | None = None  # None: not known (an older station, or the token may not read it)
 
 
 ChangeListener = Callable[["StationLink", str, Any], None]
@@ -360,7 +381,7 @@ class StationLink:
                 backoff = min(backoff * 2, self.follow.backoff_max_seconds)
             else:
                 self.polls_ok += 1
-                self._apply_poll(tuple(cameras), events, started)
+                self._apply_poll(tuple(cameras), events, started, await self._poll_archive())
                 backoff = self.follow.backoff_initial_seconds
                 delay = self.follow.poll_seconds
             self._wake.clear()
@@ -369,7 +390,19 @@ class StationLink:
             except TimeoutError:
                 pass
 
-    def _apply_poll(self, cameras: tuple[CameraView, ...], events: list[AlarmView], started: float) -> None:
+    async def _poll_archive(self) -> StationArchive | None:
+        """The archive's backlog: best effort, a station that cannot tell is still followed."""
+        try:
+            archive: StationArchive = _parse(_ARCHIVE, await self.get_json("/api/archive"), "/api/archive")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown as "unknown" on the console
+            log.debug("[%s] no archive state: %s", self.id, exc)
+            return None
+        return archive
+
+    def _apply_poll(self, cameras: tuple[CameraView, ...], events: list[AlarmView], started: float,
+                    archive: StationArchive | None = None) -> None:
         state = self.state
         # Alarm changes from the feed that arrived after this poll started are newer than its answer.
         alarms = {a.id: a for a in events if a.open}
@@ -378,9 +411,10 @@ class StationLink:
         for at, alarm in self._changes:
             if at >= started:
                 _apply_alarm(alarms, alarm)
-        changed = cameras != state.cameras or alarms != state.alarms
+        changed = cameras != state.cameras or alarms != state.alarms or archive != state.archive
         state.cameras = cameras
         state.alarms = alarms
+        state.archive = archive
         state.last_ok_at = time.time()
         if state.reachability is not Reachability.REACHABLE:
             was = state.problem
@@ -512,6 +546,7 @@ class StationLink:
             "message": state.problem.message if state.problem else None,
             "since": iso(state.since),
             "last_ok_at": iso(state.last_ok_at),
+            "archive": state.archive.model_dump() if state.archive is not None else None,
             "alarm_feed": {
                 "connected": state.feed_connected,
                 "reason": state.feed_problem.reason.value if state.feed_problem else None,

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     anchor.add_argument("--fingerprint", metavar="HEX",
                         help="the station key's fingerprint (SHA256:...), obtained out of band")
     anchor.add_argument("--keyring", metavar="FILE", help="station keys as the central console exports them")
+    verify.add_argument("--checkpoints", metavar="FILE",
+                        help="for a package built from the archive: the station's signed checkpoints (from the "
+                             "central console), to count the segments the station itself attested")
     return parser
 
 
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in archive_cli.COMMANDS:
         return archive_cli.run(args, load_config_or_exit(args.config))
+    if args.command == "archive":
+        return archive_cli.run_archive(args)
     if args.command == "console":
         return _console(args.config, args.check)
     if args.command in accounts_cli.COMMANDS:
@@ -199,6 +204,15 @@ def _verify(args: argparse.Namespace) -> int:
     except trust.TrustError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from recorder.archive_export import is_archive_package
+
+    if is_archive_package(Path(args.package)):  # built from the archive without the station (issue 19)
+        from nvr import archive_cli
+
+        return archive_cli.verify_package(Path(args.package), anchor,
+                                          Path(args.checkpoints) if args.checkpoints else None)
+    if args.checkpoints:
+        print("note: --checkpoints is only used for packages built from the archive (nvr archive export)")
     report = verify_package(Path(args.package), anchor)
     for failure in report.failures:
         print(f"FAIL {failure}")
@@ -280,11 +294,15 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         # Held while it is copied, so that a running daemon's retention leaves the range alone.
         holds = [index.add_hold(c, start, end, "export from the command line in progress", request.user)
                  for c in request.cameras]
+        from recorder.archive_read import ArchiveReader
+
+        # Segments deleted locally after they were archived come back from the archive.
+        archive = ArchiveReader(root, config.archive) if config.archive is not None else None
         try:
             manifest = build_package(
                 root=root, index=index, key=key, station={"id": config.station.id, "name": config.station.name},
                 camera_info={c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras},
-                request=request, output=Path(args.output), now=time.time(),
+                request=request, output=Path(args.output), now=time.time(), archive_reader=archive,
             )
         except ExportError as exc:
             print(f"export failed: {exc}", file=sys.stderr)
@@ -292,8 +310,12 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         finally:
             for hold in holds:
                 index.release_hold(hold.id)
+            if archive is not None:
+                archive.close()
         count = sum(len(c["segments"]) for c in manifest["cameras"])
-        print(f"wrote {args.output}: {count} segment(s), signed by {key.fingerprint}")
+        from_archive = sum(s.get("copy") == "archive" for c in manifest["cameras"] for s in c["segments"])
+        print(f"wrote {args.output}: {count} segment(s)"
+              f"{f' ({from_archive} from the archive)' if from_archive else ''}, signed by {key.fingerprint}")
         return 0
     finally:
         index.close()

@@ -148,6 +148,8 @@ class RecordingService:
         )
         await asyncio.to_thread(self.exports.prepare)
         retention.free_other = self.exports.free_space_for_recordings
+        if self.archiver is not None:
+            self.exports.archive = self.archiver.reader
         self.supervisor.spawn("exports", self.exports.run)
         self.supervisor.spawn("checkpoints", self._checkpoint_loop)
         loop = asyncio.get_running_loop()
@@ -167,7 +169,9 @@ class RecordingService:
         """Upload closed segments to the archive, and let retention delete archived copies first under pressure."""
         config = self.config.archive
         assert config is not None
-        self.archiver = Archiver(self.root, self.config.station.id, config, self._archive_backlog)
+        # Off the loop: making boto3's clients reads its service models (a tenth of a second of CPU).
+        self.archiver = await asyncio.to_thread(Archiver, self.root, self.config.station.id, config,
+                                                self._archive_backlog)
         await self.archiver.open()  # creates its tables before retention looks at them
         if config.tiered_retention:
             retention.archived_first = lambda limit: archived_and_verified(retention.index.db, limit)

@@ -134,6 +134,7 @@ class ArchivedObject:
     def segment(self) -> SegmentRecord:
         """The index row this object was made from (for clips and exports of archive-only footage)."""
         data = json.loads(self.fields)
+        data.setdefault("status", "ok")  # not part of the chained fields
         return SegmentRecord(id=self.segment_id, prev_chain=self.prev_chain, chain_hash=self.chain_hash, **data)
 
 
@@ -287,6 +288,10 @@ class Archiver:
         self._stop_flag = threading.Event()
         self.store = store or ArchiveStore(config, stopping=self._stop_flag.is_set)
         self.status = ArchiveStatus()
+        from recorder.archive_read import ArchiveReader
+
+        # Reading back archive-only footage (clips, search) on a connection, thread and client of its own.
+        self.reader = ArchiveReader(root, config)
         self._checked = False
         self._failures = 0
         self._kick = asyncio.Event()
@@ -336,6 +341,7 @@ class Archiver:
     async def close(self) -> None:
         self.stop()
         await asyncio.to_thread(self.db.close)
+        await asyncio.to_thread(self.reader.close)
 
     def update_alarm(self, now: float | None = None) -> None:
         """Open archive_backlog past the bound, close it once the backlog is younger again (loop thread)."""
@@ -357,6 +363,7 @@ class Archiver:
             if not self._checked:
                 self.store.check()
                 self._checked = True
+            self.upload_station_key()
             worked = self.upload_next()
         except ArchiveError as exc:
             self._failed(exc)
@@ -367,6 +374,22 @@ class Archiver:
         self._last_code = None
         self.refresh(state="ok")
         return _Step(worked=worked)
+
+    def upload_station_key(self) -> None:
+        """Put the station's public key beside its segments once, so the archive alone names it."""
+        from recorder.archive_export import station_key_object
+        from recorder.keys import fingerprint, load_station_public, public_pem
+
+        public = load_station_public(self.root)
+        if public is None:
+            return  # not made yet (the daemon makes it at start); the next step tries again
+        fp = fingerprint(public)
+        if self.db.state("station_key", "") == fp:
+            return
+        key = station_key_object(self.config.prefix, self.station)
+        stored = self.store.put_bytes(key, public_pem(public), "application/x-pem-file")
+        self.db.set_state("station_key", fp)
+        log.info("archive: station key %s stored as %s (version %s)", fp, key, stored.version_id)
 
     def scan(self) -> int:
         """Queue every indexed segment not yet queued or archived; return how many were added."""

@@ -38,6 +38,10 @@ from nvr.base.config import Archive, LockMode
 from recorder.storage import RECORDINGS
 
 log = logging.getLogger(__name__)
+# botocore's DEBUG lines are whole canonical requests and signatures, one burst per request: even a daemon
+# logging at debug keeps them out (its errors reach us as exceptions, classified below).
+for _name in ("botocore", "boto3", "s3transfer", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 META_SHA256 = "nvr-sha256"
 META_CHAIN = "nvr-chain-hash"
@@ -243,6 +247,21 @@ class ArchiveStore:
         if not version:
             raise ArchiveError("object_lock_disabled", f"the store gave {key} no version id: is versioning on?")
         return StoredVersion(key, str(version), retain.timestamp(), mode.lower())
+
+    def put_bytes(self, key: str, data: bytes, content_type: str, now: float | None = None) -> StoredVersion:
+        """A small object (the station's public key), locked like the segments."""
+        retain = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC) + timedelta(
+            days=self.config.lock_days, seconds=1)
+        mode = "COMPLIANCE" if self.config.lock_mode is LockMode.COMPLIANCE else "GOVERNANCE"
+        try:
+            answer = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                ContentMD5=base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode(),
+                Metadata={META_SHA256: hashlib.sha256(data).hexdigest()},
+                ObjectLockMode=mode, ObjectLockRetainUntilDate=retain.replace(microsecond=0))
+        except Exception as exc:  # noqa: BLE001
+            raise self._classify(exc, f"object {key}") from None
+        return StoredVersion(key, str(answer.get("VersionId") or ""), retain.timestamp(), mode.lower())
 
     def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}

@@ -16,7 +16,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +31,7 @@ from recorder.storage import StorageError, segment_file
 log = logging.getLogger(__name__)
 
 _CHUNK_QUEUE = 16
+Locate = Callable[[SegmentRecord], Path]
 
 
 class ClipError(Exception):
@@ -70,8 +71,12 @@ class _QueueSink(io.RawIOBase):
 
 
 def write_clip(root: Path, segments: list[SegmentRecord], start: float, end: float, sink: io.RawIOBase,
-               result: ClipResult) -> None:
-    """Remux ``segments`` (oldest first) restricted to [start, end) into ``sink``."""
+               result: ClipResult, locate: Locate | None = None) -> None:
+    """Remux ``segments`` (oldest first) restricted to [start, end) into ``sink``.
+
+    ``locate`` finds a segment's file when it is not the local one (a copy fetched from the archive).
+    """
+    path_of = locate or (lambda seg: _segment_path(root, seg))
     if not segments:
         raise ClipError("no recordings in that range")
     first_params = segments[0].params
@@ -83,7 +88,7 @@ def write_clip(root: Path, segments: list[SegmentRecord], start: float, end: flo
             if seg.params != first_params and _extradata(seg) != _extradata(segments[0]):
                 result.truncated_at = seg.start
                 break
-            with av.open(str(_segment_path(root, seg))) as container:
+            with av.open(str(path_of(seg))) as container:
                 v_in = container.streams.video[0]
                 a_in = container.streams.audio[0] if container.streams.audio else None
                 if v_out is None:
@@ -95,7 +100,7 @@ def write_clip(root: Path, segments: list[SegmentRecord], start: float, end: flo
                 streams = [v_in] + ([a_in] if a_in is not None and a_out is not None else [])
                 keyframe_start = None
                 if origin is None:
-                    keyframe_start = _keyframe_at_or_before(_segment_path(root, seg), seg, start)
+                    keyframe_start = _keyframe_at_or_before(path_of(seg), seg, start)
                 for packet in container.demux(streams):
                     if packet.dts is None or packet.size == 0:
                         continue
@@ -180,7 +185,9 @@ def _keyframe_at_or_before(path: Path, seg: SegmentRecord, start: float) -> floa
 class ClipStream:
     """Runs :func:`write_clip` in a thread; iterate the chunks (blocking) or cancel."""
 
-    def __init__(self, root: Path, segments: list[SegmentRecord], start: float, end: float) -> None:
+    def __init__(self, root: Path, segments: list[SegmentRecord], start: float, end: float,
+                 locate: Locate | None = None) -> None:
+        self.locate = locate
         self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_CHUNK_QUEUE)
         self.cancelled = threading.Event()
         self.result = ClipResult()
@@ -194,7 +201,7 @@ class ClipStream:
 
     def _run(self, root: Path, segments: list[SegmentRecord], start: float, end: float) -> None:
         try:
-            write_clip(root, segments, start, end, _QueueSink(self.chunks, self.cancelled), self.result)
+            write_clip(root, segments, start, end, _QueueSink(self.chunks, self.cancelled), self.result, self.locate)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self.error = exc
         finally:

@@ -20,14 +20,18 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvr import __version__
 from nvr.base.timeutil import iso
+from recorder.archive_store import ArchiveError
 from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
 from recorder.keys import StationKey
 from recorder.search import CauseSource, search
 from recorder.storage import StorageError, segment_file
+
+if TYPE_CHECKING:
+    from recorder.archive_read import ArchiveReader
 
 FORMAT = "nvr-evidence-export/1"
 # The verifier reads manifest.json whole; this bounds its memory (about 16,000 segments, e.g. 11
@@ -124,6 +128,7 @@ def build_package(
     causes: CauseSource | None = None,
     progress: Progress | None = None,
     checkpoint: dict[str, Any] | None = None,
+    archive_reader: ArchiveReader | None = None,
 ) -> dict[str, Any]:
     """Write the package to ``output`` (runs off the event loop; index calls are made directly).
 
@@ -136,13 +141,28 @@ def build_package(
     files: list[dict[str, Any]] = []
     plan: list[PlannedFile] = []
     for camera in request.cameras:
-        result = search(index, camera, request.start, request.end, causes)
+        # Segments deleted locally after they were archived come from the archive (recorder/archive_read.py).
+        reader = archive_reader
+        archived = reader.find_blocking(camera, request.start, request.end) if reader is not None else []
+        if archived:
+            from recorder.archive_read import search_with_archive
+
+            result = search_with_archive(index, camera, request.start, request.end, causes, archived)
+            try:
+                cached = reader.fetch_blocking(archived) if reader is not None else {}
+            except ArchiveError as exc:
+                raise ExportError(f"camera {camera}: {len(archived)} segment(s) of the range are only in the "
+                                  f"archive, which cannot be read: {exc}; not exported") from None
+        else:
+            result = search(index, camera, request.start, request.end, causes)
+            cached = {}
         segments = result.segments  # the playable ones; a missing file is a gap with its cause
         entries = []
         for seg in segments:
             arcname = f"cameras/{camera}/{Path(seg.path).name}"
             try:
-                source = segment_file(root, seg.path)  # never a file outside the storage
+                # never a file outside the storage (or the archive cache)
+                source = cached[seg.id] if seg.id in cached else segment_file(root, seg.path)
             except StorageError as exc:
                 raise ExportError(f"segment {arcname} (camera {camera}, {iso(seg.start)}): {exc}; not exported") \
                     from None
@@ -157,6 +177,7 @@ def build_package(
                 "sha256": seg.sha256, "codec": seg.codec, "width": seg.width, "height": seg.height,
                 "params": seg.params, "status": seg.status, "stored_path": seg.path,
                 "prev_chain": seg.prev_chain, "chain_hash": seg.chain_hash,
+                "copy": "archive" if seg.id in cached else "local",
             })
         cameras_out.append({
             "id": camera, **camera_info.get(camera, {}),

@@ -30,13 +30,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.export import ExportError, ExportRequest, build_package, plan_segments
 from recorder.index import SegmentIndex
 from recorder.keys import StationKey
 from recorder.search import CauseSource
 from recorder.storage import INDEX_FILE, free_space
+
+if TYPE_CHECKING:
+    from recorder.archive_read import ArchiveReader
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ class ExportQueue:
         self.index = index  # the daemon's index (its thread): holds
         self.on_done = on_done
         self.checkpoint = checkpoint
+        self.archive: ArchiveReader | None = None  # segments only in the off-site archive come from there
         self.jobs: dict[str, ExportJob] = {}
         self.deleted_total = 0
         self._pending: asyncio.Queue[ExportJob] = asyncio.Queue()
@@ -207,7 +211,7 @@ class ExportQueue:
             manifest = build_package(
                 root=self.root, index=index, key=self.key, station=self.station, camera_info=self.camera_info,
                 request=request, output=output, now=time.time(), causes=job.causes, progress=progress,
-                checkpoint=checkpoint,
+                checkpoint=checkpoint, archive_reader=self.archive,
             )
         finally:
             index.close()

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recorder.checkpoint import Witnessed, check_segments
 from recorder.export import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, PUBLIC_KEY, SIGNATURE, VERIFY_NOTE
@@ -113,6 +113,8 @@ class _Segment(_Strict):
     stored_path: str
     prev_chain: str
     chain_hash: str
+    # "archive": fetched back from the off-site archive (recorder/archive_read.py); older packages say nothing.
+    stored_copy: str = Field(default="local", alias="copy")
 
 
 class _Camera(_Strict):

@@ -28,7 +28,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8080")
     parser.add_argument("--data", default=str(REPO / "demo-data"))
+    parser.add_argument("--archive", action="store_true",
+                        help="also start a local Ceph RADOS Gateway and archive every segment to it (S3 Object Lock)")
     args = parser.parse_args()
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops everything like Ctrl-C (the gateway's processes included)
+
+    signal.signal(signal.SIGTERM, interrupted)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
 
@@ -55,9 +62,27 @@ def main() -> int:
              "url": f"rtsp://viewer:${{CORRIDOR_PASS}}@127.0.0.1:{cams['corridor-1'].port}/stream"},
         ],
     }
+    env = {**os.environ, "CORRIDOR_PASS": DEMO_PASSWORD}
+    gateway = None
+    if args.archive:
+        from sim.radosgw import RadosGateway
+
+        gateway = RadosGateway(data / "radosgw")
+        print("starting a local Ceph RADOS Gateway for the archive (about 15 s)...", flush=True)
+        gateway.start()
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        boto3.client("s3", endpoint_url=gateway.endpoint, aws_access_key_id=gateway.access_key,
+                     aws_secret_access_key=gateway.secret_key, region_name="default",
+                     config=BotoConfig(s3={"addressing_style": "path"})).create_bucket(
+            Bucket="nvr-demo", ObjectLockEnabledForBucket=True)
+        config["archive"] = {"endpoint": gateway.endpoint, "bucket": "nvr-demo", "access_key": "${DEMO_S3_ACCESS}",
+                             "secret_key": "${DEMO_S3_SECRET}", "lock_mode": "governance", "lock_days": 1}
+        env.update(DEMO_S3_ACCESS=gateway.access_key, DEMO_S3_SECRET=gateway.secret_key)
+        print(f"archive: {gateway.endpoint} bucket nvr-demo (GET /api/archive shows the backlog)")
     config_path = data / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "CORRIDOR_PASS": DEMO_PASSWORD}
     nvr = [sys.executable, "-m", "nvr"]
     try:
         for cam in cams.values():
@@ -84,7 +109,12 @@ def main() -> int:
     finally:
         for cam in cams.values():
             cam.stop()
+        if gateway is not None:
+            gateway.stop()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # while starting: everything started so far was stopped on the way out
+        raise SystemExit(130) from None

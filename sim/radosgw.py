@@ -65,7 +65,7 @@ class RadosGateway:
 
     # -- life cycle -----------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         missing = available()
         if missing is not None:
             raise RadosGatewayError(f"{missing} is not installed (apt-get install ceph-mon ceph-osd radosgw)")
@@ -81,8 +81,11 @@ class RadosGateway:
                       str(self.dir / "monmap"))
             self._run("ceph-mon", "-c", str(self.conf), "--mkfs", "-i", "a", "--monmap", str(self.dir / "monmap"))
             self._spawn("mon", "ceph-mon", "-f", "-c", str(self.conf), "-i", "a")
-            self._run("ceph", "-c", str(self.conf), "--connect-timeout", "30", "osd", "create", timeout=40)
-            self._run("ceph-osd", "-c", str(self.conf), "-i", "0", "--mkfs", timeout=60)
+            # One uuid for the OSD on both sides: an OSD that boots with another one is refused ("wrong fsid").
+            osd_uuid = str(uuid.uuid4())
+            self._run("ceph", "-c", str(self.conf), "--connect-timeout", "30", "osd", "create", osd_uuid, "0",
+                      timeout=40)
+            self._run("ceph-osd", "-c", str(self.conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid, timeout=60)
             self._spawn("osd", "ceph-osd", "-f", "-c", str(self.conf), "-i", "0")
             self.start_gateway(max(5.0, deadline - time.monotonic()))
             self._run("radosgw-admin", "-c", str(self.conf), "user", "create", "--uid=nvr", "--display-name=nvr",

@@ -207,6 +207,8 @@ def test_fuzzed_query_and_path_parameters_on_every_route(target: Target, data: s
             elif data.draw(st.booleans()):
                 query[parameter["name"]] = value
         url = concrete + ("?" + urllib.parse.urlencode(query) if query else "")
+        if len(url) > 8000:
+            continue  # over aiohttp's request-line limit: its parser answers 400 in plain text
         status, answer = target.daemon.request(method, url)
         check(status, answer, f"{method} {url[:300]}")
 

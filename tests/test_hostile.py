@@ -77,6 +77,33 @@ async def test_a_sign_in_flood_waits_in_its_own_pool_and_the_default_executor_st
         assert is_json_error(busy, "login_busy")
 
 
+async def test_a_flood_of_refused_requests_leaves_a_bounded_trail(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    # Every refused request was audited (a disk write) and bad paths logged at WARNING, one each:
+    # a flood from one address filled the audit log and the journal, and took the disk from recording.
+    from yarl import URL
+
+    async with running_station(station_config(tmp_path)) as station:
+        bad = [station.http.get(URL(station.url("/") + f"static/..%2F..%2Fetc%2Fpasswd{n}", encoded=True))
+               for n in range(150)]
+        statuses = [resp.status for resp in await asyncio.gather(*bad)]
+        assert statuses == [400] * 150
+        for _ in range(3):
+            await station.login("monitor1", "wrong")
+        locked = await asyncio.gather(*(station.login("monitor1", "wrong") for _ in range(100)))
+        assert [status for status, _, _ in locked] == [429] * 100
+        rejected = await station.audit(action="request.rejected")
+        assert 1 <= len(rejected) <= 25, f"{len(rejected)} audit entries for 150 bad paths"
+        assert len(await station.audit(action="login.locked")) <= 25
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "refused GET" in r.getMessage()]
+        assert 1 <= len(warnings) <= 25
+        # Other clients' refusals are still recorded: the budget is per address and kind.
+        status, _, _ = await station.request("GET", "/api/audit", headers=station.auth("monitor"))
+        assert status == 403
+        denied = await station.audit(action="access.denied")
+        assert any(e["actor"] == "token:monitor" for e in denied)
+
+
 # -- live sessions and event streams ----------------------------------------------------------
 
 
@@ -347,3 +374,58 @@ async def test_the_api_describes_itself_from_the_route_table(tmp_path: Path) -> 
         assert login["x-nvr-permission"] == "public" and "security" not in login
         schema = login["requestBody"]["content"]["application/json"]["schema"]
         assert schema["required"] == ["username", "password"]
+
+
+# -- the same races against `nvr run` itself ---------------------------------------------------
+
+
+def test_the_races_against_the_daemon_process(daemon_factory: Any, tmp_path: Path) -> None:
+    """Sign-in and live-session races over real sockets to ``nvr run`` (its server, limits and all)."""
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    daemon = daemon_factory([{"id": "hall", "name": "Hall", "url": "rtsp://127.0.0.1:9/none", "record": False}],
+                            auth={"login_max_failures": 3, "login_max_failures_per_address": 100},
+                            live={"max_sessions": 2, "connect_timeout_seconds": 30})
+    daemon.add_user("monitor1", "monitor", PASSWORD)
+    origin = {"Origin": daemon.base_url, "Sec-Fetch-Site": "same-origin"}
+
+    async def race() -> tuple[list[int], list[int]]:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async def login(password: str) -> int:
+                async with http.post(daemon.base_url + "/api/login", headers=origin,
+                                     json={"username": "monitor1", "password": password}) as resp:
+                    return resp.status
+
+            async def pending() -> float:
+                async with http.get(daemon.base_url + "/metrics",
+                                    headers={"Authorization": f"Bearer {daemon.token}"}) as resp:
+                    line = next(x for x in (await resp.text()).splitlines() if x.startswith("nvr_logins_pending "))
+                    return float(line.split()[1])
+
+            guesses = [asyncio.ensure_future(login(f"guess {n}")) for n in range(19)]
+            deadline = time.monotonic() + 2
+            while await pending() < 3 and time.monotonic() < deadline:
+                pass  # until three guesses are being checked (Argon2 takes 0.1-0.3 s each here)
+            logins = await asyncio.gather(*guesses, login(PASSWORD))
+
+            peers = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(6)]
+            offers = []
+            for pc in peers:
+                pc.addTransceiver("video", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                offers.append(pc.localDescription.sdp)
+
+            async def offer(sdp: str) -> int:
+                async with http.post(daemon.base_url + "/api/cameras/hall/whep", data=sdp, headers={
+                        "Authorization": f"Bearer {daemon.token}", "Content-Type": "application/sdp"}) as resp:
+                    return resp.status
+
+            live = await asyncio.gather(*(offer(sdp) for sdp in offers))
+            await asyncio.gather(*(pc.close() for pc in peers))
+            return logins, live
+
+    logins, live = asyncio.run(race())
+    assert logins.count(401) <= 3 and logins[-1] == 429, logins
+    assert sorted(live) == [201, 201, 503, 503, 503, 503], live
+    assert "Traceback" not in daemon.log()

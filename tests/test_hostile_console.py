@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from central import config as console_config
 from central.app import ConsoleRuntime, create_console_app
@@ -29,12 +32,19 @@ from tests.hostile import PASSWORD, RunningStation, running_station, station_con
 from web.whep import WHEP
 
 
-@dataclass
 class Room:
-    station: RunningStation
-    runtime: ConsoleRuntime
-    server: TestServer
-    http: aiohttp.ClientSession
+    """The station, the console following it twice, and an HTTP client (a plain class: hypothesis prints it short)."""
+
+    def __init__(self, station: RunningStation, runtime: ConsoleRuntime, server: TestServer, http: aiohttp.ClientSession,
+                 runtime_token: str) -> None:
+        self.station = station
+        self.runtime = runtime
+        self.server = server
+        self.http = http
+        self.runtime_token = runtime_token  # an admin token of the console
+
+    def __repr__(self) -> str:
+        return f"Room({self.url('/')})"
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -83,7 +93,8 @@ async def room(tmp_path: Path) -> AsyncIterator[Room]:
         await server.start_server()
         runtime.fleet.start()
         http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        room = Room(station, runtime, server, http)
+        token = await runtime.auth.call(runtime.auth.create_token, "console-admin", Role.ADMIN, None, "test")
+        room = Room(station, runtime, server, http, token)
         try:
             deadline = time.monotonic() + 15
             while True:
@@ -157,3 +168,38 @@ async def test_console_logout_ends_its_fleet_feed_and_the_live_view_at_the_stati
     assert [(e.json()["actor"], e.json()["details"].get("reason")) for e in entries] == [("everything", "logout")]
     stops = await room.station.audit(action="live.stop")
     assert stops and stops[-1]["details"].get("central_user") == "everything"
+
+
+# pytest-asyncio runs the hypothesis test inside a given of its own: that nesting is expected here.
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.nested_given])
+@given(data=st.data())
+async def test_fuzzed_requests_to_the_console(room: Room, data: st.DataObject) -> None:
+    """The console's own description drives the fuzzing, as on a station: never a 500, always a JSON error."""
+    from tests.test_fuzz_api import bodies, check, json_operations, parameterised_operations, query_value
+
+    headers = {"Authorization": f"Bearer {room.runtime_token}"}
+    async with room.http.get(room.url("/api/openapi.json"), headers=headers) as resp:
+        doc = await resp.json()
+    for method, path, schema in json_operations(doc):
+        body = data.draw(bodies(schema), label=f"{method} {path}")
+        async with room.http.request(method, room.url(path), data=body, headers={
+                "Content-Type": "application/json", "Origin": room.origin, "Sec-Fetch-Site": "same-origin"}) as resp:
+            answer = await resp.json() if resp.content_type == "application/json" else await resp.read()
+            check(resp.status, answer, f"{method} {path} {body[:200]!r}")
+    for method, path, parameters in parameterised_operations(doc):
+        concrete, query = path, {}
+        for parameter in parameters:
+            value = data.draw(query_value(parameter.get("schema", {})), label=parameter["name"])
+            if parameter["in"] == "path":
+                concrete = concrete.replace("{" + parameter["name"] + "}",
+                                            urllib.parse.quote(value, safe="") or "x")
+            elif data.draw(st.booleans()):
+                query[parameter["name"]] = value
+        url = URL(room.url(concrete), encoded=True).with_query(query) if query else URL(room.url(concrete),
+                                                                                          encoded=True)
+        if len(str(url)) > 8000:
+            continue  # over aiohttp's request-line limit: its parser answers 400 in plain text
+        async with room.http.request(method, url, headers=headers) as resp:
+            answer = await resp.json() if resp.content_type == "application/json" else await resp.read()
+            check(resp.status, answer, f"{method} {url}")

@@ -104,6 +104,57 @@ _MAX_AUDIT_ENTRIES = 10_000
 _MAX_CACHE = 10_000
 
 
+class RefusalReports:
+    """Bounds the audit entries and log lines that refused requests leave, per client address and kind.
+
+    Each (address, kind) may leave ``burst`` at once, then one every ``interval``
+    seconds (a token bucket); the next one that is left says how many were
+    suppressed.  So a flood of bad paths or locked-out sign-ins is recorded,
+    but can neither fill the audit log and the journal nor take the disk's
+    time from recording.  Refusals are still answered and counted in full.
+    """
+
+    def __init__(self, burst: int = 20, interval: float = 10.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._buckets: dict[tuple[str, str], tuple[float, float, int]] = {}  # tokens, at, suppressed
+        self.suppressed_total = 0
+
+    def allow(self, address: str, kind: str, now: float | None = None) -> int | None:
+        """None: do not report this one; else how many of this kind were suppressed since the last report."""
+        now = time.monotonic() if now is None else now
+        key = (address, kind)
+        tokens, at, suppressed = self._buckets.get(key, (float(self.burst), now, 0))
+        tokens = min(float(self.burst), tokens + (now - at) / self.interval)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now, suppressed + 1)
+            self.suppressed_total += 1
+            return None
+        if len(self._buckets) >= _MAX_CACHE and key not in self._buckets:
+            self._buckets.clear()  # bounded memory; at worst a burst more is reported
+        self._buckets[key] = (tokens - 1.0, now, 0)
+        return suppressed
+
+
+def audit_refusal(request: web.Request, action: str, message: str | None = None, **details: Any) -> None:
+    """Audit (and log at WARNING, when ``message`` is given) a refused request, rate-limited.
+
+    Per client address and action, and per signed-in identity (one user's refusals never hide
+    another's, behind a central console too); anonymous requests and sign-ins (whose user name
+    is the attacker's choice) share their address's budget.
+    """
+    who = identity(request)
+    kind = f"{action}:{who.name}" if who is not None and action != "login.locked" else action
+    suppressed = request.app[ACCESS].refusals.allow(request.remote or "?", kind)
+    if suppressed is None:
+        return
+    if suppressed:
+        details["suppressed_before"] = suppressed
+    if message is not None:
+        log.warning("%s%s", message, f" ({suppressed} more like it suppressed)" if suppressed else "")
+    audit(request, action, outcome="denied", **details)
+
+
 def route_key(method: str, canonical: str) -> tuple[str, str]:
     return ("GET" if method == "HEAD" else method, canonical)
 
@@ -134,6 +185,7 @@ class Access:
         self._cache: dict[str, tuple[float, asyncio.Future[Identity | None]]] = {}
         # Open streams are checked as often as identities are looked up again (at least every second).
         self.watch = IdentityWatch(self.db, self.idle_seconds, self.max_seconds, max(1.0, self.cache_seconds))
+        self.refusals = RefusalReports()
 
     async def identify(self, request: web.Request) -> tuple[Identity | None, str | None]:
         """The identity and, when credentials were sent but are no good, why."""
@@ -259,8 +311,8 @@ def visible(request: web.Request, camera_id: str | None) -> bool:
 def require_camera(request: web.Request, camera_id: str) -> None:
     """403 unless the requester's camera allow-list includes ``camera_id``."""
     if not visible(request, camera_id):
-        audit(request, "access.denied", camera=camera_id, outcome="denied", reason="camera not in allow-list",
-              method=request.method, path=request.path)
+        audit_refusal(request, "access.denied", camera=camera_id, reason="camera not in allow-list",
+                      method=request.method, path=request.path)
         raise api_error(web.HTTPForbidden, "camera_forbidden", f"you may not access camera {camera_id!r}")
 
 
@@ -357,9 +409,9 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
         who, _ = await access.identify(request)
         if who is not None:
             request["user"] = who
-        log.warning("refused %s %s from %s: %s", request.method, request.raw_path[:200], request.remote, bad)
-        audit(request, "request.rejected", outcome="denied", reason=bad, method=request.method,
-              path=request.raw_path[:500])
+        audit_refusal(request, "request.rejected",
+                      f"refused {request.method} {request.raw_path[:200]} from {request.remote}: {bad}",
+                      reason=bad, method=request.method, path=request.raw_path[:500])
         raise api_error(web.HTTPBadRequest, "bad_path", f"refused: {bad}")
     if resource is None:  # no such route (404) or method (405): nothing to protect
         response: web.StreamResponse = await handler(request)
@@ -383,12 +435,12 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
             raise web.HTTPFound("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
         raise _unauthorized(problem or "sign in, or send 'Authorization: Bearer <token>'")
     if who.kind == "session" and method not in _SAFE_METHODS and not _same_origin(request):
-        audit(request, "access.denied", outcome="denied", reason="cross-site request", method=method,
-              path=request.path, origin=request.headers.get("Origin"))
+        audit_refusal(request, "access.denied", reason="cross-site request", method=method,
+                      path=request.path, origin=request.headers.get("Origin"))
         raise api_error(web.HTTPForbidden, "csrf", "cross-site request refused (Origin / Sec-Fetch-Site)")
     if not who.can(permission):
-        audit(request, "access.denied", outcome="denied", reason=f"role {who.role.value} lacks {permission.value}",
-              method=method, path=request.path)
+        audit_refusal(request, "access.denied", reason=f"role {who.role.value} lacks {permission.value}",
+                      method=method, path=request.path)
         raise api_error(web.HTTPForbidden, "forbidden", f"the {who.role.value} role may not do this")
     station_id = request.match_info.get("station_id")
     for camera_id in (request.match_info.get("camera_id"), request.query.get("camera")):
@@ -478,7 +530,7 @@ async def login(request: web.Request) -> web.Response:
         # Reserved before any await: concurrent guesses cannot all get past the limit.
         attempt = access.throttle.begin(name, address)
     except LimitReached as limit:
-        audit(request, "login.locked", actor=name, outcome="denied", reason=limit.code)
+        audit_refusal(request, "login.locked", actor=name, reason=limit.code)
         raise limit_error(limit) from None
     with attempt:  # an attempt abandoned half-way (client gone) counts as failed
         record = await access.db.call(access.db.password_record, name)

@@ -15,13 +15,14 @@ from aiohttp import web
 
 from nvr.base.timeutil import iso
 from nvr.health import coverage
+from recorder.archive_read import locator, search_with_archive
 from recorder.clip import ClipError, ClipStream
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
 from recorder.index import Hold, SegmentIndex
 from recorder.search import CauseSource, search
 from recorder.timeline import Cause
-from web import params
+from web import archive_api, params
 from web.access import audit, require_camera, visible
 from web.console import _CSP, STATIC_DIR
 from web.http import STATION, api_error, json_body
@@ -96,7 +97,14 @@ async def search_recordings(request: web.Request) -> web.Response:
     start, end = params.required_range(request.query.get("start"), request.query.get("end"),
                                        request.app[STATION].config.recordings.max_search_hours * 3600)
     index = require_index(request)
-    result = await index.call(search, index, camera, start, end, await cause_source(request, start, end))
+    causes = await cause_source(request, start, end)
+    # Footage deleted locally after it was archived is still found (issue 19).
+    archived = await archive_api.archive_only(request.app[STATION], camera, start, end)
+    if archived:
+        result = await index.call(search_with_archive, index, camera, start, end, causes, archived)
+    else:
+        result = await index.call(search, index, camera, start, end, causes)
+    in_archive = {a.record.id for a in archived}
     audit(request, "recordings.search", camera=camera, start=iso(start), end=iso(end),
           segments=len(result.segments))
     return web.json_response({
@@ -108,7 +116,8 @@ async def search_recordings(request: web.Request) -> web.Response:
         "gaps": [g.json() for g in result.gaps],
         "segments": [{"id": s.id, "start": iso(s.start), "end": iso(s.end), "bytes": s.bytes, "sha256": s.sha256,
                       "frames": s.frames, "codec": s.codec, "width": s.width, "height": s.height,
-                      "status": s.status, "chain_hash": s.chain_hash} for s in result.segments],
+                      "status": s.status, "chain_hash": s.chain_hash,
+                      "copy": "archive" if s.id in in_archive else "local"} for s in result.segments],
     })
 
 
@@ -119,10 +128,17 @@ async def clip(request: web.Request) -> web.StreamResponse:
                                        station.config.recordings.max_range_hours * 3600)
     index = require_index(request)
     segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
+    archived = await archive_api.archive_only(station, camera, start, end)
+    local_count = len(segments)
+    if archived:
+        segments = sorted([*segments, *(a.record for a in archived)], key=lambda s: s.start)
     if not segments:
         raise api_error(web.HTTPNotFound, "no_recordings", f"no recordings of {camera} between "
                         f"{iso(start)} and {iso(end)}")
-    stream = ClipStream(station.recording.root, segments, start, end)
+    cached = await archive_api.fetch(station, archived)
+    # Footage only in the archive is read from its cache (issue 19).
+    stream = ClipStream(station.recording.root, segments, start, end,
+                        locator(station.recording.root, cached) if cached else None)
     stream.start()
     first = await asyncio.to_thread(stream.next_chunk)
     if first is None:
@@ -130,9 +146,11 @@ async def clip(request: web.Request) -> web.StreamResponse:
         if stream.error is not None and not isinstance(stream.error, ClipError):
             log.error("clip of %s failed", camera, exc_info=stream.error)
         raise api_error(web.HTTPNotFound, "no_recordings", message)
+    copy = archive_api.copies(local_count, len(archived))
     audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
-          segment_ids=[s.id for s in segments])
+          segment_ids=[s.id for s in segments], copy=copy)
     response = web.StreamResponse(headers={
+        "X-NVR-Copy": copy,  # which copy the clip was made from: local, archive or local+archive
         "Content-Type": "video/mp4",
         "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
         "Cache-Control": "no-store",

@@ -388,7 +388,9 @@ class Archive(_Model):
         float, Field(gt=0, le=30 * 86400, description="archive_backlog opens when the oldest unarchived segment "
                                                       "closed longer ago than this")
     ] = 900
-    timeout_seconds: Annotated[float, Field(gt=0, le=600, description="Connect and read timeout per request")] = 20
+    timeout_seconds: Annotated[
+        float, Field(gt=0, le=600, description="Connect and read timeout per request (also bounds a stop)")
+    ] = 10
     retry_initial_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
     scan_seconds: Annotated[

@@ -116,6 +116,15 @@ class Fleet {
     if (station.counts.alarms_open) {
       counts.append(" · ", el("span", station.counts.critical_open ? "bad" : "", `${station.counts.alarms_open} alarm(s)`));
     }
+    const archive = station.archive;
+    if (archive && archive.enabled && archive.backlog) {
+      // The off-site archive's backlog (issue 19): segments waiting, and since when.
+      const b = archive.backlog;
+      const late = archive.state !== "ok" || (b.alarm_after_seconds && b.oldest_age_seconds > b.alarm_after_seconds);
+      counts.append(" · ", el("span", late ? "bad" : "",
+        `archive ${b.segments} waiting (${(b.bytes / 1e6).toFixed(0)} MB, oldest ${Math.round(b.oldest_age_seconds)} s)` +
+        (archive.state !== "ok" && archive.reason ? `: ${archive.reason}` : "")));
+    }
     head.append(counts, el("span", "badge", station.state));
     head.lastChild.dataset.state = station.reachable ? "online" : station.state === "connecting" ? "connecting" : "offline";
     card.append(head);
