@@ -274,7 +274,7 @@ class StationLink:
     async def get_json(self, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=self.follow.timeout_seconds)
         async with self.session.get(self.config.url + path, timeout=timeout, allow_redirects=False) as resp:
-            body = await resp.content.read(MAX_BODY_BYTES + 1)
+            body = await _read_all(resp, MAX_BODY_BYTES + 1)
             if resp.status != 200:
                 raise StationError.of(status_problem(resp.status, body))
             if len(body) > MAX_BODY_BYTES:
@@ -292,7 +292,7 @@ class StationLink:
         try:
             async with self.session.request(method, self.config.url + path, data=data, headers=headers,
                                             timeout=timeout, allow_redirects=False) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES)
+                body = await _read_all(resp, MAX_BODY_BYTES)
                 return resp.status, dict(resp.headers), body
         except StationError:
             raise
@@ -553,6 +553,20 @@ class StationLink:
                 "message": state.feed_problem.message if state.feed_problem else None,
             },
         }
+
+
+async def _read_all(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes: ``content.read(n)`` returns only what has arrived so far, so a
+    camera list or an SDP answer split across TCP segments or TLS records would be cut short."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _apply_alarm(alarms: dict[str, AlarmView], alarm: AlarmView) -> None:
