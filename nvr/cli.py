@@ -235,7 +235,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
     from pathlib import Path
 
     from nvr.base.timeutil import parse_iso
-    from recorder.export import ExportError, ExportRequest, build_package
+    from recorder.export import ExportError, ExportRequest, build_package, package_identity
     from recorder.index import SegmentIndex
     from recorder.keys import StationKey
     from recorder.storage import INDEX_FILE, StorageError, check_storage
@@ -292,6 +292,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         request = ExportRequest(list(dict.fromkeys(args.camera)), start, end, args.reason.strip(),
                                 f"cli:{getpass.getuser()}")
         # Held while it is copied, so that a running daemon's retention leaves the range alone.
+        station, camera_info = package_identity(config)
         holds = [index.add_hold(c, start, end, "export from the command line in progress", request.user)
                  for c in request.cameras]
         from recorder.archive_read import ArchiveReader
@@ -300,8 +301,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         archive = ArchiveReader(root, config.archive) if config.archive is not None else None
         try:
             manifest = build_package(
-                root=root, index=index, key=key, station={"id": config.station.id, "name": config.station.name},
-                camera_info={c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras},
+                root=root, index=index, key=key, station=station, camera_info=camera_info,
                 request=request, output=Path(args.output), now=time.time(), archive_reader=archive,
             )
         except ExportError as exc:

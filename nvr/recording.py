@@ -31,6 +31,7 @@ from nvr.identity.audit import AuditLog
 from nvr.supervisor import Phase, Supervisor
 from recorder import checkpoint as checkpoints
 from recorder.archive import Archiver, archived_and_verified
+from recorder.export import package_identity
 from recorder.export_jobs import ExportLimits, ExportQueue
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.keys import StationKey
@@ -136,8 +137,7 @@ class RecordingService:
             self.root,
             self.config.exports_path,
             self.key,
-            {"id": self.config.station.id, "name": self.config.station.name},
-            {c.id: {"name": c.name, "zone": c.zone.value} for c in self.config.cameras},
+            *package_identity(self.config),
             recordings.max_export_jobs,
             ExportLimits(quota_bytes=int(recordings.export_quota_mb * (1 << 20)),
                          keep_seconds=recordings.export_keep_hours * 3600,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nvr import __version__
+from nvr.base.config import Config
 from nvr.base.timeutil import iso
 from recorder.archive_store import ArchiveError
 from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
@@ -88,6 +89,12 @@ Progress = Callable[[float], None]
 class ExportError(Exception):
     """An export that cannot be made as asked; the message names the segment or the limit, never a path
     outside the package."""
+
+
+def package_identity(config: Config) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(station, camera_info) as a package's manifest names them: the daemon's queue and `nvr export` alike."""
+    return ({"id": config.station.id, "name": config.station.name},
+            {c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras})
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS runs (
 _ALARM_COLUMNS = "id, camera, type, severity, opened_at, closed_at, details"
 
 
+# The one details key two modules share: when an offline camera's last packet arrived (camera.py writes
+# it, coverage.py counts the outage from it rather than from when the stall was declared).
+LAST_PACKET_AT = "last_packet_at"
+
+
 class AlarmType(StrEnum):
     OFFLINE = "offline"
     COVERED = "covered"

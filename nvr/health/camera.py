@@ -27,7 +27,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from nvr.base.config import Health, PictureChecks
-from nvr.health.alarms import AlarmStore, AlarmType, Severity
+from nvr.health.alarms import LAST_PACKET_AT, AlarmStore, AlarmType, Severity
 from streams.hub import Hub, HubReader, ReaderClosed
 from streams.media import MediaPacket, SessionEnded, TrackKind
 from streams.picture_check import Condition, Findings, PictureCheck, decode_keyframe
@@ -113,7 +113,7 @@ class CameraHealth:
                 return
             details: dict[str, object] = {"reason": source.reason.value, "message": source.message}
             if source.last_packet_at is not None:
-                details["last_packet_at"] = source.last_packet_at
+                details[LAST_PACKET_AT] = source.last_packet_at
             self.alarms.open(self.camera, AlarmType.OFFLINE, self.severity, details, at=source.changed_at)
 
     # -- lifecycle ------------------------------------------------------------------------

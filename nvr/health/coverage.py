@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nvr.base.timeutil import iso
-from nvr.health.alarms import Alarm, AlarmType, Run
+from nvr.health.alarms import LAST_PACKET_AT, Alarm, AlarmType, Run
 from recorder.index import SegmentRecord
 from recorder.timeline import Cause, Gap, Timeline, build, from_intervals
 
@@ -105,7 +105,7 @@ def causes(
             continue
         closed = alarm.closed_at if alarm.closed_at is not None else now
         if alarm.type is AlarmType.OFFLINE:
-            last_packet = alarm.details.get("last_packet_at")
+            last_packet = alarm.details.get(LAST_PACKET_AT)
             opened = min(alarm.opened_at, last_packet) if isinstance(last_packet, int | float) else alarm.opened_at
             found.append(Cause(opened, closed, 2, "offline", alarm.details.get("reason")))
         elif alarm.type is AlarmType.DISK_FULL:
