@@ -342,6 +342,20 @@ async def test_forbidden_and_unknown_cameras_answer_the_same_to_a_restricted_use
             assert forbidden[0] == 403, (path, forbidden)
 
 
+async def test_a_restricted_auditor_cannot_tell_others_holds_from_missing_ones(tmp_path: Path) -> None:
+    restricted = {"hall-auditor": (Role.AUDITOR, frozenset({"hall"}))}
+    async with running_station(station_config(tmp_path), restricted) as station:
+        start, end = iso(time.time() - 600), iso(time.time() - 60)
+        status, hold, _ = await station.request("POST", "/api/holds", headers=station.auth("admin"), json={
+            "camera": "cell", "start": start, "end": end, "reason": "complaint 9"})
+        assert status == 201, hold
+        other = await station.request("DELETE", f"/api/holds/{hold['id']}", headers=station.auth("hall-auditor"))
+        missing = await station.request("DELETE", "/api/holds/999999", headers=station.auth("hall-auditor"))
+        assert (other[0], other[1]["error"]) == (missing[0], missing[1]["error"]) == (404, "unknown_hold")
+        status, holds, _ = await station.request("GET", "/api/holds", headers=station.auth("admin"))
+        assert [h["id"] for h in holds] == [hold["id"]]  # still held
+
+
 async def test_the_playback_page_sends_the_same_csp_as_the_console(tmp_path: Path) -> None:
     async with running_station(station_config(tmp_path)) as station:
         _, _, console = await station.request("GET", "/", headers=station.auth("admin"))

@@ -292,10 +292,14 @@ async def release_hold(request: web.Request) -> web.Response:
         raise params.invalid("hold_id", "must be a number")
     index = require_index(request)
     held = next((h for h in await index.call(index.active_holds) if h.id == int(raw)), None)
-    if held is not None:
-        require_camera(request, held.camera or "*")  # a hold on every camera: only unrestricted users
+    unknown = api_error(web.HTTPNotFound, "unknown_hold", f"no active hold {raw}")
+    if held is not None and not visible(request, held.camera or "*"):  # on every camera: unrestricted users only
+        # The same answer as for a hold that does not exist: a restricted user learns nothing of others' holds.
+        audit(request, "access.denied", camera=held.camera, outcome="denied", reason="hold of a camera not in "
+              "the allow-list", method=request.method, path=request.path)
+        raise unknown
     if not await index.call(index.release_hold, int(raw)):
-        raise api_error(web.HTTPNotFound, "unknown_hold", f"no active hold {raw}")
+        raise unknown
     log.info("evidence hold %s released by %s", raw, current_user(request))
     audit(request, "hold.release", camera=held.camera if held else None, hold_id=int(raw))
     return web.Response(status=204)
