@@ -21,8 +21,8 @@ from tests.conftest import StationProcess, wait_until
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
-    # Chromium hides local addresses behind mDNS names by default; the daemon would have to resolve them.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    # Chromium's default features: it hides local addresses behind mDNS names, as a monitoring-room browser
+    # does; the daemon answers without resolving them (web/whep.py, tests/test_live_mdns.py).
     "--autoplay-policy=no-user-gesture-required",
 ]
 

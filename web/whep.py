@@ -66,6 +66,32 @@ class WhepError(Exception):
         self.message = message
 
 
+def without_mdns_candidates(sdp: str) -> tuple[str, int]:
+    """The offer without its ``.local`` (mDNS) host candidates, and how many there were.
+
+    Browsers hide their addresses behind mDNS names by default (Chromium's WebRtcHideLocalIpsWithMdns).
+    Resolving one means a multicast query that, on networks that do not answer it, waits for aioice's
+    full 1 s timeout before the answer can be sent. The browser does not need them: its connectivity
+    checks reach our host candidates (all in the answer), and we learn its address from them as a
+    peer-reflexive candidate (RFC 8445 section 7.3.1.3). So they are left out, never resolved on the
+    answer path.
+    """
+    kept, hidden = [], 0
+    lines = sdp.splitlines(keepends=True)
+    for line in lines:
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) > 4 and fields[4].lower().rstrip(".").endswith(".local"):
+                hidden += 1
+                continue
+        kept.append(line)
+    if hidden:
+        # Without "end-of-candidates" ICE waits for the peer-reflexive candidates the checks reveal instead of
+        # failing at once for want of pairs (the session's connect deadline bounds the wait).
+        kept = [line for line in kept if not line.startswith("a=end-of-candidates")]
+    return "".join(kept), hidden
+
+
 @dataclass(slots=True, eq=False)
 class WhepSession:
     id: str
@@ -224,6 +250,7 @@ class WhepRelay:
                 transceiver.setCodecPreferences(
                     [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == audio_mime]
                 )
+            offer_sdp, hidden = without_mdns_candidates(offer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - whatever aiortc refuses in an offer is the client's error
@@ -249,9 +276,10 @@ class WhepRelay:
             self._connect_deadline(session), name=f"whep-deadline:{session_id[:8]}"
         )
         log.info(
-            "[%s] live view opened by %s: session %s, H.264%s, answered in %.0f ms",
+            "[%s] live view opened by %s: session %s, H.264%s, answered in %.0f ms%s",
             camera_id, peer, session_id[:8], f" + {session.audio_codec}" if session.audio_codec else "",
             session.answer_seconds * 1000,
+            f" ({hidden} mDNS candidate(s) left to peer-reflexive discovery)" if hidden else "",
         )
         assert pc.localDescription is not None
         return session, pc.localDescription.sdp
