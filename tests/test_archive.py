@@ -144,6 +144,21 @@ archive: {{endpoint: "http://127.0.0.1:9", bucket: evidence, access_key: AKIALIT
     assert "archive.bucket" in problems and "archive.endpoint: must be an http:// or https:// URL" in problems
 
 
+def test_uploads_keep_to_the_bandwidth_bound_and_stop_at_once_when_asked() -> None:
+    from recorder.archive_store import Aborted, TokenBucket
+
+    bucket = TokenBucket(8 * 1_000_000 / 8)  # max_upload_mbit_per_second: 8 -> 1 MB/s
+    started = time.monotonic()
+    for _ in range(24):
+        bucket.take(64_000, lambda: False)  # 1.536 MB in all, a quarter second of burst allowed
+    elapsed = time.monotonic() - started
+    assert 1.2 <= elapsed <= 2.5, elapsed
+    stopping = time.monotonic() + 0.3
+    with pytest.raises(Aborted):
+        bucket.take(5_000_000, lambda: time.monotonic() > stopping)  # would take 5 s: the stop wins
+    assert time.monotonic() - stopping < 0.5
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nvr", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=60)
