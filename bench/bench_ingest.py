@@ -36,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, clip_1080p, python, report, rss_bytes, total_cpu  # noqa: E402
-from sim.client import SimCamera  # noqa: E402
+from sim.client import SimCamera, SimCameraError  # noqa: E402
 
 GOAL_RATIO = 1.2
 
@@ -134,7 +134,8 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, r
     token = create_token(storage / "auth.sqlite3", "bench", Role.ADMIN)  # access control: deny by default
     proc = subprocess.Popen([python(), "-m", "nvr", "run", "-c", str(cfg)], cwd=REPO)
     try:
-        deadline = time.monotonic() + 60
+        # 64 cameras opening at once on a loaded 2-core box take a while; some need a retry.
+        deadline = time.monotonic() + 60 + 2 * len(cams)
         while time.monotonic() < deadline:
             try:
                 listing = api(port, token, "/api/cameras")
@@ -161,12 +162,25 @@ def percent_per_camera(m: Measured, cameras: int) -> float:
     return 100 * m.cpu / m.seconds / cameras
 
 
+def start_camera(name: str, clip: Path) -> SimCamera:
+    """A started simulated camera; another port if the one it picked was taken meanwhile."""
+    for attempt in range(3):
+        cam = SimCamera(name, file=str(clip), fps=25)
+        try:
+            cam.start()
+            return cam
+        except SimCameraError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_count(cameras: int, seconds: float, settle: float, work: Path) -> None:
     clip = clip_1080p()
-    cams = [SimCamera(f"b{i}", file=str(clip), fps=25) for i in range(cameras)]
+    cams: list[SimCamera] = []
     try:
-        for cam in cams:
-            cam.start()
+        for i in range(cameras):
+            cams.append(start_camera(f"b{i}", clip))
         phases: dict[str, Measured] = {"ffmpeg_before": ffmpeg_phase(cams, seconds, work, settle)}
         phases["ingest"] = nvr_phase(cams, seconds, work, "ingest", record=False, health=False, settle=settle)
         phases["recording"] = nvr_phase(cams, seconds, work, "recording", record=True, health=False, settle=settle)

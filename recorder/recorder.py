@@ -36,7 +36,7 @@ import av.error
 
 from nvr.base.config import Storage
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord
-from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter
+from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter, Template
 from streams.hub import Hub
 from streams.media import HubItem, MediaPacket, Session, SessionEnded, TrackKind
 
@@ -106,6 +106,9 @@ class RecorderCore:
         self.segments_written = 0  # these three are updated by the disk thread
         self.bytes_written = 0
         self.last_segment: SegmentRecord | None = None
+        self._template: Template | None = None  # the current session's codec parameters
+        self._time_base: Fraction = Fraction(1, 90000)
+        self._seconds_per_tick = 1 / 90000  # float of _time_base: the per-packet arithmetic stays in floats
 
     @property
     def last_write_mono(self) -> float:
@@ -146,7 +149,9 @@ class RecorderCore:
                 return
             # No timestamp at all: place it one frame after the previous one.
             ticks = round((run.last_ts + run.frame_interval) / packet.time_base)
-        ts = float(ticks * packet.time_base)
+        if packet.time_base is not self._time_base:
+            self._time_base, self._seconds_per_tick = packet.time_base, float(packet.time_base)
+        ts = ticks * self._seconds_per_tick
 
         if run is not None and packet.session is not run.session:
             self.end_run("new camera session")
@@ -244,8 +249,13 @@ class RecorderCore:
         session = packet.session
         assert session.video is not None
         try:
-            writer = SegmentWriter(self.root, self.camera, run.wall(ts), session.video, session.audio, packet.data,
-                                   self.disk)
+            if self._template is None or self._template.video is not session.video:
+                if self._template is not None:
+                    self._template.close()
+                    self._template = None
+                self._template = Template(session.video, packet.data)
+            writer = SegmentWriter(self.root, self.camera, run.wall(ts), session.video, session.audio,
+                                   self._template, self.disk)
         except (OSError, av.error.FFmpegError) as exc:
             self._fail(f"cannot open a segment: {_describe(exc)}")
             return
@@ -256,7 +266,7 @@ class RecorderCore:
         seg = self.open
         pts = packet.pts if packet.pts is not None else ticks
         # Rescale into the segment's time base if the camera's changed mid-run.
-        if packet.time_base != seg.time_base:
+        if packet.time_base is not seg.time_base and packet.time_base != seg.time_base:
             ticks = round(ts / seg.time_base)
             pts = round(float(pts * packet.time_base) / seg.time_base)
         try:
@@ -365,6 +375,9 @@ class RecorderCore:
 
     def close(self) -> None:
         self.end_run("shutdown")
+        if self._template is not None:
+            self._template.close()
+            self._template = None
 
 
 def _describe(exc: BaseException) -> str:

@@ -51,8 +51,8 @@ MUX_OPTIONS = {
     # (the muxer keeps the fragment being built in memory), so this costs no write per packet.
     "flush_packets": "1",
 }
-# FFmpeg's I/O buffer for the in-memory sink: one fragment of a 4 Mbit/s camera fits.
-_IO_BUFFER = 1 << 20
+# FFmpeg's I/O buffer for the in-memory sink: a fragment of a 4 Mbit/s camera in two or three pieces.
+_IO_BUFFER = 256 << 10
 # What a camera's disk thread may have queued before the recorder gives the segment up (~30 s at 4 Mbit/s).
 MAX_QUEUED_BYTES = 16 << 20
 
@@ -98,6 +98,23 @@ def make_template(video: TrackInfo, keyframe: bytes) -> av.container.InputContai
     """
     fmt = "hevc" if video.codec == "hevc" else "h264"
     return av.open(io.BytesIO(video.extradata + keyframe), format=fmt)  # type: ignore[return-value]
+
+
+class Template:
+    """The codec parameters of one camera session, parsed once and reused by each of its segments.
+
+    Opening the template probes the keyframe (FFmpeg decodes it to learn the
+    stream's parameters): about as costly as muxing ten seconds of video, so not
+    something to repeat at every cut.
+    """
+
+    def __init__(self, video: TrackInfo, keyframe: bytes) -> None:
+        self.video = video
+        self.container = make_template(video, keyframe)
+        self.stream = self.container.streams.video[0]
+
+    def close(self) -> None:
+        self.container.close()
 
 
 @dataclass(eq=False)
@@ -277,7 +294,7 @@ class SegmentWriter:
         start: float,
         video: TrackInfo,
         audio: TrackInfo | None,
-        keyframe: bytes,
+        template: Template,
         disk: DiskWriter,
     ) -> None:
         self.root = root
@@ -291,11 +308,7 @@ class SegmentWriter:
         self.overflow = False  # the disk fell too far behind for this segment
         self.out = av.open(self.sink, "w", format="mp4", options=MUX_OPTIONS, buffer_size=_IO_BUFFER)
         try:
-            template = make_template(video, keyframe)
-            try:
-                self.video = self.out.add_stream_from_template(template.streams.video[0])
-            finally:
-                template.close()
+            self.video = self.out.add_stream_from_template(template.stream)
             self.video.time_base = video.time_base
             self.audio_in: AudioCodecContext | None = None
             self.audio_out: AudioStream | None = None

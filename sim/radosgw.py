@@ -17,6 +17,7 @@ Needs Debian's ``ceph-mon ceph-osd radosgw ceph-common`` (the Makefile installs 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,9 +47,17 @@ def available() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port chosen at random from a wide range, not the kernel's next ephemeral one: two gateways
+    started at the same moment (another test run) must not both be handed the port neither has bound yet."""
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RadosGatewayError("no free port for radosgw")
 
 
 class RadosGateway:
@@ -65,7 +74,19 @@ class RadosGateway:
 
     # -- life cycle -----------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start everything; a cluster that does not come up is stopped and made again on new ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout)
+                return
+            except RadosGatewayError:
+                if attempt == attempts:
+                    raise
+                self.port, self.mon_port = _free_port(), _free_port()
+                self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _start_once(self, timeout: float) -> None:
         missing = available()
         if missing is not None:
             raise RadosGatewayError(f"{missing} is not installed (apt-get install ceph-mon ceph-osd radosgw)")
@@ -100,9 +121,10 @@ class RadosGateway:
         self._spawn("rgw", "radosgw", "-f", "-c", str(self.conf), "-n", "client.rgw.a")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            proc = self._procs["rgw"]
-            if proc.poll() is not None:
-                raise RadosGatewayError(f"radosgw exited with {proc.returncode}; see {self.dir / 'log'}")
+            for name, proc in self._procs.items():
+                if proc.poll() is not None:  # e.g. an OSD refused by the monitor: no point in waiting
+                    out = (self.dir / "log" / f"{name}.out").read_text(errors="replace")[-500:]
+                    raise RadosGatewayError(f"{name} exited with {proc.returncode}: {out}")
             try:
                 with urllib.request.urlopen(self.endpoint + "/", timeout=2):
                     return

@@ -5,14 +5,17 @@ without holding the GIL).  That thread does everything a packet needs: it
 counts it, turns it into a :class:`MediaPacket` and feeds the hub, whose
 thread-side sinks (the recorder) consume it right there; the event loop is
 woken only for what it needs (state changes, and the packets its readers ask
-for, in batches; see :mod:`streams.hub`).  Reads are bounded by FFmpeg's own
-socket timeout (``ingest.read_timeout_seconds``) rather than by PyAV's
-interrupt callback, which takes the GIL on every socket read; the open is
-bounded by both.  The supervisor on the loop bounds every phase from outside
-as well: a stream that stays connected but delivers nothing is declared
-``stalled`` after ``health.stall_seconds`` without waiting for TCP, and the
-old session is torn down before a new one is opened, with capped exponential
-backoff between attempts.
+for, in batches; see :mod:`streams.hub`).  Every connect and read is bounded
+by FFmpeg's own socket timeout (``ingest.read_timeout_seconds``), not by
+PyAV's interrupt callback, which takes the GIL on every socket read.  The
+supervisor on the loop bounds every phase from outside: an open that takes
+longer than ``ingest.open_timeout_seconds`` is ``unreachable``, a stream that
+stays connected but delivers nothing is declared ``stalled`` after
+``health.stall_seconds`` without waiting for TCP, and the old session is torn
+down before a new one is opened, with capped exponential backoff between
+attempts.  A session thread that FFmpeg keeps busy beyond that (a camera
+trickling bytes that never make a packet) is abandoned, at most
+``_MAX_ABANDONED_THREADS`` per camera; it ends when the camera lets go.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 _WATCH_INTERVAL = 0.1  # while connecting
 _MIN_WAIT = 0.01
 _RATE_WINDOW = 5.0
+# A session thread stuck in FFmpeg beyond its timeouts is abandoned; a camera may hold this many such.
+_MAX_ABANDONED_THREADS = 2
 
 
 class SourceState(StrEnum):
@@ -176,7 +181,7 @@ class RtspSource:
         self._wake = asyncio.Event()
         self._abandoned_threads = 0
         self._stop_reason: str | None = None  # why the loop ended the current session, for the sinks
-        self._thread: threading.Thread | None = None
+        self._abandoned: list[threading.Thread] = []  # session threads given up on, maybe still alive
 
     # -- public ---------------------------------------------------------------------------
 
@@ -244,12 +249,13 @@ class RtspSource:
         stop = threading.Event()
         finished: asyncio.Future[tuple[OfflineReason, str]] = loop.create_future()
         packets_before = self.packets
-        if self._thread is not None and self._thread.is_alive():
-            # An abandoned session's thread is still inside FFmpeg (a camera streaming junk that never
-            # parses): never more than one thread per camera, so wait for it rather than open another.
-            return OfflineReason.STREAM_ERROR, "the previous session has not closed yet", False
+        self._abandoned = [t for t in self._abandoned if t.is_alive()]
+        if len(self._abandoned) >= _MAX_ABANDONED_THREADS:
+            # Abandoned sessions' threads are still inside FFmpeg (a camera streaming junk that never
+            # parses): a camera never holds more threads than this, so wait for them rather than open another.
+            return OfflineReason.STREAM_ERROR, "earlier sessions have not closed yet", False
         self._stop_reason = None
-        self._thread = thread = threading.Thread(
+        thread = threading.Thread(
             target=self._demux_thread, args=(loop, stop, finished), name=f"rtsp-{self.name}", daemon=True
         )
         opened_mono = time.monotonic()
@@ -294,6 +300,7 @@ class RtspSource:
             thread_outcome = await asyncio.wait_for(asyncio.shield(finished), timeout=teardown_limit)
         except TimeoutError:
             self._abandoned_threads += 1
+            self._abandoned.append(thread)
             log.error("[%s] RTSP session did not close within %.0f s; abandoning it", self.name, teardown_limit)
             thread_outcome = (OfflineReason.STREAM_ERROR, "session did not close")
         reason, message = outcome or thread_outcome
@@ -324,7 +331,11 @@ class RtspSource:
             "analyzeduration": "2000000",
             "probesize": "5000000",
         }
-        container = av.open(self._url, options=options, timeout=(self.ingest.open_timeout_seconds, None))
+        # No PyAV timeout: its interrupt callback takes the GIL on every socket read, which with many
+        # cameras opening at once made each open wait in line for the GIL (opens of 64 cameras took longer
+        # than the open timeout itself). FFmpeg's socket timeout bounds each read; the supervisor bounds the
+        # whole open from outside.
+        container = av.open(self._url, options=options)
         tracker: _SessionTracker | None = None
         outcome: tuple[OfflineReason, str] = (OfflineReason.STOPPED, "stopped")
         try:
@@ -336,6 +347,7 @@ class RtspSource:
             streams = [s for s in (video_stream, audio_stream) if s is not None]
             tracker = _SessionTracker(self.name, video_stream, audio_stream)
             video_index = video_stream.index
+            seconds_per_tick = float(tracker.video_time_base)
             hub, rates = self.hub, self._rates
             announced: Session | None = None
             demux = container.demux(streams)
@@ -370,7 +382,7 @@ class RtspSource:
                 self.last_packet_mono = item.received_mono
                 media_time = None
                 if item.kind is TrackKind.VIDEO and item.pts is not None:
-                    media_time = float(item.pts * item.time_base)
+                    media_time = item.pts * seconds_per_tick
                 rates.add(item.received_mono, len(item.data), media_time)
                 if item.session is not announced:
                     announced = item.session
@@ -443,6 +455,8 @@ class _SessionTracker:
         )
         self.stream_extradata = extradata
         self.audio_info = _audio_info(audio) if audio is not None else None
+        self.video_time_base = video.time_base or Fraction(1, 90000)
+        self.audio_time_base = self.audio_info.time_base if self.audio_info is not None else Fraction(1, 8000)
         self.session: Session | None = None
         self.params = b""
         self.carry = b""
@@ -476,15 +490,14 @@ class _SessionTracker:
                 self.params = params
         if self.session is None:
             return None  # nothing is decodable before the first keyframe
-        stream = self.video_stream if is_video else self.audio_stream
-        assert stream is not None
         return MediaPacket(
             session=self.session,
             kind=TrackKind.VIDEO if is_video else TrackKind.AUDIO,
             data=data,
             pts=packet.pts,
             dts=packet.dts,
-            time_base=packet.time_base or stream.time_base or Fraction(1, 90000),
+            # One Fraction per stream, not one per packet (every packet of a stream has its time base).
+            time_base=self.video_time_base if is_video else self.audio_time_base,
             is_keyframe=keyframe,
             received_at=time.time(),
             received_mono=time.monotonic(),
@@ -502,7 +515,7 @@ class _SessionTracker:
         video = TrackInfo(
             kind=TrackKind.VIDEO,
             codec=self.video_codec,
-            time_base=self.video_stream.time_base or Fraction(1, 90000),
+            time_base=self.video_time_base,
             extradata=extradata,
             width=width,
             height=height,

@@ -46,11 +46,7 @@ ENV_KEYS = {"S3_ACCESS": radosgw.ACCESS_KEY, "S3_SECRET": radosgw.SECRET_KEY}
 @pytest.fixture(scope="module")
 def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[radosgw.RadosGateway]:
     gateway = radosgw.RadosGateway(tmp_path_factory.mktemp("radosgw"))
-    try:
-        gateway.start()
-    except radosgw.RadosGatewayError:  # e.g. a port taken between choosing and binding it: once more
-        gateway = radosgw.RadosGateway(tmp_path_factory.mktemp("radosgw"))
-        gateway.start()
+    gateway.start()  # makes the cluster again on other ports if it does not come up
     try:
         yield gateway
     finally:
@@ -142,6 +138,21 @@ archive: {{endpoint: "http://127.0.0.1:9", bucket: evidence, access_key: AKIALIT
         configmod.parse(bad, source="c.yaml", environ={"K": "a", "S": "b"})
     problems = "\n".join(err.value.problems)
     assert "archive.bucket" in problems and "archive.endpoint: must be an http:// or https:// URL" in problems
+
+
+def test_uploads_keep_to_the_bandwidth_bound_and_stop_at_once_when_asked() -> None:
+    from recorder.archive_store import Aborted, TokenBucket
+
+    bucket = TokenBucket(8 * 1_000_000 / 8)  # max_upload_mbit_per_second: 8 -> 1 MB/s
+    started = time.monotonic()
+    for _ in range(24):
+        bucket.take(64_000, lambda: False)  # 1.536 MB in all, a quarter second of burst allowed
+    elapsed = time.monotonic() - started
+    assert 1.2 <= elapsed <= 2.5, elapsed
+    stopping = time.monotonic() + 0.3
+    with pytest.raises(Aborted):
+        bucket.take(5_000_000, lambda: time.monotonic() > stopping)  # would take 5 s: the stop wins
+    assert time.monotonic() - stopping < 0.5
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from av.video.reformatter import VideoReformatter
+
 from nvr.base.config import Health, PictureChecks
 from nvr.health.alarms import LAST_PACKET_AT, AlarmStore, AlarmType, Severity
 from streams.hub import Hub, HubReader, ReaderClosed
@@ -81,6 +83,7 @@ class CameraHealth:
         self.record = record
         self.last_write = last_write or (lambda: None)
         self.check = PictureCheck(thresholds)
+        self._reformatter = VideoReformatter()  # one analysis at a time per camera: only _analyse uses it
         self.last_findings: Findings | None = None
         self.analyses = 0
         self.analysis_seconds = 0.0  # CPU (thread time) spent decoding and analysing
@@ -177,7 +180,8 @@ class CameraHealth:
         started = time.thread_time()
         video = packet.session.video
         assert video is not None
-        gray = decode_keyframe(video.codec, video.extradata, packet.data, self.thresholds.analysis_width)
+        gray = decode_keyframe(video.codec, video.extradata, packet.data, self.thresholds.analysis_width,
+                               self._reformatter)
         findings = self.check.analyse(gray) if gray is not None else None
         self.analysis_seconds += time.thread_time() - started
         self.analyses += 1
