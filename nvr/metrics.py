@@ -120,6 +120,8 @@ class StationCollector(Collector):
         )
         for (camera_id, reader), count in sorted(health.reader_drops.items()):
             dropped.add_metric([camera_id, reader], count)
+        for camera_id, recorder in sorted(recorded.recorders.items()):
+            dropped.add_metric([camera_id, f"recorder:{camera_id}"], recorder.core.dropped)
 
         yield from (
             up,

@@ -5,17 +5,15 @@ without holding the GIL).  That thread does everything a packet needs: it
 counts it, turns it into a :class:`MediaPacket` and feeds the hub, whose
 thread-side sinks (the recorder) consume it right there; the event loop is
 woken only for what it needs (state changes, and the packets its readers ask
-for, in batches; see :mod:`streams.hub`).  Every connect and read is bounded
-by FFmpeg's own socket timeout (``ingest.read_timeout_seconds``), not by
-PyAV's interrupt callback, which takes the GIL on every socket read.  The
-supervisor on the loop bounds every phase from outside: an open that takes
-longer than ``ingest.open_timeout_seconds`` is ``unreachable``, a stream that
+for, in batches; see :mod:`streams.hub`).  The open and every read are
+bounded by FFmpeg's socket timeout and by PyAV's timeouts
+(``ingest.open_timeout_seconds``, ``ingest.read_timeout_seconds``); the
+supervisor on the loop bounds every phase from outside as well: a stream that
 stays connected but delivers nothing is declared ``stalled`` after
 ``health.stall_seconds`` without waiting for TCP, and the old session is torn
 down before a new one is opened, with capped exponential backoff between
-attempts.  A session thread that FFmpeg keeps busy beyond that (a camera
-trickling bytes that never make a packet) is abandoned, at most
-``_MAX_ABANDONED_THREADS`` per camera; it ends when the camera lets go.
+attempts.  A session thread that does not end in time is abandoned, at most
+``_MAX_ABANDONED_THREADS`` per camera.
 """
 
 from __future__ import annotations
@@ -331,11 +329,15 @@ class RtspSource:
             "analyzeduration": "2000000",
             "probesize": "5000000",
         }
-        # No PyAV timeout: its interrupt callback takes the GIL on every socket read, which with many
-        # cameras opening at once made each open wait in line for the GIL (opens of 64 cameras took longer
-        # than the open timeout itself). FFmpeg's socket timeout bounds each read; the supervisor bounds the
-        # whole open from outside.
-        container = av.open(self._url, options=options)
+        # PyAV's timeouts stay: FFmpeg's socket timeout alone does not end a read while the camera sends
+        # RTCP but no media (an encoder hung behind a live RTSP stack), nor an open whose probing waits for
+        # media that never comes. Their price is PyAV's interrupt callback, which takes the GIL on every
+        # socket read (see the README's ingest analysis).
+        container = av.open(
+            self._url,
+            options=options,
+            timeout=(self.ingest.open_timeout_seconds, self.ingest.read_timeout_seconds),
+        )
         tracker: _SessionTracker | None = None
         outcome: tuple[OfflineReason, str] = (OfflineReason.STOPPED, "stopped")
         try:

@@ -77,10 +77,9 @@ class HealthMonitor:
             for hub in (runtime.hub, runtime.live_hub):
                 if hub is not None:
                     hub.drop_listeners.append(self._count_drop)
-            # The long-lived readers have series from the start; viewers appear when they drop.
+            # The long-lived reader has a series from the start; viewers appear when they drop. (The recorder
+            # is a sink on the camera's thread, not a reader: its losses are the recorder core's own count.)
             self.reader_drops[(camera_id, f"health:{camera_id}")] = 0
-            if camera.record:
-                self.reader_drops[(camera_id, f"recorder:{camera_id}")] = 0
 
     def _count_drop(self, reader: HubReader) -> None:
         camera = reader.hub.name.split("/", 1)[0]
