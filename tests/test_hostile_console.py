@@ -163,8 +163,15 @@ async def test_console_logout_ends_its_fleet_feed_and_the_live_view_at_the_stati
     while station_relay.sessions:
         assert time.monotonic() < deadline, "the station's live session outlived the console user's logout"
         await asyncio.sleep(0.05)
-    await room.runtime.audit.db.call(lambda: None)
-    entries = await room.runtime.audit.db.call(room.runtime.audit.query, AuditQuery(action="live.stop"))
+    # The console records live.stop once the station has answered its DELETE, which may be just after the
+    # station dropped the session: wait for the entry (with a deadline) rather than race it.
+    deadline = time.monotonic() + 10
+    while True:
+        await room.runtime.audit.db.call(lambda: None)
+        entries = await room.runtime.audit.db.call(room.runtime.audit.query, AuditQuery(action="live.stop"))
+        if entries or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert [(e.json()["actor"], e.json()["details"].get("reason")) for e in entries] == [("everything", "logout")]
     stops = await room.station.audit(action="live.stop")
     assert stops and stops[-1]["details"].get("central_user") == "everything"
