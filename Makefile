@@ -55,7 +55,7 @@ bench: venv
 	tests/isolated.sh $(PY) bench/run.py
 
 lint: venv
-	$(VENV)/bin/ruff check nvr streams recorder web tests bench sim
+	$(VENV)/bin/ruff check nvr streams recorder web central tests bench sim
 	$(VENV)/bin/mypy nvr streams recorder web central
 	$(VENV)/bin/lint-imports --no-cache
 
