@@ -125,7 +125,7 @@ as_nvr() { /usr/local/sbin/nvr-admin "$@"; }
 
 install -d -m 0750 -o nvr -g nvr "$STORAGE"
 as_nvr check-config -c "$CONFIG"
-configured=$(CREDENTIALS_DIRECTORY=$CREDSTORE "$PREFIX/venv/bin/python" -c 'import sys; from nvr import config
+configured=$(CREDENTIALS_DIRECTORY=$CREDSTORE "$PREFIX/venv/bin/python" -c 'import sys; from nvr.base import config
 c = config.load(sys.argv[1]); print(c.storage.path, "https" if c.web.tls else "http", c.web.listen)' "$CONFIG")
 read -r storage_path scheme listen <<<"$configured"
 [ "$storage_path" = "$STORAGE" ] || die "storage.path is $storage_path; the unit may write only to $STORAGE"
