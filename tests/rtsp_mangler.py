@@ -22,20 +22,18 @@ class Damage:
     inserted: int = 0
 
 
-class RtspMangler:
-    def __init__(self, target_port: int, every: int = 40, seed: int = 7) -> None:
-        self.target_port = target_port
-        self.every = every
-        self.rng = random.Random(seed)
-        self.damage = Damage()
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 with an event loop on a thread of its own; subclasses define ``_client``."""
+
+    def __init__(self, name: str) -> None:
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rtsp-mangler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        self._ready.wait(10)
+        assert self._ready.wait(10)
 
     def stop(self) -> None:
         async def cancel_clients() -> None:
@@ -55,6 +53,18 @@ class RtspMangler:
         self._ready.set()
         self._loop.run_forever()
         server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class RtspMangler(LoopbackServer):
+    def __init__(self, target_port: int, every: int = 40, seed: int = 7) -> None:
+        super().__init__("rtsp-mangler")
+        self.target_port = target_port
+        self.every = every
+        self.rng = random.Random(seed)
+        self.damage = Damage()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import StationProcess, wait_until
+from tests.rtsp_mangler import LoopbackServer
 
 GOOD_SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
@@ -37,46 +37,20 @@ def reply(cseq: str, status: str = "200 OK", headers: str = "", body: str = "") 
     return f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{headers}{length}\r\n{body}".encode()
 
 
-class HostileCamera:
+class HostileCamera(LoopbackServer):
     """RTSP on 127.0.0.1; the path of the first request chooses how it misbehaves."""
 
     MODES = ("garbage", "http", "badstatus", "hugeheader", "lyinglength", "badsdp", "silence", "wrongcseq",
              "unauthorized", "redirect", "junkafterplay")
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__("hostile-camera")
         self.upstream_port = upstream_port  # a real camera, for junkafterplay
         self.rng = random.Random(12)
-        self.port = 0
         self.connections = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hostile-camera", daemon=True)
 
     def url(self, mode: str) -> str:
         return f"rtsp://127.0.0.1:{self.port}/{mode}"
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def stop(self) -> None:
-        async def cancel() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(cancel(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
