@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 SYSTEM_TEST_PACKAGES := debootstrap systemd-container iproute2 ffmpeg
 
-.PHONY: all system venv demo demo-archive test test-system bench lint clean
+.PHONY: all system venv demo demo-archive test test-extended test-system bench lint clean
 
 all: venv
 
@@ -40,6 +40,10 @@ demo-archive: venv
 
 test: venv
 	tests/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+# Minutes-long system-level scenarios (network namespaces with a router, TURN, netem, long outages).
+test-extended: venv
+	tests/isolated.sh $(PY) -m pytest -m extended $(PYTEST_ARGS); rc=$$?; [ $$rc = 0 ] || [ $$rc = 5 ]  # 5: none selected
 
 # A real systemd as PID 1 in a container runs deploy/install-station.sh and systemd/nvr.service
 # (tests/system; root). The Debian image and wheels are cached in /var/cache/nvr-system-test.
