@@ -145,3 +145,14 @@ def test_run_refuses_invalid_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cameras[1].url: must start with rtsp://" in result.stderr
     assert "listening" not in result.stderr
+
+
+def test_station_timezone_is_an_iana_zone_or_a_config_error_naming_the_key() -> None:
+    assert config.parse(GOOD, environ={"CELL1_PASS": "x"}).station.timezone == "UTC"
+    tehran = GOOD.replace('name: "Station 12"}', 'name: "Station 12", timezone: Asia/Tehran}')
+    assert config.parse(tehran, environ={"CELL1_PASS": "x"}).station.timezone == "Asia/Tehran"
+    for bad in ("Mars/Olympus", "../../etc/passwd", ""):
+        text = GOOD.replace('name: "Station 12"}', f'name: "Station 12", timezone: "{bad}"}}')
+        with pytest.raises(config.ConfigError) as caught:
+            config.parse(text, environ={"CELL1_PASS": "x"})
+        assert "station.timezone" in str(caught.value)

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import urllib.parse
+import zoneinfo
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -58,6 +59,18 @@ class Zone(StrEnum):
 class Station(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64, description="Station id")]
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    timezone: str = Field(
+        default="UTC", description="IANA time zone every human-readable time is shown in (machine fields stay UTC)"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Tehran)") from exc
+        return value
 
 
 class Storage(_Model):
