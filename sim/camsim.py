@@ -5,6 +5,7 @@ Run with Debian's /usr/bin/python3 (needs python3-gi, gir1.2-gst-rtsp-server-1.0
 python3-numpy and the GStreamer plugin packages).
 
     camsim.py --port 8554 [--host 127.0.0.1] [--path /stream] [--codec h264|h265]
+        [--profile constrained-baseline|main|high]
         [--width 640] [--height 360] [--fps 15] [--gop N] [--bitrate-kbps 800]
         [--audio none|pcmu|pcma|aac] [--user NAME --password-env VAR]
         [--file PATH.h264] [--inband-only]
@@ -215,10 +216,14 @@ class Camera:
             v = ("appsrc name=vsrc ! h264parse ! video/x-h264,alignment=au ! "
                  f"rtph264pay name=pay0 pt=96 config-interval={0 if self.file_has_inband_ps else -1}")
         elif a.codec == "h264":
+            # x264 writes the least profile its tools need: the ultrafast preset needs only Constrained
+            # Baseline, CABAC makes it Main, and the 8x8 transform High.
+            tools = {"constrained-baseline": "", "main": "cabac=true dct8x8=false ",
+                     "high": "cabac=true dct8x8=true "}[a.profile]
             v = ("appsrc name=vsrc ! queue max-size-buffers=3 leaky=downstream ! "
                  f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={a.bitrate_kbps} "
-                 "bframes=0 threads=1 sliced-threads=false b-adapt=false ! "
-                 "video/x-h264,profile=constrained-baseline ! h264parse ! video/x-h264,alignment=au ! "
+                 f"bframes=0 threads=1 sliced-threads=false b-adapt=false {tools}! "
+                 f"video/x-h264,profile={a.profile} ! h264parse ! video/x-h264,alignment=au ! "
                  "rtph264pay name=pay0 pt=96 config-interval=-1")
         else:
             v = ("appsrc name=vsrc ! queue max-size-buffers=3 leaky=downstream ! "
@@ -491,6 +496,8 @@ def parse_args(argv):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--path", default="/stream")
     p.add_argument("--codec", choices=("h264", "h265"), default="h264")
+    p.add_argument("--profile", choices=("constrained-baseline", "main", "high"), default="constrained-baseline",
+                   help="H.264 profile of the encoder (the SPS says it; live view must announce it)")
     p.add_argument("--width", type=_even, default=640)
     p.add_argument("--height", type=_even, default=360)
     p.add_argument("--fps", type=int, default=15)

@@ -80,7 +80,7 @@ class SimCamera:
                  path: str = "/stream", codec: str = "h264", width: int = 640, height: int = 360,
                  fps: int = 15, gop: int | None = None, bitrate_kbps: int = 800,
                  audio: str = "none", user: str | None = None, password: str | None = None,
-                 file: str | os.PathLike | None = None, inband_only: bool = False,
+                 file: str | os.PathLike | None = None, inband_only: bool = False, profile: str | None = None,
                  log_path: str | os.PathLike | None = None):
         self.name = name
         self.host = host
@@ -91,6 +91,7 @@ class SimCamera:
         self.user, self.password = user, password
         self.file = os.fspath(file) if file is not None else None
         self.inband_only = inband_only
+        self.profile = profile  # H.264 profile of the encoder (camsim --profile); None: its default
         self.log_path = os.fspath(log_path) if log_path is not None else None
         self._tmp_log: str | None = None
         self._proc: subprocess.Popen | None = None
@@ -126,6 +127,8 @@ class SimCamera:
             a += ["--file", self.file]
         if self.inband_only:
             a.append("--inband-only")
+        if self.profile is not None:
+            a += ["--profile", self.profile]
         return a
 
     @property

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from tests.conftest import StationProcess
+from tests.test_live import recvonly_peer
 from web.whep import without_mdns_candidates
 
 _HOST = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( .*)$", re.M)
@@ -43,10 +44,8 @@ async def test_a_viewer_behind_mdns_names_is_answered_at_once_and_sees_video(
     cam = cameras("mdns", width=640, height=360, fps=15)
     daemon = daemon_factory([{"id": "hall", "name": "Hall", "url": cam.url}])
     daemon.wait_state("hall", "online", timeout=30)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc = await recvonly_peer()
     try:
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
         offer = hide_behind_mdns(pc.localDescription.sdp)
         assert ".local " in offer and not re.search(r"a=candidate:\S+ \d+ \S+ \d+ \d+\.\d+\.\d+\.\d+ ", offer)
         started = time.monotonic()

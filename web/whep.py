@@ -39,10 +39,19 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from nvr.base.config import Live
 from nvr.base.timeutil import iso
 from nvr.identity.roles import Role
-from streams.bitstream import iter_nal_units
 from streams.camera import CameraStreams
 from streams.media import TrackInfo
 from web.access import ACCESS, audit, identity, via_console, visible
+from web.h264_profile import (
+    AIORTC_PROFILE_LEVEL_ID,
+    H264Choice,
+    NegotiationError,
+    ProfileLevel,
+    choose,
+    honest_answer,
+    offer_for_aiortc,
+    video_section,
+)
 from web.http import error_response, find_camera, read_body
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
@@ -56,14 +65,8 @@ MAX_OFFER_BYTES = 64 * 1024
 SESSION_PATH = "/api/whep/sessions/{session_id}"
 
 
-class WhepError(Exception):
+class WhepError(NegotiationError):
     """A request we refuse; becomes a JSON error response."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def without_mdns_candidates(sdp: str) -> tuple[str, int]:
@@ -100,6 +103,7 @@ class WhepSession:
     feed: LiveFeed
     peer: str
     audio_codec: str | None
+    video_profile: str = ""  # the profile-level-id the answer names (the camera's own when it is known)
     created_at: float = field(default_factory=time.time)
     created_mono: float = field(default_factory=time.monotonic)
     answer_seconds: float = 0.0
@@ -123,6 +127,7 @@ class WhepSession:
             "connect_ms": round((self.connected_mono - self.created_mono) * 1000, 1)
             if self.connected_mono is not None else None,
             "first_packet_ms": round((first - self.created_mono) * 1000, 1) if first is not None else None,
+            "video_profile_level_id": self.video_profile or None,
             "audio_codec": self.audio_codec,
             "video_packets": feed.video_sent,
             "audio_packets": feed.audio_sent,
@@ -133,29 +138,22 @@ class WhepSession:
         }
 
 
-def h264_preferences(video: TrackInfo | None) -> list[RTCRtpCodecCapability]:
-    """H.264 packetization-mode 1 only (plus RTX), the camera's own profile first when we know it."""
+def h264_preferences() -> list[RTCRtpCodecCapability]:
+    """aiortc's H.264 (packetization-mode 1, the id :func:`~web.h264_profile.offer_for_aiortc` maps onto) and RTX."""
     codecs = RTCRtpSender.getCapabilities("video").codecs
     h264 = [
         c for c in codecs
         if c.mimeType.lower() == "video/h264" and c.parameters.get("packetization-mode") == "1"
+        and c.parameters.get("profile-level-id") == AIORTC_PROFILE_LEVEL_ID
     ]
-    plain_baseline = False
-    if video is not None:
-        sps = _first_sps(video.extradata)
-        # profile_idc 66 without constraint_set1: Baseline proper, not Constrained Baseline.
-        plain_baseline = len(sps) > 2 and sps[1] == 66 and not sps[2] & 0x40
-    wanted = "42001f" if plain_baseline else "42e01f"
-    h264.sort(key=lambda c: c.parameters.get("profile-level-id") != wanted)
     rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
     return h264 + rtx
 
 
-def _first_sps(extradata: bytes) -> bytes:
-    for nal in iter_nal_units(extradata):
-        if nal and nal[0] & 0x1F == 7:
-            return nal
-    return b""
+def _profile_note(choice: H264Choice) -> str:
+    if choice.camera is None:
+        return f"profile-level-id {choice.profile_level_id} (the viewer's; the camera's is not known yet)"
+    return f"{choice.camera.describe()} as profile-level-id {choice.profile_level_id}"
 
 
 def _offered(offer: aiortc_sdp.SessionDescription, kind: str) -> list[str]:
@@ -215,16 +213,16 @@ class WhepRelay:
                 f"camera {camera_id} streams {video.codec} for live view; browsers need H.264 "
                 "(configure an H.264 live_url substream)",
             )
+        offer_sdp, hidden = without_mdns_candidates(offer_sdp)
         try:
             offer = aiortc_sdp.SessionDescription.parse(offer_sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, KeyError, IndexError... on bad SDP
             raise WhepError(400, "bad_offer", f"the SDP offer cannot be parsed: {type(exc).__name__}") from None
-        if not offer.media or not any(m.kind == "video" for m in offer.media):
+        video_media = video_section(offer)
+        if video_media is None:
             raise WhepError(400, "bad_offer", "the SDP offer has no video media section")
-        if "video/h264;pm=1" not in _offered(offer, "video"):
-            raise WhepError(
-                400, "no_common_codec", "the offer has no H.264 with packetization-mode=1; nothing else is relayed"
-            )
+        camera_profile = ProfileLevel.from_extradata(video.extradata) if video is not None else None
+        choice = choose(video_media, camera_profile)  # NegotiationError: answered like a WhepError
         audio_mime = None
         if audio is not None and audio.codec in PASSTHROUGH_AUDIO:
             mime = "audio/" + PASSTHROUGH_AUDIO[audio.codec].lower()
@@ -239,20 +237,20 @@ class WhepRelay:
         session = WhepSession(
             id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
             audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None, user=user, via=via,
-            slot=slot,
+            slot=slot, video_profile=choice.profile_level_id,
         )
         started = time.monotonic()
         try:
             transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
-            transceiver.setCodecPreferences(h264_preferences(video))
+            transceiver.setCodecPreferences(h264_preferences())
             if audio_mime is not None:
                 transceiver = pc.addTransceiver(LiveTrack(feed, "audio"), direction="sendonly")
                 transceiver.setCodecPreferences(
                     [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == audio_mime]
                 )
-            offer_sdp, hidden = without_mdns_candidates(offer_sdp)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_for_aiortc(offer, choice), type="offer"))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(RTCSessionDescription(sdp=honest_answer(answer.sdp, choice), type="answer"))
         except Exception as exc:  # noqa: BLE001 - whatever aiortc refuses in an offer is the client's error
             feed.close()
             await _close_refused(pc)
@@ -276,8 +274,9 @@ class WhepRelay:
             self._connect_deadline(session), name=f"whep-deadline:{session_id[:8]}"
         )
         log.info(
-            "[%s] live view opened by %s: session %s, H.264%s, answered in %.0f ms%s",
-            camera_id, peer, session_id[:8], f" + {session.audio_codec}" if session.audio_codec else "",
+            "[%s] live view opened by %s: session %s, H.264 %s%s, answered in %.0f ms%s",
+            camera_id, peer, session_id[:8], _profile_note(choice),
+            f" + {session.audio_codec}" if session.audio_codec else "",
             session.answer_seconds * 1000,
             f" ({hidden} mDNS candidate(s) left to peer-reflexive discovery)" if hidden else "",
         )
@@ -395,7 +394,7 @@ async def post_offer(request: web.Request) -> web.Response:
     try:
         session, answer = await relay.open(runtime, offer, request.remote or "?",
                                            who.name if who is not None else "anonymous", via_console(request))
-    except WhepError as exc:
+    except NegotiationError as exc:  # WhepError included
         headers = {"Retry-After": "5"} if exc.status in (429, 503) else {}
         return _error(exc.status, exc.code, exc.message, **headers)
     if session.id in relay.sessions:  # not already closed while answering
