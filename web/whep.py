@@ -95,6 +95,38 @@ def without_mdns_candidates(sdp: str) -> tuple[str, int]:
     return "".join(kept), hidden
 
 
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}  # what aiortc's DTLS can verify
+
+
+def check_transport(raw_offer: str, offer: aiortc_sdp.SessionDescription) -> None:
+    """Refuse an offer whose peer cannot be reached or verified, before any socket is opened.
+
+    * Only TCP candidates: aiortc sends and receives media over UDP only, so nothing could connect
+      (a browser behind a UDP-blocking firewall needs a TURN server, ``live.ice_servers``).
+    * No DTLS fingerprint with an algorithm aiortc verifies, or a malformed one: the handshake
+      could only fail, after the browser waited for it.
+    """
+    transports = [line.split()[2].lower() for line in raw_offer.splitlines()
+                  if line.startswith("a=candidate:") and len(line.split()) > 4]
+    if transports and "udp" not in transports:
+        raise WhepError(400, "no_udp_candidates",
+                        f"all {len(transports)} ICE candidate(s) of the offer are TCP; live view needs UDP "
+                        "(through a TURN server when the viewer's network blocks UDP)")
+    for media in offer.media:
+        usable = [f for f in media.dtls.fingerprints if f.algorithm.lower() in FINGERPRINT_BYTES] \
+            if media.dtls is not None else []
+        if not usable:
+            raise WhepError(400, "bad_fingerprint",
+                            f"the offer's {media.kind} section has no DTLS fingerprint with "
+                            f"{', '.join(FINGERPRINT_BYTES)}")
+        for fingerprint in usable:
+            octets = fingerprint.value.split(":")
+            if len(octets) != FINGERPRINT_BYTES[fingerprint.algorithm.lower()] or not all(
+                    len(o) == 2 and all(c in "0123456789abcdefABCDEF" for c in o) for o in octets):
+                raise WhepError(400, "bad_fingerprint",
+                                f"the offer's {fingerprint.algorithm} DTLS fingerprint is malformed")
+
+
 @dataclass(slots=True, eq=False)
 class WhepSession:
     id: str
@@ -113,6 +145,7 @@ class WhepSession:
     via: dict[str, str] = field(default_factory=dict)  # central console and user, when relayed by one
     slot: Slot | None = None
     unwatch: Callable[[], None] | None = None  # stop following the identity that opened it
+    mdns_hidden: int = 0  # the offer's .local candidates, left to peer-reflexive discovery
 
     def to_json(self) -> dict[str, Any]:
         feed = self.feed
@@ -218,6 +251,7 @@ class WhepRelay:
             offer = aiortc_sdp.SessionDescription.parse(offer_sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, KeyError, IndexError... on bad SDP
             raise WhepError(400, "bad_offer", f"the SDP offer cannot be parsed: {type(exc).__name__}") from None
+        check_transport(offer_sdp, offer)
         video_media = video_section(offer)
         if video_media is None:
             raise WhepError(400, "bad_offer", "the SDP offer has no video media section")
@@ -237,7 +271,7 @@ class WhepRelay:
         session = WhepSession(
             id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
             audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None, user=user, via=via,
-            slot=slot, video_profile=choice.profile_level_id,
+            slot=slot, video_profile=choice.profile_level_id, mdns_hidden=hidden,
         )
         started = time.monotonic()
         try:
@@ -268,7 +302,7 @@ class WhepRelay:
                 log.debug("[%s] live session %s connected in %.0f ms", camera_id, session_id[:8],
                           (session.connected_mono - session.created_mono) * 1000)
             elif state in ("failed", "closed"):
-                await self.close(session_id, f"peer {state}")
+                await self.close(session_id, _failure(pc) if state == "failed" else "peer closed")
 
         session.watchdog = asyncio.get_running_loop().create_task(
             self._connect_deadline(session), name=f"whep-deadline:{session_id[:8]}"
@@ -286,7 +320,10 @@ class WhepRelay:
     async def _connect_deadline(self, session: WhepSession) -> None:
         await asyncio.sleep(self.config.connect_timeout_seconds)
         if session.connected_mono is None:
-            await self.close(session.id, "peer never connected")
+            hint = (f"; its {session.mdns_hidden} candidate(s) were mDNS names and no connectivity check "
+                    "arrived from it" if session.mdns_hidden else "")
+            await self.close(session.id, f"peer never connected within {self.config.connect_timeout_seconds:g} s"
+                             + hint)
 
     async def close(self, session_id: str, reason: str) -> bool:
         """End a session; False if there is none. Idempotent."""
@@ -330,6 +367,13 @@ class WhepRelay:
             camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
             for camera_id, runtime in self.station.cameras.items() if may_see(camera_id)
         }
+
+
+def _failure(pc: RTCPeerConnection) -> str:
+    """Why a peer failed, in words for the log and the audit."""
+    if pc.iceConnectionState == "failed":
+        return "peer failed: ICE failed (no candidate pair answered)"
+    return "peer failed: DTLS handshake failed (wrong certificate fingerprint or a broken handshake)"
 
 
 async def _close_refused(pc: RTCPeerConnection) -> None:
