@@ -249,7 +249,8 @@ async def test_h265_camera_answers_409(relay_app: tuple[TestClient, Station, Pub
     resp = await client.post("/api/cameras/cell/whep", data=pc.localDescription.sdp,
                              headers={"Content-Type": "application/sdp"})
     body = await resp.json()
-    assert resp.status == 409 and body["error"] == "codec_unsupported" and "hevc" in body["message"]
+    assert resp.status == 409 and body["error"] == "h265_needs_transcode" and "H.265" in body["message"]
+    assert "live.transcode: h264" in body["message"]
     await pc.close()
 
 

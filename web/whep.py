@@ -36,10 +36,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from nvr.base.config import Live
+from nvr.base.config import Live, LiveTranscode
 from nvr.base.timeutil import iso
 from nvr.identity.roles import Role
 from streams.camera import CameraStreams
+from streams.hub import Hub
 from streams.media import TrackInfo
 from web.access import ACCESS, audit, identity, via_console, visible
 from web.h264_profile import (
@@ -55,6 +56,7 @@ from web.h264_profile import (
 from web.http import error_response, find_camera, read_body
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
+from web.live_transcode import LiveTranscoder
 from web.ports import StationPort
 from web.slots import LimitReached, Slot, Slots
 
@@ -128,6 +130,16 @@ def check_transport(raw_offer: str, offer: aiortc_sdp.SessionDescription) -> Non
 
 
 @dataclass(slots=True, eq=False)
+class LiveStream:
+    """What one camera's viewers read: its view hub, or its transcoder's."""
+
+    hub: Hub
+    profile: ProfileLevel | None  # the H.264 profile and level viewers get, when known
+    audio: TrackInfo | None
+    transcoder: LiveTranscoder | None = None
+
+
+@dataclass(slots=True, eq=False)
 class WhepSession:
     id: str
     camera_id: str
@@ -146,6 +158,7 @@ class WhepSession:
     slot: Slot | None = None
     unwatch: Callable[[], None] | None = None  # stop following the identity that opened it
     mdns_hidden: int = 0  # the offer's .local candidates, left to peer-reflexive discovery
+    stream: LiveStream | None = None  # what the session reads (a transcoder's hub for H.265 cameras)
 
     def to_json(self) -> dict[str, Any]:
         feed = self.feed
@@ -212,6 +225,10 @@ class WhepRelay:
         self.sessions: dict[str, WhepSession] = {}
         self.opened_total = 0
         self.slots = Slots("sessions", "live sessions", config.max_sessions, config.max_sessions_per_user)
+        self.transcoders: dict[str, LiveTranscoder] = {}  # camera id -> its shared transcode, while watched
+        unknown = sorted(set(config.cameras) - set(station.cameras))
+        if unknown:
+            log.warning("live.cameras names no configured camera: %s", ", ".join(unknown))
         self._closing = False
 
     def view_info(self, runtime: CameraStreams) -> tuple[TrackInfo | None, TrackInfo | None]:
@@ -234,18 +251,54 @@ class WhepRelay:
         except LimitReached as limit:
             raise WhepError(limit.status, limit.code, limit.message) from None
         with slot:  # given back if the offer is refused; the session holds it otherwise
-            return await self._open(runtime, offer_sdp, peer, user, via, slot)
+            stream = self._stream(runtime)  # before the first await, like the slot
+            try:
+                return await self._open(runtime, stream, offer_sdp, peer, user, via, slot)
+            except BaseException:
+                await self._release(stream)
+                raise
 
-    async def _open(self, runtime: CameraStreams, offer_sdp: str, peer: str, user: str,
-                    via: dict[str, str], slot: Slot) -> tuple[WhepSession, str]:
+    def _stream(self, runtime: CameraStreams) -> LiveStream:
+        """What viewers of this camera get; a transcoder is taken for the caller (give it back: :meth:`_release`)."""
         camera_id = runtime.config.id
         video, audio = self.view_info(runtime)
-        if video is not None and video.codec != "h264":
-            raise WhepError(
-                409, "codec_unsupported",
-                f"camera {camera_id} streams {video.codec} for live view; browsers need H.264 "
-                "(configure an H.264 live_url substream)",
-            )
+        if video is None or video.codec == "h264":
+            profile = ProfileLevel.from_extradata(video.extradata) if video is not None else None
+            return LiveStream(runtime.view_hub, profile, audio)
+        if video.codec != "hevc":
+            raise WhepError(409, "codec_unsupported",
+                            f"camera {camera_id} streams {video.codec} for live view; browsers need H.264 "
+                            "(configure an H.264 live_url substream)")
+        if self.config.transcode_for(camera_id) is not LiveTranscode.H264:
+            raise WhepError(409, "h265_needs_transcode",
+                            f"the live stream of camera {camera_id} is H.265, which browsers cannot play over "
+                            "WebRTC; set live.transcode: h264 (for all cameras, or for this one under live.cameras) "
+                            "or give the camera an H.264 substream as live_url")
+        transcoder = self.transcoders.get(camera_id)
+        if transcoder is None:
+            if len(self.transcoders) >= self.config.max_transcodes:
+                raise WhepError(503, "too_many_transcodes",
+                                f"at most {self.config.max_transcodes} camera(s) are transcoded for live view at "
+                                "once (live.max_transcodes); try again later")
+            transcoder = self.transcoders[camera_id] = LiveTranscoder(camera_id, runtime.view_hub, self.config)
+            transcoder.start()
+        transcoder.viewers += 1
+        return LiveStream(transcoder.hub, transcoder.predicted_profile(), None, transcoder)
+
+    async def _release(self, stream: LiveStream) -> None:
+        """Give back what :meth:`_stream` took; the last viewer of a transcoded camera stops its transcoder."""
+        transcoder, stream.transcoder = stream.transcoder, None
+        if transcoder is None:
+            return
+        transcoder.viewers -= 1
+        if transcoder.viewers <= 0 and self.transcoders.get(transcoder.camera_id) is transcoder:
+            del self.transcoders[transcoder.camera_id]
+            await transcoder.stop()
+
+    async def _open(self, runtime: CameraStreams, stream: LiveStream, offer_sdp: str, peer: str, user: str,
+                    via: dict[str, str], slot: Slot) -> tuple[WhepSession, str]:
+        camera_id = runtime.config.id
+        audio = stream.audio
         offer_sdp, hidden = without_mdns_candidates(offer_sdp)
         try:
             offer = aiortc_sdp.SessionDescription.parse(offer_sdp)
@@ -255,8 +308,7 @@ class WhepRelay:
         video_media = video_section(offer)
         if video_media is None:
             raise WhepError(400, "bad_offer", "the SDP offer has no video media section")
-        camera_profile = ProfileLevel.from_extradata(video.extradata) if video is not None else None
-        choice = choose(video_media, camera_profile)  # NegotiationError: answered like a WhepError
+        choice = choose(video_media, stream.profile)  # NegotiationError: answered like a WhepError
         audio_mime = None
         if audio is not None and audio.codec in PASSTHROUGH_AUDIO:
             mime = "audio/" + PASSTHROUGH_AUDIO[audio.codec].lower()
@@ -265,13 +317,13 @@ class WhepRelay:
 
         session_id = pysecrets.token_urlsafe(16)
         feed = LiveFeed(
-            runtime.view_hub, f"whep:{session_id[:8]}", self.config.viewer_queue_packets, audio=audio_mime is not None
+            stream.hub, f"whep:{session_id[:8]}", self.config.viewer_queue_packets, audio=audio_mime is not None
         )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session = WhepSession(
             id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
             audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None, user=user, via=via,
-            slot=slot, video_profile=choice.profile_level_id, mdns_hidden=hidden,
+            slot=slot, video_profile=choice.profile_level_id, mdns_hidden=hidden, stream=stream,
         )
         started = time.monotonic()
         try:
@@ -335,6 +387,8 @@ class WhepRelay:
         if session.unwatch is not None:
             session.unwatch()
         session.feed.close()
+        if session.stream is not None:
+            await self._release(session.stream)
         watchdog = session.watchdog
         if watchdog is not None and watchdog is not asyncio.current_task():
             watchdog.cancel()
@@ -363,8 +417,13 @@ class WhepRelay:
 
     def readers(self, may_see: Callable[[str], bool] = lambda _camera: True) -> dict[str, int]:
         """Live viewers attached to each camera's view hub (for leak checks), of the cameras ``may_see``."""
+        def viewers(camera_id: str, hub: Hub) -> int:
+            transcoder = self.transcoders.get(camera_id)
+            hubs = (hub,) if transcoder is None else (hub, transcoder.hub)
+            return sum(1 for h in hubs for r in h.readers if r.name.startswith("whep:"))
+
         return {
-            camera_id: sum(1 for r in runtime.view_hub.readers if r.name.startswith("whep:"))
+            camera_id: viewers(camera_id, runtime.view_hub)
             for camera_id, runtime in self.station.cameras.items() if may_see(camera_id)
         }
 
@@ -483,4 +542,6 @@ async def list_sessions(request: web.Request) -> web.Response:
         "sessions": [s.to_json() for s in relay.sessions.values() if visible(request, s.camera_id)],
         "opened_total": relay.opened_total,
         "readers": relay.readers(lambda camera_id: visible(request, camera_id)),
+        "transcoders": {camera_id: t.to_json() for camera_id, t in relay.transcoders.items()
+                        if visible(request, camera_id)},
     })

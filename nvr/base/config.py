@@ -263,6 +263,49 @@ class Ingest(Backoff):
     gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
 
 
+class LiveTranscode(StrEnum):
+    """What a camera's live view does with a stream browsers cannot play (H.265)."""
+
+    OFF = "off"  # refuse it (409 h265_needs_transcode) and say so on the tile
+    H264 = "h264"  # decode once, encode H.264 once, shared by every viewer of that camera
+
+
+class LiveCamera(_Model):
+    """Live-view settings of one camera, overriding the ``live`` section's."""
+
+    transcode: LiveTranscode | None = Field(default=None, description="Overrides live.transcode for this camera")
+
+
+_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s?#]+(\?transport=(udp|tcp))?$")
+
+
+class IceServer(_Model):
+    """A STUN or TURN server for viewers on other networks (the browser and the daemon both use it)."""
+
+    urls: Annotated[list[str], Field(min_length=1, max_length=8, description="stun:/turn:/turns: URLs")]
+    username: Annotated[str | None, Field(max_length=512, description="TURN user name")] = None
+    credential: Annotated[
+        str | None,
+        Field(max_length=1024, repr=False, description="${NAME}: the TURN password; registered as a secret"),
+    ] = None
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not _ICE_URL.match(url):
+                raise ValueError(f"{secrets.redact(url)!r} is not a stun:, stuns:, turn: or turns: URL")
+        return urls
+
+    @model_validator(mode="after")
+    def _turn_credentials(self) -> IceServer:
+        if self.credential:
+            secrets.register(self.credential)
+        if any(url.startswith("turn") for url in self.urls) and not (self.username and self.credential):
+            raise ValueError("a TURN server needs username and credential")
+        return self
+
+
 class Live(_Model):
     """Live view over WebRTC (WHEP): how many viewers, how patient, how much buffering."""
 
@@ -276,6 +319,23 @@ class Live(_Model):
     connect_timeout_seconds: Annotated[
         float, Field(gt=0, le=300, description="A session whose peer does not connect in time is closed")
     ] = 20.0
+    transcode: LiveTranscode = Field(
+        default=LiveTranscode.OFF, description="H.265 cameras: off (refused, explained on the tile) or h264"
+    )
+    cameras: dict[str, LiveCamera] = Field(default_factory=dict, description="Per camera id: overrides")
+    max_transcodes: Annotated[
+        int, Field(ge=1, le=64, description="Cameras transcoded at once; a viewer of one more answers 503")
+    ] = 2
+    transcode_width: Annotated[int, Field(ge=160, le=3840, description="Largest transcoded width")] = 1280
+    transcode_height: Annotated[int, Field(ge=90, le=2160, description="Largest transcoded height")] = 720
+    transcode_bitrate_kbps: Annotated[int, Field(ge=100, le=50_000, description="libx264 target bitrate")] = 2000
+    ice_servers: Annotated[
+        list[IceServer], Field(max_length=8, description="STUN/TURN for viewers on other networks; none by default")
+    ] = []
+
+    def transcode_for(self, camera_id: str) -> LiveTranscode:
+        override = self.cameras.get(camera_id)
+        return override.transcode if override is not None and override.transcode is not None else self.transcode
 
 
 class Recordings(_Model):

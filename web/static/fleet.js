@@ -201,7 +201,7 @@ class Fleet {
     const url = `/api/stations/${encodeURIComponent(stationId)}/cameras/${encodeURIComponent(cameraId)}/whep`;
     const player = new LivePlayer(url, tile.querySelector("video"), (kind, why) => {
       tile.classList.toggle("show-message", kind !== "playing");
-      title.textContent = kind === "playing" ? "" : kind === "connecting" ? "Connecting…" : "Reconnecting…";
+      title.textContent = kind === "playing" ? "" : LIVE_TEXT[kind === "error" ? "unavailable" : kind] || LIVE_TEXT.reconnecting;
       detail.textContent = why || "";
     });
     this.players[key] = player;

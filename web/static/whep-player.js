@@ -2,6 +2,32 @@
 // Plain JavaScript, no dependencies: station networks are closed.
 "use strict";
 
+// Every sentence a tile shows about its live view, keyed by the station's error code (the i18n catalogue can
+// take them over as they are). A code missing here shows the station's own message.
+const LIVE_TEXT = {
+  unavailable: "Live view unavailable",
+  connecting: "Connecting…",
+  reconnecting: "Reconnecting…",
+  h265_needs_transcode: "This camera's live stream is H.265, which browsers cannot play. To watch it here, " +
+    "set live.transcode: h264 in the station's configuration (for all cameras, or for this one under " +
+    "live.cameras), or give the camera an H.264 substream as live_url.",
+  codec_unsupported: "This camera's live stream is in a format browsers cannot play. " +
+    "Give the camera an H.264 substream as live_url.",
+  profile_unsupported: "This camera's H.264 profile cannot be played by browsers. " +
+    "Set the camera (or its live_url substream) to Main or High profile.",
+  profile_not_offered: "This browser cannot decode this camera's H.264 profile. " +
+    "Use a browser with full H.264 support, or give the camera a Main-profile substream as live_url.",
+  level_not_offered: "This browser cannot decode this camera's H.264 level. " +
+    "Lower the camera's resolution or frame rate, or give it a smaller substream as live_url.",
+  no_common_codec: "This browser offers no H.264 video, which live view needs.",
+  no_udp_candidates: "This computer can reach the station only over TCP. Live view needs UDP, or a TURN " +
+    "server in the station's live.ice_servers.",
+  too_many_transcodes: "The station is already converting as many H.265 cameras as it may " +
+    "(live.max_transcodes). Trying again shortly.",
+  too_many_sessions: "The station is serving as many live views as it may. Trying again shortly.",
+  too_many_sessions_per_user: "You have as many live views open as allowed. Close one to watch this camera.",
+};
+
 const STALL_MS = 8000;         // no new decoded frame for this long while the camera is online: reconnect
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 
@@ -20,6 +46,7 @@ class LivePlayer {
     this.lastProgress = performance.now();
     this.cameraOnline = true;
     this.hasAudio = false;
+    this.errorCode = null;          // the station's error code of the last refusal, for the tile and tests
     this.watch = setInterval(() => this.checkProgress(), 1000);
   }
 
@@ -54,10 +81,12 @@ class LivePlayer {
       });
       if (response.status !== 201) {
         const body = await response.json().catch(() => ({}));
-        const error = new Error(body.message || `HTTP ${response.status}`);
+        this.errorCode = body.error || null;
+        const error = new Error(LIVE_TEXT[body.error] || body.message || `HTTP ${response.status}`);
         error.permanent = response.status === 409 || response.status === 400;
         throw error;
       }
+      this.errorCode = null;
       this.location = response.headers.get("Location");
       const answer = await response.text();
       if (this.pc !== pc) { this.release(this.location); return; }
