@@ -31,7 +31,7 @@ from aiohttp import web
 from central import witness
 from central.config import ConsoleConfig
 from central.fleet import Fleet
-from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay, RelayedSession
+from central.live_relay import MAX_OFFER_BYTES, SDP_TYPE, LiveRelay, RelayedSession, ice_server_links
 from central.station_link import StationError, StationLink
 from central.witness import WITNESS_FILE, Witness
 from nvr import __version__
@@ -208,7 +208,7 @@ async def post_offer(request: web.Request) -> web.Response:
     audit(request, "live.start", camera=camera_id, station=link.id, session=session_id[:8])
     log.info("[%s] live view of %s relayed for %s: session %s", link.id, camera_id, user, session_id[:8])
     return web.Response(status=201, body=answer, content_type=SDP_TYPE,
-                        headers={"Location": location, "Cache-Control": "no-store"})
+                        headers={"Location": location, "Cache-Control": "no-store", **ice_server_links(headers)})
 
 
 async def delete_session(request: web.Request) -> web.Response:

@@ -33,6 +33,20 @@ _STATION_SESSION = re.compile(r"^/api/whep/sessions/([A-Za-z0-9_-]{8,128})$")
 _MAX_SESSIONS = 10_000
 
 
+_ICE_LINK = re.compile(r'<(?:stun|turns?):[^>]*>[^,<]*rel="ice-server"[^<]*')
+
+
+def ice_server_links(station_headers: dict[str, str]) -> dict[str, str]:
+    """The station answer's ``Link: <turn:...>; rel="ice-server"`` headers (RFC 9725 4.6), for the browser.
+
+    Media flows from the station to the browser directly, so the browser needs the station's STUN/TURN
+    servers; nothing but ice-server links is passed on.
+    """
+    value = next((v for k, v in station_headers.items() if k.lower() == "link"), "")
+    links = [m.group(0).strip().rstrip(",").strip() for m in _ICE_LINK.finditer(value)]
+    return {"Link": ", ".join(links)} if links else {}
+
+
 @dataclass(slots=True, eq=False)
 class RelayedSession:
     station: str

@@ -3,9 +3,10 @@
 ``POST /api/cameras/{id}/whep`` with an SDP offer answers ``201`` with the SDP
 answer and a ``Location`` for the session; ``DELETE`` on it ends the session.
 Candidates are gathered before answering (no trickle ICE; ``PATCH`` answers
-405).  No STUN or TURN servers are configured: station networks are closed,
-and aiortc's default (a public STUN server) costs a timeout before every
-answer there.
+405).  STUN and TURN servers are used only when ``live.ice_servers`` names
+some (:mod:`web.ice_servers`; they reach viewers as RFC 9725 ``Link`` headers
+on ``OPTIONS`` and on the answer): station networks are closed, and aiortc's
+default (a public STUN server) costs a timeout before every answer there.
 
 Each session is one :class:`~aiortc.RTCPeerConnection` whose tracks read one
 bounded hub reader through a :class:`~web.live_feed.LiveFeed`.  A session
@@ -54,6 +55,7 @@ from web.h264_profile import (
     video_section,
 )
 from web.http import error_response, find_camera, read_body
+from web.ice_servers import IceServers
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_track import LiveTrack
 from web.live_transcode import LiveTranscoder
@@ -159,6 +161,7 @@ class WhepSession:
     unwatch: Callable[[], None] | None = None  # stop following the identity that opened it
     mdns_hidden: int = 0  # the offer's .local candidates, left to peer-reflexive discovery
     stream: LiveStream | None = None  # what the session reads (a transcoder's hub for H.265 cameras)
+    relay_candidate: bool = False  # the daemon has a TURN relay candidate in its answer
 
     def to_json(self) -> dict[str, Any]:
         feed = self.feed
@@ -174,6 +177,7 @@ class WhepSession:
             if self.connected_mono is not None else None,
             "first_packet_ms": round((first - self.created_mono) * 1000, 1) if first is not None else None,
             "video_profile_level_id": self.video_profile or None,
+            "relay_candidate": self.relay_candidate,
             "audio_codec": self.audio_codec,
             "video_packets": feed.video_sent,
             "audio_packets": feed.audio_sent,
@@ -225,6 +229,7 @@ class WhepRelay:
         self.sessions: dict[str, WhepSession] = {}
         self.opened_total = 0
         self.slots = Slots("sessions", "live sessions", config.max_sessions, config.max_sessions_per_user)
+        self.ice = IceServers(config)
         self.transcoders: dict[str, LiveTranscoder] = {}  # camera id -> its shared transcode, while watched
         unknown = sorted(set(config.cameras) - set(station.cameras))
         if unknown:
@@ -319,7 +324,7 @@ class WhepRelay:
         feed = LiveFeed(
             stream.hub, f"whep:{session_id[:8]}", self.config.viewer_queue_packets, audio=audio_mime is not None
         )
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice.for_daemon()))
         session = WhepSession(
             id=session_id, camera_id=camera_id, pc=pc, feed=feed, peer=peer,
             audio_codec=audio_mime.split("/")[1].upper() if audio_mime else None, user=user, via=via,
@@ -343,6 +348,7 @@ class WhepRelay:
             log.info("[%s] WHEP offer from %s refused: %s: %s", camera_id, peer, type(exc).__name__, exc)
             raise WhepError(400, "bad_offer", f"the SDP offer was not accepted: {type(exc).__name__}") from None
         session.answer_seconds = time.monotonic() - started
+        session.relay_candidate = self.ice.check_gathered(pc, camera_id)
         self.sessions[session_id] = session
         self.opened_total += 1
 
@@ -506,15 +512,30 @@ async def post_offer(request: web.Request) -> web.Response:
             lambda reason: relay.close(session.id, reason))
     audit(request, "live.start", camera=session.camera_id, session=session.id[:8])
     location = SESSION_PATH.format(session_id=session.id)
-    return web.Response(
+    response = web.Response(
         status=201, text=answer, content_type=SDP_TYPE,
         headers={"Location": location, "Cache-Control": "no-store"},
     )
+    _add_ice_links(request, response)
+    return response
+
+
+def _add_ice_links(request: web.Request, response: web.Response) -> None:
+    """The viewer's STUN/TURN servers as RFC 9725 Link headers (TURN credentials only to who may watch)."""
+    who = identity(request)
+    user = via_console(request).get("central_user") or (who.name if who is not None else "anonymous")
+    links = request.app[WHEP].ice.links("".join(c if c.isalnum() or c in "._-" else "_" for c in user))
+    if links:
+        # One header, comma-joined (RFC 9110 5.3): relays that keep one value per header name pass all of them.
+        response.headers["Link"] = ", ".join(links)
 
 
 async def options_whep(request: web.Request) -> web.Response:
     find_camera(request)
-    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST"})
+    response = web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST",
+                                                 "Cache-Control": "no-store"})
+    _add_ice_links(request, response)
+    return response
 
 
 async def delete_session(request: web.Request) -> web.Response:

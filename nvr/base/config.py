@@ -276,7 +276,7 @@ class LiveCamera(_Model):
     transcode: LiveTranscode | None = Field(default=None, description="Overrides live.transcode for this camera")
 
 
-_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s?#]+(\?transport=(udp|tcp))?$")
+_ICE_URL = re.compile(r"^(stun:[^\s?#/@]+|turn:[^\s?#/@]+(\?transport=(udp|tcp))?|turns:[^\s?#/@]+(\?transport=tcp)?)$")
 
 
 class IceServer(_Model):
@@ -288,21 +288,35 @@ class IceServer(_Model):
         str | None,
         Field(max_length=1024, repr=False, description="${NAME}: the TURN password; registered as a secret"),
     ] = None
+    auth_secret: Annotated[
+        str | None,
+        Field(max_length=1024, repr=False,
+              description="${NAME}: secret shared with the TURN server (coturn use-auth-secret); viewers get "
+                          "their own expiring credentials instead of username/credential"),
+    ] = None
+    credential_ttl_seconds: Annotated[
+        int, Field(ge=60, le=7 * 86400, description="Lifetime of a credential made from auth_secret")
+    ] = 86400
 
     @field_validator("urls")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
             if not _ICE_URL.match(url):
-                raise ValueError(f"{secrets.redact(url)!r} is not a stun:, stuns:, turn: or turns: URL")
+                raise ValueError(f"{secrets.redact(url)!r} is not a stun:, turn: or turns: URL (host[:port], "
+                                 "?transport=udp|tcp for turn:, tcp for turns:)")
         return urls
 
     @model_validator(mode="after")
     def _turn_credentials(self) -> IceServer:
-        if self.credential:
-            secrets.register(self.credential)
-        if any(url.startswith("turn") for url in self.urls) and not (self.username and self.credential):
-            raise ValueError("a TURN server needs username and credential")
+        for secret in (self.credential, self.auth_secret):
+            if secret:
+                secrets.register(secret)
+        if self.auth_secret and (self.username or self.credential):
+            raise ValueError("give a TURN server either auth_secret or username and credential, not both")
+        if any(url.startswith("turn") for url in self.urls) and not (
+                self.auth_secret or (self.username and self.credential)):
+            raise ValueError("a TURN server needs username and credential, or auth_secret")
         return self
 
 
@@ -332,6 +346,10 @@ class Live(_Model):
     ice_servers: Annotated[
         list[IceServer], Field(max_length=8, description="STUN/TURN for viewers on other networks; none by default")
     ] = []
+    turn_retry_seconds: Annotated[
+        float,
+        Field(ge=1, le=3600, description="A STUN/TURN server that gave the daemon no candidate is skipped this long"),
+    ] = 60.0
 
     def transcode_for(self, camera_id: str) -> LiveTranscode:
         override = self.cameras.get(camera_id)

@@ -28,7 +28,8 @@ const LIVE_TEXT = {
   too_many_sessions_per_user: "You have as many live views open as allowed. Close one to watch this camera.",
 };
 
-const STALL_MS = 8000;         // no new decoded frame for this long while the camera is online: reconnect
+const STALL_MS = 8000;
+const ICE_SERVERS = new Map();  // WHEP endpoint -> the STUN/TURN servers its Link headers named (RFC 9725 4.6)         // no new decoded frame for this long while the camera is online: reconnect
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 
 /** One tile's WHEP session: connects, watches for stalls, reconnects with backoff. */
@@ -57,7 +58,10 @@ class LivePlayer {
     this.timer = null;
     this.teardown();
     if (this.stopped) return;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    if (!ICE_SERVERS.has(this.url)) ICE_SERVERS.set(this.url, await preflightIceServers(this.url));
+    if (this.stopped || this.pc) return;
+    const iceServers = ICE_SERVERS.get(this.url);
+    const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
     const stream = new MediaStream();
     pc.addTransceiver("video", { direction: "recvonly" });
@@ -90,6 +94,14 @@ class LivePlayer {
       this.location = response.headers.get("Location");
       const answer = await response.text();
       if (this.pc !== pc) { this.release(this.location); return; }
+      const named = iceServersFromLinks(response);
+      ICE_SERVERS.set(this.url, named);  // fresh credentials for the next session
+      if (iceServers.length === 0 && named.length > 0) {
+        // An endpoint that names its servers only in answers (a console relay): start over with them at once,
+        // or a viewer on another network would never connect.
+        this.connect();
+        return;
+      }
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
       this.lastProgress = performance.now();
       this.lastFrames = 0;
@@ -170,6 +182,34 @@ class LivePlayer {
     this.teardown();
     this.video.srcObject = null;
   }
+}
+
+/** The ICE servers an OPTIONS request to the endpoint names; [] when it names none or does not answer it. */
+async function preflightIceServers(url) {
+  try {
+    const response = await fetch(url, { method: "OPTIONS" });
+    return response.ok ? iceServersFromLinks(response) : [];
+  } catch (error) {
+    return [];
+  }
+}
+
+/** RTCIceServer objects from `Link: <turn:...>; rel="ice-server"; username="..."; credential="..."` headers. */
+function iceServersFromLinks(response) {
+  const header = response.headers.get("Link");
+  if (!header) return [];
+  const servers = [];
+  for (const link of header.split(/,\s*(?=<)/)) {
+    const url = /^<([^>]*)>/.exec(link.trim());
+    const params = {};
+    for (const match of link.matchAll(/;\s*([a-z-]+)="((?:[^"\\]|\\.)*)"/g)) params[match[1]] = match[2].replace(/\\(.)/g, "$1");
+    if (!url || params.rel !== "ice-server") continue;
+    const server = { urls: url[1] };
+    if (params.username !== undefined) server.username = params.username;
+    if (params.credential !== undefined) server.credential = params.credential;
+    servers.push(server);
+  }
+  return servers;
 }
 
 function iceGatheringDone(pc, timeoutMs) {
