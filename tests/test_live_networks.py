@@ -1,0 +1,324 @@
+"""Live view across real networks: a console that cannot route to the station, and a lossy, slow link.
+
+Minutes-long system scenarios (``@pytest.mark.extended``: ``make test-extended``).  Each test builds its
+own network namespaces (needs root and iproute2) and always removes them:
+
+* ``station``: the daemon and a simulated camera; ``router``: coturn (Debian's ``coturn``, started here
+  with its own config) and a TCP relay for the HTTP signalling only; ``console``: Chromium.  The router
+  does not forward packets, so the browser has no route to the station: media can only flow through
+  the TURN server's relay.
+* A routed link with netem (100 ms delay, 2 % loss) between the browser and the station: frames keep
+  decoding and the picture recovers from losses (NACK retransmissions; a lost keyframe waits for the
+  camera's next one).
+
+The test thread enters the station namespace (``setns``), so the daemon and the camera it starts run
+there unchanged; Chromium is started through ``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import StationProcess, free_port, wait_until
+from tests.test_live import CHROMIUM_ARGS, frames_rising
+
+pytestmark = pytest.mark.extended
+
+CLONE_NEWNET = 0x40000000
+TURN_SECRET = "turn-rest-secret-for-the-test"  # noqa: S105 - a test's own coturn
+
+PROXY = textwrap.dedent("""
+    import asyncio, sys
+    listen, port, target, target_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+    async def handle(reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection(target, target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+    async def main():
+        server = await asyncio.start_server(handle, listen, port)
+        print("ready", flush=True)
+        await server.serve_forever()
+    asyncio.run(main())
+""")
+
+SELECTED_PAIR = """async (id) => {
+  const pc = window.nvrConsole.players[id].pc;
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+  if (!pair) stats.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  let lost = 0, nacks = 0, plis = 0, decoded = 0;
+  stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") {
+    lost = s.packetsLost; nacks = s.nackCount; plis = s.pliCount; decoded = s.framesDecoded; } });
+  return { local: local.candidateType, localAddress: local.address, remote: remote.candidateType,
+           remoteAddress: remote.address, rtt: pair.currentRoundTripTime, lost, nacks, plis, decoded };
+}"""
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def in_ns(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], check=check, capture_output=True, text=True)
+
+
+class Topology:
+    """Named network namespaces joined by veth pairs; everything is removed by :meth:`close`."""
+
+    def __init__(self, tag: str) -> None:
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            pytest.skip("needs root and iproute2 for network namespaces")
+        self.prefix = f"nvr18{tag}{os.getpid() % 10000}"
+        self.namespaces: list[str] = []
+        self.links = 0
+
+    def ns(self, name: str) -> str:
+        full = f"{self.prefix}-{name}"
+        ip("netns", "add", full)
+        self.namespaces.append(full)
+        in_ns(full, "ip", "link", "set", "lo", "up")
+        return full
+
+    def link(self, a: str, a_addr: str, b: str, b_addr: str) -> None:
+        """A veth pair from namespace ``a`` to ``b`` with the given CIDR addresses."""
+        self.links += 1
+        left, right = f"v{os.getpid() % 10000}l{self.links}a", f"v{os.getpid() % 10000}l{self.links}b"
+        ip("link", "add", left, "netns", a, "type", "veth", "peer", "name", right, "netns", b)
+        in_ns(a, "ip", "addr", "add", a_addr, "dev", left)
+        in_ns(b, "ip", "addr", "add", b_addr, "dev", right)
+        in_ns(a, "ip", "link", "set", left, "up")
+        in_ns(b, "ip", "link", "set", right, "up")
+        self.last_link = (left, right)
+
+    def close(self) -> None:
+        for name in reversed(self.namespaces):
+            ip("netns", "del", name, check=False)
+        self.namespaces.clear()
+
+
+@contextlib.contextmanager
+def topology(tag: str) -> Iterator[Topology]:
+    topo = Topology(tag)
+    try:
+        yield topo
+    finally:
+        topo.close()
+
+
+@contextlib.contextmanager
+def entered(ns: str) -> Iterator[None]:
+    """This thread (and every process it starts) in namespace ``ns``; back where it was afterwards."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/var/run/netns/{ns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+def chromium_in(ns: str, tmp_path: Path) -> str:
+    wrapper = tmp_path / f"chromium-in-{ns}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} /usr/bin/chromium "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@contextlib.contextmanager
+def process(argv: list[str], ready: str | None, log: Path) -> Iterator[subprocess.Popen[str]]:
+    out = log.open("w")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        if ready is not None:
+            wait_until(lambda: ready in log.read_text() or proc.poll() is not None, 15, f"{argv[3]} not ready")
+            assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def station_on_all_addresses(daemon: StationProcess) -> None:
+    import yaml
+
+    daemon.config["web"]["listen"] = f"0.0.0.0:{daemon.port}"
+    daemon.config_path.write_text(yaml.safe_dump(daemon.config, sort_keys=False))
+
+
+def console_page(browser: Any, url: str, daemon: StationProcess) -> Any:
+    daemon.add_user("duty.officer", "monitor", "correct horse battery")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url + "/")
+    page.wait_for_url(lambda u: u.startswith(url + "/login"))
+    page.fill("#username", "duty.officer")
+    page.fill("#password", "correct horse battery")
+    page.click("#submit")
+    page.wait_for_url(url + "/")
+    return page
+
+
+def test_a_console_that_cannot_route_to_the_station_sees_live_video_through_turn(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn is not installed (Makefile APT_PACKAGES installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with topology("t") as topo:
+        station, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
+        topo.link(station, "10.77.1.2/24", router, "10.77.1.1/24")
+        topo.link(console, "10.77.2.2/24", router, "10.77.2.1/24")
+        in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=0")  # the router forwards nothing
+        # The station reaches the router's TURN address; the console has no route to the station at all.
+        in_ns(station, "ip", "route", "add", "10.77.2.0/24", "via", "10.77.1.1")
+        assert in_ns(console, "ping", "-c1", "-W1", "10.77.1.2", check=False).returncode != 0
+
+        turn_conf = tmp_path / "turnserver.conf"
+        turn_conf.write_text(textwrap.dedent(f"""
+            listening-ip=10.77.2.1
+            listening-ip=10.77.1.1
+            relay-ip=10.77.1.1
+            listening-port=3478
+            min-port=49160
+            max-port=49200
+            use-auth-secret
+            static-auth-secret={TURN_SECRET}
+            realm=nvr.test
+            fingerprint
+            no-tls
+            no-dtls
+            no-cli
+            no-multicast-peers
+            log-file=stdout
+            simple-log
+            verbose
+        """))
+        with entered(station):
+            cam = cameras("cell", width=640, height=360, fps=15)
+            daemon = daemon_factory(
+                [{"id": "cell-1", "name": "Holding cell 1", "zone": "holding_cell", "url": cam.url}],
+                start=False, env={"TURN_SECRET": TURN_SECRET},
+                live={"ice_servers": [{"urls": ["turn:10.77.2.1:3478?transport=udp"],
+                                       "auth_secret": "${TURN_SECRET}"}]},
+            )
+            station_on_all_addresses(daemon)
+            daemon.start()
+            daemon.wait_state("cell-1", "online", timeout=30)
+            proxy_port = free_port()
+            with process(["ip", "netns", "exec", router, "turnserver", "-c", str(turn_conf)], None,
+                         tmp_path / "turn.log"), \
+                    process(["ip", "netns", "exec", router, sys.executable, "-c", PROXY, "10.77.2.1",
+                             str(proxy_port), "10.77.1.2", str(daemon.port)], "ready", tmp_path / "proxy.log"), \
+                    playwright.sync_playwright() as p:
+                wait_until(lambda: "listener opened on : 10.77.2.1:3478" in (tmp_path / "turn.log").read_text()
+                           or "10.77.2.1:3478" in (tmp_path / "turn.log").read_text(), 15, "coturn did not start")
+                browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+                try:
+                    page = console_page(browser, f"http://10.77.2.1:{proxy_port}", daemon)
+                    stats = frames_rising(page, "cell-1", timeout=60)
+                    assert (stats["width"], stats["height"]) == (640, 360)
+                    pair = page.evaluate(SELECTED_PAIR, "cell-1")
+                    # Chromium's end of the media path is its TURN relay on the router; nothing else could work.
+                    assert pair is not None and pair["local"] == "relay", pair
+                    assert pair["localAddress"] == "10.77.1.1", pair
+                    page.close()
+                finally:
+                    browser.close()
+            turn_log = (tmp_path / "turn.log").read_text()
+            assert "ALLOCATE" in turn_log or "allocation" in turn_log.lower(), turn_log[-2000:]
+            assert TURN_SECRET not in daemon.log()
+            wait_until(lambda: daemon.get("/api/live/sessions")[1]["sessions"] == [], 30, "sessions left open")
+            daemon.stop()
+            cam.stop()
+
+
+def _netem_available(ns: str, dev: str) -> bool:
+    return in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "100ms", "loss", "2%",
+                 check=False).returncode == 0
+
+
+def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with topology("n") as topo:
+        station, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
+        topo.link(station, "10.78.1.2/24", router, "10.78.1.1/24")
+        station_side = topo.last_link
+        topo.link(console, "10.78.2.2/24", router, "10.78.2.1/24")
+        console_side = topo.last_link
+        in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        in_ns(station, "ip", "route", "add", "default", "via", "10.78.1.1")
+        in_ns(console, "ip", "route", "add", "default", "via", "10.78.2.1")
+        # 100 ms and 2 % loss each way, on the router's two interfaces.
+        if not (_netem_available(router, station_side[1]) and _netem_available(router, console_side[1])):
+            pytest.skip("this kernel has no netem queueing discipline (sch_netem)")
+        with entered(station):
+            cam = cameras("yard", width=640, height=360, fps=15, gop=30)
+            daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url}], start=False)
+            station_on_all_addresses(daemon)
+            daemon.start()
+            daemon.wait_state("yard", "online", timeout=30)
+            with playwright.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+                try:
+                    page = console_page(browser, f"http://10.78.1.2:{daemon.port}", daemon)
+                    frames_rising(page, "yard", timeout=60)
+                    start = page.evaluate(SELECTED_PAIR, "yard")
+                    assert start is not None and start["rtt"] is not None and start["rtt"] >= 0.15, start
+                    # A minute over the bad link: decoding never stops for long, and losses are repaired.
+                    deadline = time.monotonic() + 60
+                    last = start["decoded"]
+                    longest_stall = 0.0
+                    stalled_since = time.monotonic()
+                    while time.monotonic() < deadline:
+                        time.sleep(0.5)
+                        now = page.evaluate(SELECTED_PAIR, "yard")
+                        if now is not None and now["decoded"] > last:
+                            last = now["decoded"]
+                            stalled_since = time.monotonic()
+                        longest_stall = max(longest_stall, time.monotonic() - stalled_since)
+                    end = page.evaluate(SELECTED_PAIR, "yard")
+                    assert end["decoded"] - start["decoded"] >= 15 * 60 * 0.7, (start, end)  # most frames shown
+                    assert end["lost"] > 0 and end["nacks"] > 0, end  # there was loss, and it was asked for again
+                    # A lost keyframe costs at most about one GOP (2 s) plus the link's delay.
+                    assert longest_stall < 4.0, (longest_stall, end)
+                    sessions = daemon.get("/api/live/sessions")[1]["sessions"]
+                    assert len(sessions) == 1 and sessions[0]["state"] == "connected"
+                    page.close()
+                finally:
+                    browser.close()
+            daemon.stop()
+            cam.stop()
