@@ -191,3 +191,13 @@ def test_chromium_plays_a_high_profile_camera_announced_as_high(
     # what it negotiated: a profile that decodes High, at the camera's level, never Baseline
     assert re.search(r"profile-level-id=(64|f4)00[0-9a-f]{2}", result["codec"]), result["codec"]
     page.close()
+
+
+def test_aiortc_takes_chromiums_low_payload_types_and_keeps_its_ntp_clock() -> None:
+    from aiortc import clock
+    from aiortc import rtp as aiortc_rtp
+
+    import web.whep  # noqa: F401 - applies web.aiortc_fixes
+    assert 41 in aiortc_rtp.DYNAMIC_PAYLOAD_TYPES and 127 in aiortc_rtp.DYNAMIC_PAYLOAD_TYPES
+    reference = clock.datetime_to_ntp(clock.current_datetime())
+    assert abs(clock.current_ntp_time() - reference) < (1 << 32) // 100  # the same clock, within 10 ms

@@ -26,18 +26,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from aiortc import rtp as aiortc_rtp
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import H264Level, H264Profile
 
 from streams.bitstream import iter_nal_units
-
-# aiortc answers with the offer's payload type only if it lies in 96-127, else with its own, which the
-# browser never offered: no picture.  Chromium numbers codecs 35-63 once 96-127 are taken (High 4:4:4
-# Predictive is 41 in its default offer), as RFC 5761 section 4 allows; so does aiortc from here on.
-if aiortc_rtp.DYNAMIC_PAYLOAD_TYPES.start > 35:
-    aiortc_rtp.DYNAMIC_PAYLOAD_TYPES = range(35, 128)
 
 AIORTC_PROFILE_LEVEL_ID = "42e01f"  # the Constrained Baseline id aiortc's own H.264 codec carries
 

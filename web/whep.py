@@ -43,6 +43,7 @@ from nvr.identity.roles import Role
 from streams.camera import CameraStreams
 from streams.hub import Hub
 from streams.media import TrackInfo
+from web import aiortc_fixes  # noqa: F401 - applied on import, before any peer connection
 from web.access import ACCESS, audit, identity, via_console, visible
 from web.h264_profile import (
     AIORTC_PROFILE_LEVEL_ID,
