@@ -286,6 +286,8 @@ def transcode_phase(root: Path, seconds: float) -> None:
                    daemon_cpu_percent_with_viewers=round(result["cpu_percent"], 1),
                    added_cpu_percent=round(result["cpu_percent"] - recording_only, 1),
                    transcoder_thread_cpu_percent=transcoder.get("cpu_percent"),
+                   transcoder_frames_out=transcoder.get("frames_out"),
+                   camera_fps_measured=daemon.camera("cam0")["fps"],
                    viewer_frames_per_second=result["frames_per_viewer_per_second"])
     finally:
         daemon.stop()
