@@ -11,8 +11,8 @@ own network namespaces (needs root and iproute2) and always removes them:
   decoding and the picture recovers from losses (NACK retransmissions; a lost keyframe waits for the
   camera's next one).
 
-The test thread enters the station namespace (``setns``), so the daemon and the camera it starts run
-there unchanged; Chromium is started through ``ip netns exec``.
+The test thread enters the station namespace (``setns``), so the daemon it starts runs there unchanged;
+cameras, coturn and Chromium are started through ``ip netns exec``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,26 @@ def entered(ns: str) -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "setns back")
 
 
+def camera_in(ns: str, tmp_path: Path, cameras: Callable[..., Any], name: str, **kwargs: Any) -> Any:
+    """A simulated camera in namespace ``ns``.
+
+    The simulator's processes are spawned by one long-lived thread (sim/client.py), which stays in
+    whatever namespace it was created in; ``ip netns exec`` puts each camera where it belongs.
+    """
+    wrapper = tmp_path / f"camsim-python-in-{ns}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} /usr/bin/python3 "$@"\n')
+    wrapper.chmod(0o755)
+    before = os.environ.get("CAMSIM_PYTHON")
+    os.environ["CAMSIM_PYTHON"] = str(wrapper)
+    try:
+        return cameras(name, **kwargs)
+    finally:
+        if before is None:
+            del os.environ["CAMSIM_PYTHON"]
+        else:
+            os.environ["CAMSIM_PYTHON"] = before
+
+
 def chromium_in(ns: str, tmp_path: Path) -> str:
     wrapper = tmp_path / f"chromium-in-{ns}"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} /usr/bin/chromium "$@"\n')
@@ -192,77 +212,149 @@ def console_page(browser: Any, url: str, daemon: StationProcess) -> Any:
     return page
 
 
-def test_a_console_that_cannot_route_to_the_station_sees_live_video_through_turn(
-        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+TURN_CONF = """
+    listening-ip=10.77.2.1
+    listening-ip=10.77.1.1
+    relay-ip=10.77.1.1
+    listening-port=3478
+    min-port=49160
+    max-port=49200
+    use-auth-secret
+    static-auth-secret={secret}
+    realm=nvr.test
+    fingerprint
+    no-tls
+    no-dtls
+    no-cli
+    no-multicast-peers
+    log-file=stdout
+    simple-log
+    verbose
+"""
+
+
+@contextlib.contextmanager
+def turn_topology(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],
+                  **station: Any) -> Iterator[tuple[Topology, StationProcess]]:
+    """Station, router (coturn, no forwarding) and console namespaces; this thread in the station's.
+
+    Yields with the daemon (one camera ``cell-1``, listening on all its addresses, its viewers told to use
+    the router's TURN server) running and coturn started; everything is stopped and removed afterwards.
+    """
     if shutil.which("turnserver") is None:
         pytest.skip("coturn is not installed (Makefile APT_PACKAGES installs it)")
-    playwright = pytest.importorskip("playwright.sync_api")
     with topology("t") as topo:
-        station, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
-        topo.link(station, "10.77.1.2/24", router, "10.77.1.1/24")
+        station_ns, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
+        topo.link(station_ns, "10.77.1.2/24", router, "10.77.1.1/24")
         topo.link(console, "10.77.2.2/24", router, "10.77.2.1/24")
         in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=0")  # the router forwards nothing
         # The station reaches the router's TURN address; the console has no route to the station at all.
-        in_ns(station, "ip", "route", "add", "10.77.2.0/24", "via", "10.77.1.1")
+        in_ns(station_ns, "ip", "route", "add", "10.77.2.0/24", "via", "10.77.1.1")
         assert in_ns(console, "ping", "-c1", "-W1", "10.77.1.2", check=False).returncode != 0
-
         turn_conf = tmp_path / "turnserver.conf"
-        turn_conf.write_text(textwrap.dedent(f"""
-            listening-ip=10.77.2.1
-            listening-ip=10.77.1.1
-            relay-ip=10.77.1.1
-            listening-port=3478
-            min-port=49160
-            max-port=49200
-            use-auth-secret
-            static-auth-secret={TURN_SECRET}
-            realm=nvr.test
-            fingerprint
-            no-tls
-            no-dtls
-            no-cli
-            no-multicast-peers
-            log-file=stdout
-            simple-log
-            verbose
-        """))
-        with entered(station):
-            cam = cameras("cell", width=640, height=360, fps=15)
+        turn_conf.write_text(textwrap.dedent(TURN_CONF.format(secret=TURN_SECRET)))
+        with entered(station_ns):
+            cam = camera_in(station_ns, tmp_path, cameras, "cell", width=640, height=360, fps=15)
             daemon = daemon_factory(
                 [{"id": "cell-1", "name": "Holding cell 1", "zone": "holding_cell", "url": cam.url}],
                 start=False, env={"TURN_SECRET": TURN_SECRET},
                 live={"ice_servers": [{"urls": ["turn:10.77.2.1:3478?transport=udp"],
-                                       "auth_secret": "${TURN_SECRET}"}]},
+                                       "auth_secret": "${TURN_SECRET}"}]}, **station,
             )
             station_on_all_addresses(daemon)
             daemon.start()
-            daemon.wait_state("cell-1", "online", timeout=30)
-            proxy_port = free_port()
-            with process(["ip", "netns", "exec", router, "turnserver", "-c", str(turn_conf)], None,
-                         tmp_path / "turn.log"), \
-                    process(["ip", "netns", "exec", router, sys.executable, "-c", PROXY, "10.77.2.1",
-                             str(proxy_port), "10.77.1.2", str(daemon.port)], "ready", tmp_path / "proxy.log"), \
-                    playwright.sync_playwright() as p:
-                wait_until(lambda: "listener opened on : 10.77.2.1:3478" in (tmp_path / "turn.log").read_text()
-                           or "10.77.2.1:3478" in (tmp_path / "turn.log").read_text(), 15, "coturn did not start")
-                browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+            try:
+                daemon.wait_state("cell-1", "online", timeout=30)
+            except AssertionError:
+                raise AssertionError(f"camera not online; daemon log:\n{daemon.log()[-2500:]}") from None
+            turn_log = tmp_path / "turn.log"
+            with process(["ip", "netns", "exec", router, "turnserver", "-c", str(turn_conf)], None, turn_log):
+                wait_until(lambda: "10.77.2.1:3478" in turn_log.read_text(), 15, "coturn did not start")
                 try:
-                    page = console_page(browser, f"http://10.77.2.1:{proxy_port}", daemon)
-                    stats = frames_rising(page, "cell-1", timeout=60)
-                    assert (stats["width"], stats["height"]) == (640, 360)
-                    pair = page.evaluate(SELECTED_PAIR, "cell-1")
-                    # Chromium's end of the media path is its TURN relay on the router; nothing else could work.
-                    assert pair is not None and pair["local"] == "relay", pair
-                    assert pair["localAddress"] == "10.77.1.1", pair
+                    yield topo, daemon
+                finally:
+                    assert TURN_SECRET not in daemon.log()
+                    daemon.stop()
+                    cam.stop()
+            assert "ALLOCATE" in turn_log.read_text() or "allocation" in turn_log.read_text().lower()
+
+
+def assert_through_the_relay(pair: dict[str, Any] | None) -> None:
+    # Chromium's end of the media path is its TURN relay on the router: nothing else could work.
+    assert pair is not None and pair["local"] == "relay", pair
+    assert pair["localAddress"] == "10.77.1.1", pair
+
+
+def test_a_console_that_cannot_route_to_the_station_sees_live_video_through_turn(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with turn_topology(tmp_path, cameras, daemon_factory) as (topo, daemon):
+        router, console = topo.namespaces[1], topo.namespaces[2]
+        proxy_port = free_port()
+        # Only the HTTP signalling crosses the router, through a TCP relay (as a site's reverse proxy would).
+        with process(["ip", "netns", "exec", router, sys.executable, "-c", PROXY, "10.77.2.1", str(proxy_port),
+                      "10.77.1.2", str(daemon.port)], "ready", tmp_path / "proxy.log"), \
+                playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+            try:
+                page = console_page(browser, f"http://10.77.2.1:{proxy_port}", daemon)
+                stats = frames_rising(page, "cell-1", timeout=60)
+                assert (stats["width"], stats["height"]) == (640, 360)
+                assert_through_the_relay(page.evaluate(SELECTED_PAIR, "cell-1"))
+                page.close()
+            finally:
+                browser.close()
+        wait_until(lambda: daemon.get("/api/live/sessions")[1]["sessions"] == [], 30, "sessions left open")
+
+
+FLEET_PAIR = SELECTED_PAIR.replace("window.nvrConsole.players[id]", "window.nvrFleet.players[id]")
+
+
+def test_the_central_fleet_page_gets_the_stations_turn_servers_and_shows_its_live_video(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    import yaml
+
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
+    from tests.test_central import FRAMES, Console
+
+    with turn_topology(tmp_path, cameras, daemon_factory, station={"id": "st-a", "name": "Station A"}) as (
+            topo, daemon):
+        router, console_ns = topo.namespaces[1], topo.namespaces[2]
+        token = create_token(daemon.auth_db, "central", Role.CENTRAL)
+        # The central console runs on the router: the browser reaches it, it reaches the station.
+        with entered(router):
+            central = Console(tmp_path / "central", [{"id": "st-a", "url": f"http://10.77.1.2:{daemon.port}",
+                                                      "token": "${TOKEN_A}"}], {"TOKEN_A": token})
+            config = yaml.safe_load(central.config_path.read_text())
+            config["console"]["listen"] = f"0.0.0.0:{central.port}"
+            central.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            central.add_user("alice", "monitor", "correct horse battery")
+            central.start()
+        try:
+            url = f"http://10.77.2.1:{central.port}"
+            with playwright.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium_in(console_ns, tmp_path), args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1600, "height": 900})
+                    login = page.request.post(url + "/api/login", data='{"username": "alice", "password": '
+                                              '"correct horse battery"}', headers={"Content-Type": "application/json"})
+                    assert login.status == 200, login.text()
+                    page.goto(url + "/")
+                    page.click('.station-card[data-station-id="st-a"] li[data-camera-id="cell-1"] .live-button',
+                               timeout=30000)
+                    key = "st-a/cell-1"
+                    wait_until(lambda: (s := page.evaluate(FRAMES, key))["frames"] >= 10 and s["width"] == 640, 60,
+                               "no moving picture through the console", interval=0.3)
+                    assert_through_the_relay(page.evaluate(FLEET_PAIR, key))
                     page.close()
                 finally:
                     browser.close()
-            turn_log = (tmp_path / "turn.log").read_text()
-            assert "ALLOCATE" in turn_log or "allocation" in turn_log.lower(), turn_log[-2000:]
-            assert TURN_SECRET not in daemon.log()
-            wait_until(lambda: daemon.get("/api/live/sessions")[1]["sessions"] == [], 30, "sessions left open")
-            daemon.stop()
-            cam.stop()
+        finally:
+            with entered(router):
+                central.stop()
+        assert TURN_SECRET not in central.log_path.read_text()
 
 
 def _netem_available(ns: str, dev: str) -> bool:
@@ -286,7 +378,7 @@ def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
         if not (_netem_available(router, station_side[1]) and _netem_available(router, console_side[1])):
             pytest.skip("this kernel has no netem queueing discipline (sch_netem)")
         with entered(station):
-            cam = cameras("yard", width=640, height=360, fps=15, gop=30)
+            cam = camera_in(station, tmp_path, cameras, "yard", width=640, height=360, fps=15, gop=30)
             daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url}], start=False)
             station_on_all_addresses(daemon)
             daemon.start()
