@@ -111,8 +111,8 @@ async def recvonly_peer() -> RTCPeerConnection:
     return pc
 
 
-async def _whep_client(base_url: str, camera_id: str, token: str) -> tuple[RTCPeerConnection, str]:
-    pc = await recvonly_peer()
+async def whep_connect(pc: RTCPeerConnection, base_url: str, camera_id: str, token: str) -> tuple[str, str]:
+    """POST ``pc``'s offer, expect 201, apply the answer; the answer's SDP and the session's Location."""
     async with aiohttp.ClientSession() as http, http.post(
         f"{base_url}/api/cameras/{camera_id}/whep", data=pc.localDescription.sdp,
         headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
@@ -121,6 +121,12 @@ async def _whep_client(base_url: str, camera_id: str, token: str) -> tuple[RTCPe
         assert resp.status == 201, answer
         location = resp.headers["Location"]
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return answer, location
+
+
+async def _whep_client(base_url: str, camera_id: str, token: str) -> tuple[RTCPeerConnection, str]:
+    pc = await recvonly_peer()
+    _answer, location = await whep_connect(pc, base_url, camera_id, token)
     return pc, location
 
 
