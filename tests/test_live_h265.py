@@ -7,6 +7,8 @@ recording (which stays H.265).
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,6 +102,14 @@ async def test_viewers_of_one_camera_share_one_transcode_and_the_cap_holds(
         assert list(live["transcoders"]) == ["a"], live  # one decode and one encode for both viewers
         assert live["transcoders"]["a"]["viewers"] == 2
         assert live["readers"] == {"a": 2, "b": 0}
+        # A viewer that lost a picture asks for a keyframe (PLI): the transcoder encodes one.
+        ssrc = re.search(r"a=ssrc:(\d+) ", one.remoteDescription.sdp)
+        assert ssrc is not None
+        await one.getTransceivers()[0].receiver._send_rtcp_pli(int(ssrc.group(1)))
+        await asyncio.sleep(0.5)
+        wait_until(lambda: daemon.get("/api/live/sessions")[1]["transcoders"]["a"]["keyframes_forced"] >= 1, 10,
+                   "the keyframe request was not answered")
+        assert sum(s["keyframe_requests"] for s in daemon.get("/api/live/sessions")[1]["sessions"]) >= 1
         status, body = await _post_status(daemon, "b")
         assert (status, body["error"]) == (503, "too_many_transcodes"), body
         assert "live.max_transcodes" in body["message"]

@@ -97,6 +97,13 @@ async def test_a_viewer_losing_two_percent_with_100_ms_delay_keeps_decoding(
         assert resent >= impairment.lost * 0.5, (resent, impairment.lost)  # the losses were resent as RTX
         assert frames >= 15 * seconds * 0.9, frames  # nearly every picture decoded
         assert longest_gap < 1.0, longest_gap  # never stuck waiting for a keyframe
+        # A keyframe request (PLI) is heard and counted; the camera's next keyframe answers it.
+        ssrc = re.search(r"a=ssrc:(\d+) ", answer)
+        assert ssrc is not None
+        await pc.getTransceivers()[0].receiver._send_rtcp_pli(int(ssrc.group(1)))
+        await asyncio.sleep(0.5)
+        sessions = daemon.get("/api/live/sessions")[1]["sessions"]
+        assert sessions[0]["keyframe_requests"] >= 1, sessions
     finally:
         if impairment.pump is not None:
             impairment.pump.cancel()

@@ -1,4 +1,4 @@
-"""The two places where the daemon changes aiortc's behaviour, process-wide, and why.
+"""The places where the daemon changes aiortc's behaviour, and why.
 
 Imported by :mod:`web.whep` before any peer connection exists.
 
@@ -10,14 +10,22 @@ Imported by :mod:`web.whep` before any peer connection exists.
   clock again after each, through ``datetime`` arithmetic: py-spy put it at about 9 % of the daemon's
   samples with six 1080p viewers (two calls per packet, some 375 packets a second per viewer).  The
   same value from ``time.time_ns()`` takes 0.4 us instead of 1.5 us a call.
+* **Keyframe requests** (per sender, :func:`on_keyframe_request`).  On a PLI or FIR aiortc only marks the
+  next frame *it encodes* as a keyframe; a sender of pre-encoded packets never encodes, so the request
+  is lost.  The daemon hears it: it counts it, and a transcoded stream encodes a keyframe.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
+from aiortc import RTCRtpSender
 from aiortc import clock as aiortc_clock
 from aiortc import rtp as aiortc_rtp
+
+log = logging.getLogger(__name__)
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
 
@@ -26,6 +34,21 @@ def current_ntp_time() -> int:
     """Now as a 64-bit NTP timestamp (32.32 fixed point), as :func:`aiortc.clock.current_ntp_time`."""
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
     return ((seconds + NTP_UNIX_OFFSET) << 32) | (nanos * (1 << 32) // 1_000_000_000)
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> bool:
+    """Call ``callback`` whenever the viewer asks ``sender`` for a keyframe (PLI/FIR); False if aiortc changed."""
+    original = getattr(sender, "_send_keyframe", None)
+    if not callable(original):
+        log.warning("aiortc's RTCRtpSender has no _send_keyframe: keyframe requests are not heard")
+        return False
+
+    def requested() -> None:
+        original()
+        callback()
+
+    sender._send_keyframe = requested  # type: ignore[method-assign]
+    return True
 
 
 def apply() -> None:

@@ -117,6 +117,7 @@ class LiveFeed:
         self.first_sent_mono: float | None = None
         self.relay_delay_sum = 0.0  # hub arrival → handed to the sender, live packets only
         self.relay_delay_count = 0
+        self.keyframe_requests = 0  # PLI/FIR from the viewer (answered by the camera's next keyframe)
 
     @property
     def dropped(self) -> int:

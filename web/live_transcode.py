@@ -30,6 +30,7 @@ from typing import cast
 
 import av
 from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType
 
 from nvr.base.config import Live
 from streams import bitstream
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CLOCK = 90_000
 GOP_SECONDS = 2
+KEYFRAME_REQUEST_INTERVAL = 1.0  # keyframes forced by viewers' requests: at most this often (all viewers)
 
 
 def fit(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
@@ -75,6 +77,8 @@ class Transcoding:
         self.frames_out = 0
         self.errors = 0
         self.cpu_seconds = 0.0  # this thread's CPU time in decode + scale + encode
+        self.force_keyframe = False  # a viewer lost a picture: the next one encoded is a keyframe
+        self.keyframes_forced = 0
 
     def reset(self) -> None:
         """Forget the camera session: the next one starts on its keyframe with fresh codecs."""
@@ -132,6 +136,10 @@ class Transcoding:
         self.last_pts = pts
         picture.pts = pts
         picture.time_base = Fraction(1, CLOCK)
+        if self.force_keyframe:
+            self.force_keyframe = False
+            self.keyframes_forced += 1
+            picture.pict_type = PictureType.I
         out = []
         for encoded in self.encoder.encode(picture):
             data = bytes(encoded)
@@ -188,6 +196,14 @@ class LiveTranscoder:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"transcode-{camera_id}")
         self._reader: HubReader | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_forced = 0.0
+
+    def request_keyframe(self) -> None:
+        """A viewer asked for a keyframe (PLI/FIR): the next picture is encoded as one, at most one a second."""
+        now = time.monotonic()
+        if now - self._last_forced >= KEYFRAME_REQUEST_INTERVAL:
+            self._last_forced = now
+            self.work.force_keyframe = True
 
     def predicted_profile(self) -> ProfileLevel | None:
         """The profile and level viewers will get, before the first picture is encoded if need be."""
@@ -246,6 +262,7 @@ class LiveTranscoder:
         return {
             "viewers": self.viewers, "width": work.size[0], "height": work.size[1],
             "frames_in": work.frames_in, "frames_out": work.frames_out, "errors": work.errors,
+            "keyframes_forced": work.keyframes_forced,
             "cpu_percent": round(work.cpu_seconds / age * 100, 1) if age > 0 else 0.0,
             "dropped_packets": self._reader.dropped if self._reader is not None else 0,
         }

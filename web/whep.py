@@ -43,7 +43,7 @@ from nvr.identity.roles import Role
 from streams.camera import CameraStreams
 from streams.hub import Hub
 from streams.media import TrackInfo
-from web import aiortc_fixes  # noqa: F401 - applied on import, before any peer connection
+from web import aiortc_fixes  # applied on import, before any peer connection
 from web.access import ACCESS, audit, identity, via_console, visible
 from web.h264_profile import (
     AIORTC_PROFILE_LEVEL_ID,
@@ -183,6 +183,7 @@ class WhepSession:
             "video_packets": feed.video_sent,
             "audio_packets": feed.audio_sent,
             "dropped_packets": feed.dropped + feed.parked_dropped,
+            "keyframe_requests": feed.keyframe_requests,
             "queued_packets": feed.reader.queued if feed.reader is not None else 0,
             "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
             if feed.relay_delay_count else None,
@@ -335,6 +336,7 @@ class WhepRelay:
         try:
             transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
             transceiver.setCodecPreferences(h264_preferences())
+            aiortc_fixes.on_keyframe_request(transceiver.sender, lambda: self._keyframe_requested(session))
             if audio_mime is not None:
                 transceiver = pc.addTransceiver(LiveTrack(feed, "audio"), direction="sendonly")
                 transceiver.setCodecPreferences(
@@ -375,6 +377,13 @@ class WhepRelay:
         )
         assert pc.localDescription is not None
         return session, pc.localDescription.sdp
+
+    def _keyframe_requested(self, session: WhepSession) -> None:
+        """A PLI/FIR: a relayed camera's next keyframe answers it; a transcoder encodes one."""
+        session.feed.keyframe_requests += 1
+        transcoder = session.stream.transcoder if session.stream is not None else None
+        if transcoder is not None:
+            transcoder.request_keyframe()
 
     async def _connect_deadline(self, session: WhepSession) -> None:
         await asyncio.sleep(self.config.connect_timeout_seconds)
