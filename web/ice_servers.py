@@ -7,7 +7,8 @@ headers on ``OPTIONS`` and on the ``201`` answer of the WHEP endpoint, which onl
 live video reach.  A TURN server is given either a fixed ``username``/``credential`` or an ``auth_secret``
 shared with the TURN server (coturn's ``use-auth-secret``, the "TURN REST API"): then every viewer gets its
 own credential that expires after ``credential_ttl_seconds``, and the secret never leaves the station.
-Credentials are registered as secrets: never logged, never in errors, metrics or exports.
+Configured credentials and secrets are registered as secrets (redacted from logs, errors, metrics and
+exports); the per-viewer credentials made from a secret are never logged and expire.
 
 A STUN or TURN server that gives the daemon no candidate is left out of the daemon's own gathering for
 ``live.turn_retry_seconds`` (logged once), so that one unreachable server does not slow every answer.
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 from aiortc import RTCIceServer, RTCPeerConnection
 
-from nvr.base import secrets
 from nvr.base.config import IceServer, Live
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ def rest_credential(secret: str, user: str, ttl_seconds: int, now: float) -> Cre
     """A TURN REST API credential (coturn ``use-auth-secret``): ``<expiry>:<user>`` and its HMAC-SHA1."""
     username = f"{int(now) + ttl_seconds}:{user}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    password = base64.b64encode(digest).decode()
-    secrets.register(password)
-    return Credential(username, password)
+    # Not registered with nvr.base.secrets: one per viewer and request would grow the redaction pattern
+    # without bound. Nothing logs it; it expires; the secret it is made from is registered.
+    return Credential(username, base64.b64encode(digest).decode())
 
 
 def _quote(value: str) -> str:
