@@ -119,3 +119,27 @@ async def test_viewers_of_one_camera_share_one_transcode_and_the_cap_holds(
     wait_until(lambda: daemon.get("/api/live/sessions")[1]["transcoders"] == {}, 30, "transcoder left running")
     status, _ = await _post_status(daemon, "b")  # the cap is free again
     assert status == 201
+
+
+def test_the_transcode_size_keeps_the_aspect_never_enlarges_and_bad_packets_are_counted() -> None:
+    import time as _time
+    from fractions import Fraction
+
+    from nvr.base.config import Live
+    from streams.media import MediaPacket, Session, TrackInfo, TrackKind
+    from web.live_transcode import Transcoding, fit, level_for
+
+    assert fit(1920, 1080, 1280, 720) == (1280, 720)
+    assert fit(2560, 1440, 1280, 1280) == (1280, 720)
+    assert fit(640, 480, 1280, 720) == (640, 480)  # never enlarged
+    assert fit(1280, 1024, 640, 640) == (640, 512)
+    assert fit(1001, 563, 640, 640) == (640, 358)  # even sizes within the box
+    assert (level_for(1280, 720), level_for(1920, 1080), level_for(3840, 2160)) == (31, 40, 51)
+    video = TrackInfo(kind=TrackKind.VIDEO, codec="hevc", time_base=Fraction(1, 90000), width=640, height=360)
+    session = Session(video=video, audio=None, started_at=_time.time(), started_mono=_time.monotonic())
+    work = Transcoding(Live())
+    garbage = MediaPacket(session=session, kind=TrackKind.VIDEO, data=b"\x00\x00\x01\x26\x01" + bytes(range(200)),
+                          pts=0, dts=0, time_base=Fraction(1, 90000), is_keyframe=True, received_at=_time.time(),
+                          received_mono=_time.monotonic())
+    assert work.transcode(garbage) == []  # a broken keyframe: nothing out, nothing raised
+    assert work.frames_out == 0

@@ -197,6 +197,7 @@ class LiveTranscoder:
         self._reader: HubReader | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_forced = 0.0
+        self.failed = False  # it stopped by itself (an error): the next viewer gets a new one
 
     def request_keyframe(self) -> None:
         """A viewer asked for a keyframe (PLI/FIR): the next picture is encoded as one, at most one a second."""
@@ -239,7 +240,8 @@ class LiveTranscoder:
             pass
         except Exception:
             log.error("[%s] live transcode failed", self.camera_id, exc_info=True)
-            self.hub.close()
+            self.failed = True
+            self.hub.close()  # its viewers' sessions end; the next viewer starts a new transcoder
 
     async def stop(self) -> None:
         """Stop reading the camera and close the viewers' hub. Idempotent."""

@@ -282,8 +282,8 @@ class WhepRelay:
                             "WebRTC; set live.transcode: h264 (for all cameras, or for this one under live.cameras) "
                             "or give the camera an H.264 substream as live_url")
         transcoder = self.transcoders.get(camera_id)
-        if transcoder is None:
-            if len(self.transcoders) >= self.config.max_transcodes:
+        if transcoder is None or transcoder.failed:
+            if transcoder is None and len(self.transcoders) >= self.config.max_transcodes:
                 raise WhepError(503, "too_many_transcodes",
                                 f"at most {self.config.max_transcodes} camera(s) are transcoded for live view at "
                                 "once (live.max_transcodes); try again later")
