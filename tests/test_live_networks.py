@@ -151,7 +151,8 @@ def camera_in(ns: str, tmp_path: Path, cameras: Callable[..., Any], name: str, *
     """A simulated camera in namespace ``ns``.
 
     The simulator's processes are spawned by one long-lived thread (sim/client.py), which stays in
-    whatever namespace it was created in; ``ip netns exec`` puts each camera where it belongs.
+    whatever namespace it was created in: call this outside :func:`entered`, so that the thread (if this
+    creates it) is born in the test run's own namespace; ``ip netns exec`` puts each camera where it belongs.
     """
     wrapper = tmp_path / f"camsim-python-in-{ns}"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} /usr/bin/python3 "$@"\n')
@@ -253,8 +254,9 @@ def turn_topology(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: C
         assert in_ns(console, "ping", "-c1", "-W1", "10.77.1.2", check=False).returncode != 0
         turn_conf = tmp_path / "turnserver.conf"
         turn_conf.write_text(textwrap.dedent(TURN_CONF.format(secret=TURN_SECRET)))
+        # Outside the station's namespace: the simulator's spawner thread must not be born in one.
+        cam = camera_in(station_ns, tmp_path, cameras, "cell", width=640, height=360, fps=15)
         with entered(station_ns):
-            cam = camera_in(station_ns, tmp_path, cameras, "cell", width=640, height=360, fps=15)
             daemon = daemon_factory(
                 [{"id": "cell-1", "name": "Holding cell 1", "zone": "holding_cell", "url": cam.url}],
                 start=False, env={"TURN_SECRET": TURN_SECRET},
@@ -377,8 +379,8 @@ def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
         # 100 ms and 2 % loss each way, on the router's two interfaces.
         if not (_netem_available(router, station_side[1]) and _netem_available(router, console_side[1])):
             pytest.skip("this kernel has no netem queueing discipline (sch_netem)")
+        cam = camera_in(station, tmp_path, cameras, "yard", width=640, height=360, fps=15, gop=30)
         with entered(station):
-            cam = camera_in(station, tmp_path, cameras, "yard", width=640, height=360, fps=15, gop=30)
             daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url}], start=False)
             station_on_all_addresses(daemon)
             daemon.start()
