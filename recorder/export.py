@@ -26,7 +26,7 @@ from nvr import __version__
 from nvr.base.config import Config
 from nvr.base.timeutil import iso
 from recorder.archive_store import ArchiveError
-from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
+from recorder.index import SegmentIndex, SegmentRecord, chain_hash, decode_meta, record_fields
 from recorder.keys import StationKey
 from recorder.search import CauseSource, search
 from recorder.storage import StorageError, segment_file
@@ -185,6 +185,7 @@ def build_package(
                 "params": seg.params, "status": seg.status, "stored_path": seg.path,
                 "prev_chain": seg.prev_chain, "chain_hash": seg.chain_hash,
                 "copy": "archive" if seg.id in cached else "local",
+                **({"meta": decode_meta(seg.meta)} if seg.meta != "{}" else {}),
             })
         cameras_out.append({
             "id": camera, **camera_info.get(camera, {}),
