@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import struct
 import threading
 from array import array
@@ -38,7 +39,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from nvr.base.timeutil import iso
 from recorder.index import SegmentRecord
@@ -50,6 +50,7 @@ from recorder.timeline import Timeline
 TARGET_SECONDS = 4.0
 _NON_SYNC = 0x00010000  # ISO/IEC 14496-12 sample flags: sample_is_non_sync_sample
 _MAX_MOOF = 1 << 20  # a moof of a second of video is a few hundred bytes; refuse to read anything absurd
+_BLOCK = 4096  # one read at a fragment's start: its moof and the header after it, nearly always
 _CACHE_FILES = 4096
 
 
@@ -302,41 +303,47 @@ def _trafs(moof: bytes, tracks: dict[int, _Track]) -> list[_Traf]:
 
 
 def read_layout(path: Path) -> FileLayout:
-    """The fragments of one segment file, from its box headers and moofs (a few hundred bytes a second)."""
-    with path.open("rb") as f:
-        return _read_layout(f, path.stat().st_size)
+    """The fragments of one segment file, from its box headers and moofs (a few hundred bytes a second).
+
+    One ``pread`` per fragment: a block at the fragment's start holds its moof header, the moof and the
+    header of the mdat after it; the mdat itself is never read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return _read_layout(lambda offset, size: os.pread(fd, size, offset), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
-def _read_layout(f: BinaryIO, size: int) -> FileLayout:
+def _read_layout(read_at: Callable[[int, int], bytes], size: int) -> FileLayout:
     tracks: dict[int, _Track] | None = None
     layout: FileLayout | None = None
     pending: tuple[int, int, float, float, bool] | None = None  # a moof waiting for its mdat
     pos = 0
     while pos + 8 <= size:
-        f.seek(pos)
-        header = f.read(16)
-        if len(header) < 8:
+        block = read_at(pos, _BLOCK)
+        if len(block) < 8:
             break
-        box_size, kind = struct.unpack_from(">I4s", header)
+        box_size, kind = struct.unpack_from(">I4s", block)
         head = 8
-        if box_size == 1 and len(header) == 16:
-            box_size, head = struct.unpack_from(">Q", header, 8)[0], 16
+        if box_size == 1 and len(block) >= 16:
+            box_size, head = struct.unpack_from(">Q", block, 8)[0], 16
         elif box_size == 0:
             box_size = size - pos
         if box_size < head or pos + box_size > size:
             break  # a torn tail: what is complete before it still plays
+        if kind in (b"moov", b"moof"):
+            if kind == b"moof" and box_size > _MAX_MOOF:
+                raise LayoutError(f"moof at {pos} is {box_size} bytes")
+            if box_size + 8 > len(block) and pos + len(block) < size:
+                block = read_at(pos, min(box_size + 8, size - pos))  # and the header of the box after it
         if kind == b"moov":
-            f.seek(pos + head)
-            tracks = _tracks(f.read(box_size - head))
+            tracks = _tracks(block[head:box_size])
         elif kind == b"moof":
             if tracks is None:
                 raise LayoutError(f"moof at {pos} before the moov")
-            if box_size > _MAX_MOOF:
-                raise LayoutError(f"moof at {pos} is {box_size} bytes")
             layout = FileLayout(pos) if layout is None else layout
-            f.seek(pos + head)
-            payload = f.read(box_size - head + 8)  # and the header of the box after it: one read less
-            trafs = _trafs(payload[:box_size - head], tracks)
+            trafs = _trafs(block[head:box_size], tracks)
             for t in trafs:
                 layout.add_decode_time(pos + head + t.tfdt_at, t.tfdt_width, t.track.timescale, t.decode_time)
             video = next((t for t in trafs if t.track.video and t.keyframe is not None), None)
@@ -344,7 +351,7 @@ def _read_layout(f: BinaryIO, size: int) -> FileLayout:
             if video is not None:
                 scale = video.track.timescale
                 pending = (pos, box_size, video.decode_time / scale, video.duration / scale, bool(video.keyframe))
-            after = payload[box_size - head:]
+            after = block[box_size:box_size + 8]
             if pending is not None and len(after) == 8 and after[4:] == b"mdat":
                 mdat_size = struct.unpack_from(">I", after)[0]
                 if mdat_size >= 8 and pos + box_size + mdat_size <= size:
@@ -410,12 +417,15 @@ def file_part(segment: SegmentRecord, layout: FileLayout, start: float, end: flo
                                       segment.start + group[0].start, sum(g.duration for g in group)))
             group.clear()
 
+    length = 0.0
     for frag in frags[first:]:
         if segment.start + frag.start >= end:
             break
-        if frag.keyframe and group and sum(g.duration for g in group) >= target:
+        if frag.keyframe and group and length >= target:
             close()
+            length = 0.0
         group.append(frag)
+        length += frag.duration
     close()
     return FilePart(segment, layout.init_size, tuple(media)) if media else None
 
