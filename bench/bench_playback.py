@@ -113,6 +113,7 @@ async def seek(session: ClientSession, base: str, start: float, end: float, at: 
     pdt = 0.0
     map_url, map_size = "", 0
     lines = text.splitlines()
+    parsed = time.perf_counter()
     for n, line in enumerate(lines):
         if line.startswith("#EXT-X-MAP:"):
             map_url = line.split('URI="', 1)[1].split('"', 1)[0]
@@ -125,6 +126,8 @@ async def seek(session: ClientSession, base: str, start: float, end: float, at: 
                 size, offset = (int(x) for x in lines[n + 1][17:].split("@"))
                 frag_url, init_url, init_size = lines[n + 2], map_url, map_size
                 break
+            pdt += duration
+    listed += time.perf_counter() - parsed  # finding the moment in the playlist: a player does it too
     fetched = 0
     for url, lo, hi in ((init_url, 0, init_size - 1), (frag_url, offset, offset + size - 1)):
         async with session.get(f"{base}/api/recordings/cam-00/{url}", headers={"Range": f"bytes={lo}-{hi}"}) as r:

@@ -16,7 +16,8 @@ lasts (its ``trun`` sample durations) and whether it starts on a keyframe.
 - every file starts after an ``EXT-X-DISCONTINUITY`` (each file's timestamps
   start again at 0 and it has its own init section, which RFC 8216 §4.3.2.3
   requires to be announced) and carries ``EXT-X-PROGRAM-DATE-TIME``, the UTC
-  wall-clock time of its first frame, as does every media segment after it;
+  wall-clock time of its first frame (the media segments after it follow it
+  exactly: a player dates each from it and the durations);
   a real recording gap is therefore always at a discontinuity, and a player
   maps media time to wall-clock time through the program date times;
 - which segments are playable and where the gaps lie comes from
@@ -71,7 +72,7 @@ class FileLayout:
     """Where a file's fragments and decode times lie, in flat arrays (a day of layouts is a few megabytes)."""
 
     __slots__ = ("_key", "_offset", "_size", "_start", "_duration", "_tfdt_at", "_tfdt_width", "_tfdt_scale",
-                 "_tfdt_value", "init_size")
+                 "_tfdt_value", "init_size", "whole")
 
     def __init__(self, init_size: int) -> None:
         self.init_size = init_size  # ftyp + moov, from offset 0
@@ -80,6 +81,8 @@ class FileLayout:
         self._key = bytearray()
         self._tfdt_at, self._tfdt_value, self._tfdt_scale = array("q"), array("Q"), array("q")
         self._tfdt_width = bytearray()
+        # The file's media segments when a playlist plays all of it, by target duration (built once).
+        self.whole: dict[float, FilePart | None] = {}
 
     def add_fragment(self, fragment: Fragment) -> None:
         self._offset.append(fragment.offset)
@@ -442,7 +445,14 @@ def build(timeline: Timeline, layout_of: Callable[[SegmentRecord], FileLayout | 
         if segment.end <= timeline.start or segment.start >= timeline.end:
             continue
         layout = layout_of(segment)
-        part = file_part(segment, layout, timeline.start, timeline.end, target) if layout is not None else None
+        if layout is None:
+            continue
+        if timeline.start <= segment.start and segment.end <= timeline.end:  # the whole file: the same every time
+            if target not in layout.whole:
+                layout.whole[target] = file_part(segment, layout, segment.start, segment.end + 1.0, target)
+            part = layout.whole[target]
+        else:
+            part = file_part(segment, layout, timeline.start, timeline.end, target)
         if part is not None:
             first = part.media[0].start - segment.start
             parts.append(FilePart(part.segment, part.init_size, part.media, position - first))
@@ -460,8 +470,10 @@ def render(playlist: Playlist, url: Callable[[FilePart], str]) -> str:
             lines.append("#EXT-X-DISCONTINUITY")
         name = url(part)
         lines.append(f'#EXT-X-MAP:URI="{name}",BYTERANGE="{part.init_size}@0"')
+        # Once per file: within a file the media segments follow each other exactly, and a player dates each
+        # from the last program date time and the durations (a day's playlist is a megabyte shorter).
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{iso(part.media[0].start)}")
         for media in part.media:
-            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{iso(media.start)}")
             lines.append(f"#EXTINF:{media.duration:.3f},")
             lines.append(f"#EXT-X-BYTERANGE:{media.size}@{media.offset}")
             lines.append(name)
