@@ -388,8 +388,10 @@ def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Pa
         assert time.monotonic() - began < took / 2  # the second time from the cache
         # Memory: the cached layouts and the text, not the footage (a quarter of the day, traced).
         quarter = build_timeline("cam", day, day + 6 * 3600, index.segments("cam", day, day + 6 * 3600))
+        small = hls.LayoutCache(capacity=6000)  # bounded by fragments: 100 of the 360 files
         tracemalloc.start()
-        playlist_of(quarter, hls.LayoutCache())
+        playlist, _ = playlist_of(quarter, small)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 16 << 20, peak
+        assert playlist.duration == pytest.approx(6 * 3600, abs=1) and small.fragments <= 6000

@@ -89,9 +89,10 @@ async def playlist(request: web.Request) -> web.Response:
     station = request.app[STATION]
     camera, start, end, index = footage_request(request)
     timeline = await index.call(search, index, camera, start, end, None)
-    if timeline.recorded_seconds / hls.TARGET_SECONDS > MAX_MEDIA_SEGMENTS:
-        raise params.invalid("end", f"the range holds {timeline.recorded_seconds / 86400:.1f} days of footage; "
-                             f"a playlist plays at most {MAX_MEDIA_SEGMENTS * hls.TARGET_SECONDS / 86400:g}: "
+    if max(timeline.recorded_seconds / hls.TARGET_SECONDS, len(timeline.segments)) > MAX_MEDIA_SEGMENTS:
+        raise params.invalid("end", f"the range holds {timeline.recorded_seconds / 86400:.1f} days of footage in "
+                             f"{len(timeline.segments)} files; a playlist plays at most "
+                             f"{MAX_MEDIA_SEGMENTS * hls.TARGET_SECONDS / 86400:g} days or {MAX_MEDIA_SEGMENTS} files: "
                              "ask for a shorter range")
     state = request.app[PLAYBACK]
     async with state.builds:
