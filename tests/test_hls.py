@@ -319,6 +319,10 @@ async def test_adversarial_ranges_on_media_files_and_clips(site: Site) -> None:
             resp = await client.get(resource, headers=ranged(auditor, spec))
             assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{size}", spec
             assert (await resp.json())["error"] == "range_not_satisfiable"
+        # HEAD: the headers, no body (the connection stays usable for the next request).
+        head = await client.head(resource, headers=auditor)
+        assert head.status == 200 and await head.read() == b""
+        assert head.headers["Content-Length"] == str(size) and head.headers["Accept-Ranges"] == "bytes"
     # A clip whose length is not known yet: the server builds it once to learn it, then answers the range.
     fresh = "/api/recordings/hall/clip.mp4?" + "&".join(f"{k}={v}" for k, v in site.range(2, 9).items())
     resp = await client.get(fresh, headers=ranged(auditor, "bytes=1000-1999"))

@@ -169,6 +169,9 @@ async def media(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(size)
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    if request.method == "HEAD":  # aiohttp would send what a StreamResponse writes, HEAD or not
+        await response.write_eof()
+        return response
     f = await asyncio.to_thread(path.open, "rb")
     try:
         at = begin
