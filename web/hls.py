@@ -35,7 +35,7 @@ from recorder import hls
 from recorder.index import SegmentRecord
 from recorder.search import search
 from recorder.storage import StorageError, segment_file
-from web import byteranges, params
+from web import archive_api, byteranges, params
 from web.access import audit
 from web.http import STATION, api_error
 from web.recordings import current_user, footage_request, known_camera, require_index
@@ -98,6 +98,10 @@ async def playlist(request: web.Request) -> web.Response:
     async with state.builds:
         built = await asyncio.to_thread(hls.build, timeline, _layout_reader(station.recording.root, state))
     if not built.parts:
+        if await archive_api.archive_only(station, camera, start, end):
+            # HLS plays the station's own copy; a clip fetches footage back from the archive (issue 19).
+            raise api_error(web.HTTPNotFound, "only_in_archive", f"the footage of {camera} between {iso(start)} "
+                            f"and {iso(end)} is only in the off-site archive: play it as a clip (clip.mp4)")
         raise api_error(web.HTTPNotFound, "nothing_recorded",
                         f"nothing of {camera} is recorded between {iso(start)} and {iso(end)}")
     user = current_user(request)
