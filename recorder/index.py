@@ -212,6 +212,10 @@ class SegmentIndex(SqliteWorker):
         row = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE path = ?", (path,)).fetchone()
         return SegmentRecord(*row) if row else None
 
+    def segment(self, segment_id: int) -> SegmentRecord | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE id = ?", (segment_id,)).fetchone()
+        return SegmentRecord(*row) if row else None
+
     def all_segments(self, camera: str | None = None) -> list[SegmentRecord]:
         if camera is None:
             rows = self.db.execute(f"SELECT {_COLUMNS} FROM segments ORDER BY camera, id").fetchall()

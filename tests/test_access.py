@@ -126,7 +126,7 @@ async def site(tmp_path: Path, units: list[tuple[bytes, bool]]) -> AsyncIterator
 # -- the role × route matrix ----------------------------------------------------------------
 
 _IDS = {"{camera_id}": "hall", "{session_id}": "nosuchsession", "{export_id}": "nosuchexport",
-        "{hold_id}": "999999"}
+        "{hold_id}": "999999", "{segment_id}": "1"}
 
 
 def concrete(canonical: str) -> str:

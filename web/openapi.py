@@ -70,7 +70,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/playback"): Operation("The playback page"),
     ("GET", "/api/recordings"): Operation("Spans, gaps and segments of one camera",
                                           query={"camera": _ID, **_RANGE}),
-    ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation("An MP4 clip, streamed", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation(
+        "An MP4 clip, streamed; answers a single-range Range request (206, 416)", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/index.m3u8"): Operation(
+        "HLS VOD playlist (fMP4, byte ranges) of a range; audited once as recordings.play", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/hls/{segment_id}.m4s"): Operation(
+        "A stored segment as a playlist names it (Range answered); only with the playlist's signature", query={
+            "shift": {"type": "integer"}, "exp": {"type": "integer"}, "sig": {"type": "string"}}),
     ("GET", "/api/key"): Operation("The station's public key"),
     ("GET", "/api/checkpoints"): Operation("The station's signed checkpoints, for a witness", query={
         "after": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),

@@ -16,21 +16,25 @@ from aiohttp import web
 from nvr.base.timeutil import iso
 from nvr.health import coverage
 from recorder.archive_read import locator, search_with_archive
-from recorder.clip import ClipError, ClipStream
+from recorder.clip import ClipError, ClipStream, Locate
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
-from recorder.index import Hold, SegmentIndex
+from recorder.index import Hold, SegmentIndex, SegmentRecord
 from recorder.search import CauseSource, search
 from recorder.timeline import Cause
-from web import archive_api, params
+from web import archive_api, byteranges, params
 from web.access import audit, require_camera, visible
 from web.console import serve_page
 from web.http import STATION, api_error, json_body
 
 log = logging.getLogger(__name__)
 
+# Lengths of clips built in full, for Range requests of them (by camera, range and the segments' hashes).
+CLIP_SIZES = web.AppKey("clip_sizes", byteranges.SizeCache)
+
 
 def setup(app: web.Application) -> None:
+    app[CLIP_SIZES] = byteranges.SizeCache()
     app.router.add_get("/api/recordings", search_recordings)
     app.router.add_get("/api/recordings/{camera_id}/clip.mp4", clip)
     app.router.add_post("/api/exports", create_export)
@@ -121,12 +125,17 @@ async def search_recordings(request: web.Request) -> web.Response:
     })
 
 
-async def clip(request: web.Request) -> web.StreamResponse:
-    station = request.app[STATION]
+def footage_request(request: web.Request) -> tuple[str, float, float, SegmentIndex]:
+    """The camera of the path and the ``start``/``end`` of the query of a request for footage (clip, playlist)."""
     camera = known_camera(request, request.match_info["camera_id"])
     start, end = params.required_range(request.query.get("start"), request.query.get("end"),
-                                       station.config.recordings.max_range_hours * 3600)
-    index = require_index(request)
+                                       request.app[STATION].config.recordings.max_range_hours * 3600)
+    return camera, start, end, require_index(request)
+
+
+async def clip(request: web.Request) -> web.StreamResponse:
+    station = request.app[STATION]
+    camera, start, end, index = footage_request(request)
     segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
     archived = await archive_api.archive_only(station, camera, start, end)
     local_count = len(segments)
@@ -136,34 +145,106 @@ async def clip(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPNotFound, "no_recordings", f"no recordings of {camera} between "
                         f"{iso(start)} and {iso(end)}")
     cached = await archive_api.fetch(station, archived)
+    locate = locator(station.recording.root, cached) if cached else None
+    copy = archive_api.copies(local_count, len(archived))
+    wanted = byteranges.parse(request.headers.get("Range"))
+    key = (camera, start, end, tuple((s.id, s.sha256) for s in segments))
+    size = request.app[CLIP_SIZES].get(key)
+    if wanted is not None and not (size is None and wanted.from_start):
+        return await clip_range(request, camera, start, end, segments, locate, copy, wanted, key)
     # Footage only in the archive is read from its cache (issue 19).
-    stream = ClipStream(station.recording.root, segments, start, end,
-                        locator(station.recording.root, cached) if cached else None)
+    stream = ClipStream(station.recording.root, segments, start, end, locate)
     stream.start()
+    first = await first_chunk(stream, camera)
+    audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
+          segment_ids=[s.id for s in segments], copy=copy)
+    response = web.StreamResponse(headers=clip_headers(camera, start, copy))
+    await response.prepare(request)
+    written = 0
+    try:
+        chunk: bytes | None = first
+        while chunk is not None:
+            await response.write(chunk)
+            written += len(chunk)
+            chunk = await asyncio.to_thread(stream.next_chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        stream.cancel()
+        raise
+    finally:
+        stream.cancel()
+    if stream.error is None:
+        request.app[CLIP_SIZES].put(key, written)  # later Range requests of this clip know its length
+    await response.write_eof()
+    return response
+
+
+def clip_headers(camera: str, start: float, copy: str) -> dict[str, str]:
+    return {
+        "X-NVR-Copy": copy,  # which copy the clip was made from: local, archive or local+archive
+        "Content-Type": "video/mp4",
+        "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
+        "Cache-Control": "no-store",
+        "Accept-Ranges": "bytes",
+    }
+
+
+async def first_chunk(stream: ClipStream, camera: str) -> bytes:
     first = await asyncio.to_thread(stream.next_chunk)
     if first is None:
         message = str(stream.error) if isinstance(stream.error, ClipError) else "the clip could not be built"
         if stream.error is not None and not isinstance(stream.error, ClipError):
             log.error("clip of %s failed", camera, exc_info=stream.error)
         raise api_error(web.HTTPNotFound, "no_recordings", message)
-    copy = archive_api.copies(local_count, len(archived))
+    return first
+
+
+# -- byte ranges of a clip -----------------------------------------------------------------------------------
+# A clip is remuxed as it is sent, and the remux is deterministic (the same segments and range give the same
+# bytes), so a range of it is the same remux with the bytes before the range skipped and the remux stopped
+# after it.  Its length is learned from a complete build and remembered (CLIP_SIZES); a Range request for a
+# clip whose length is not known yet first builds it once without sending it.
+
+
+async def clip_range(request: web.Request, camera: str, start: float, end: float, segments: list[SegmentRecord],
+                     locate: Locate | None, copy: str, wanted: byteranges.RangeRequest,
+                     key: tuple[object, ...]) -> web.StreamResponse:
+    station = request.app[STATION]
+    sizes = request.app[CLIP_SIZES]
+    size = sizes.get(key)
+    if size is None:
+        counting = ClipStream(station.recording.root, segments, start, end, locate)
+        counting.start()
+        try:
+            size = len(await first_chunk(counting, camera))
+            while (piece := await asyncio.to_thread(counting.next_chunk)) is not None:
+                size += len(piece)
+        finally:
+            counting.cancel()
+        if counting.error is not None:
+            log.error("clip of %s failed", camera, exc_info=counting.error)
+            raise api_error(web.HTTPNotFound, "no_recordings", "the clip could not be built")
+        sizes.put(key, size)
+    span = wanted.resolve(size)
+    if span is None:
+        raise byteranges.unsatisfiable(size)
+    begin, stop = span
+    stream = ClipStream(station.recording.root, segments, start, end, locate)
+    stream.start()
+    first = await first_chunk(stream, camera)
     audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
-          segment_ids=[s.id for s in segments], copy=copy)
-    response = web.StreamResponse(headers={
-        "X-NVR-Copy": copy,  # which copy the clip was made from: local, archive or local+archive
-        "Content-Type": "video/mp4",
-        "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
-        "Cache-Control": "no-store",
-    })
+          segment_ids=[s.id for s in segments], copy=copy, bytes=f"{begin}-{stop - 1}/{size}")
+    response = web.StreamResponse(status=206, headers={**clip_headers(camera, start, copy),
+                                                       **byteranges.partial_headers(begin, stop, size)})
     await response.prepare(request)
+    at = 0  # offset of ``chunk`` in the clip
     try:
         chunk: bytes | None = first
-        while chunk is not None:
-            await response.write(chunk)
-            chunk = await asyncio.to_thread(stream.next_chunk)
-    except (ConnectionResetError, asyncio.CancelledError):
-        stream.cancel()
-        raise
+        while chunk is not None and at < stop:
+            lo, hi = max(begin - at, 0), min(stop - at, len(chunk))
+            if lo < hi:
+                await response.write(chunk[lo:hi])
+            at += len(chunk)
+            chunk = await asyncio.to_thread(stream.next_chunk) if at < stop else None
     finally:
         stream.cancel()
     await response.write_eof()
