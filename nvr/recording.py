@@ -39,6 +39,7 @@ from recorder.reconcile import reconcile
 from recorder.recorder import Recorder
 from recorder.retention import Retention
 from recorder.storage import INDEX_FILE, StorageError, check_storage
+from recorder.thumbnails import ThumbnailStore
 from streams.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class RecordingService:
         # A connection and thread of its own: a long sweep never delays a recorder's segment close.
         retention = Retention(self.root, storage, SegmentIndex(self.root / INDEX_FILE, name="retention"),
                               on_delete=self._audit_deletion)
+        retention.thumbnails = ThumbnailStore(self.root)  # the health layer keeps them; they go with the footage
         self.retention = retention
         if self.config.archive is not None:
             await self._start_archive(retention)

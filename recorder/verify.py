@@ -137,6 +137,7 @@ class _File(_Strict):
 class _Station(_Strict):
     id: str
     name: str
+    timezone: str | None = None  # the zone SUMMARY.txt shows times in (older packages: none)
 
 
 class _Software(_Strict):

@@ -15,7 +15,8 @@ import re
 import subprocess
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,13 +318,22 @@ async def test_adversarial_ranges_on_media_files_and_clips(site: Site) -> None:
 # -- a day of footage -------------------------------------------------------------------------------------------
 
 
-def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Path) -> None:
-    """A day in 60 s files of a second per fragment: 1,440 files, 86,400 fragments."""
+@contextmanager
+def new_storage(tmp_path: Path) -> Iterator[tuple[Path, SegmentIndex]]:
+    """An initialised storage root and its open index."""
     root = tmp_path / "storage"
     init_storage(root, "st")
     index = SegmentIndex(root / "index.sqlite3")
     index.open()
     try:
+        yield root, index
+    finally:
+        index.close()
+
+
+def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Path) -> None:
+    """A day in 60 s files of a second per fragment: 1,440 files, 86,400 fragments."""
+    with new_storage(tmp_path) as (root, index):
         fps = 2
         units = encode_h264(fps * 60, width=64, height=64, fps=fps, gop=fps)
         day = 1_750_000_000.0
@@ -364,5 +374,3 @@ def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Pa
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 16 << 20, peak
-    finally:
-        index.close()

@@ -83,6 +83,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/recordings/{camera_id}/clip.mp4"): P.RECORDINGS,
     ("GET", "/api/recordings/{camera_id}/index.m3u8"): P.RECORDINGS,  # HLS playback (issue 16)
     ("GET", "/api/recordings/{camera_id}/hls/{segment_id}.m4s"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/thumbnail.jpg"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/thumbnails"): P.RECORDINGS,
     ("GET", "/api/key"): P.RECORDINGS,
     ("GET", "/api/checkpoints"): P.CHECKPOINTS,
     ("POST", "/api/exports"): P.EXPORTS,

@@ -77,6 +77,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/recordings/{camera_id}/hls/{segment_id}.m4s"): Operation(
         "A stored segment as a playlist names it (Range answered); only with the playlist's signature", query={
             "shift": {"type": "integer"}, "exp": {"type": "integer"}, "sig": {"type": "string"}}),
+    ("GET", "/api/recordings/{camera_id}/thumbnail.jpg"): Operation(
+        "The stored thumbnail nearest to at (X-Thumbnail-At), 404 nothing_recorded if none is near",
+        query={"at": _TIME}),
+    ("GET", "/api/recordings/{camera_id}/thumbnails"): Operation(
+        "Thumbnails of a range, thinned evenly in time to at most limit", query={
+            **_RANGE, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
     ("GET", "/api/key"): Operation("The station's public key"),
     ("GET", "/api/checkpoints"): Operation("The station's signed checkpoints, for a witness", query={
         "after": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
