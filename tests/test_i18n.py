@@ -86,6 +86,16 @@ def test_a_page_template_has_no_string_outside_the_catalogue() -> None:
             assert attribute.startswith("{{t:") or not re.search(r"[A-Za-z]{3,}", attribute), (name, attribute)
 
 
+def test_a_string_missing_from_one_catalogue_is_shown_in_english_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "en.json").write_text('{"a": "Play", "b": "Pause"}')
+    (tmp_path / "fa.json").write_text('{"a": "پخش"}', encoding="utf-8")
+    catalogues = i18n.Catalogues(tmp_path)
+    assert catalogues.strings["fa"] == {"a": "پخش", "b": "Pause"}
+    assert "fa catalogue lacks 1 strings (b" in caplog.text
+    assert i18n.render("{{t:b}} {{t:a}} {{t:nope}}", catalogues, "fa", "UTC") == "Pause پخش nope"
+
+
 def test_rendering_escapes_strings_and_cannot_be_broken_out_of() -> None:
     class Hostile(i18n.Catalogues):
         @property

@@ -343,6 +343,29 @@ def test_two_cameras_play_in_step_after_a_seek_and_a_speed_change(chromium: Any,
     page.context.close()
 
 
+def test_a_thumbnail_appears_on_hover(chromium: Any, recording: Recording) -> None:
+    page = signed_in(chromium, recording)
+    open_workbench(page, recording)
+    first = recording.hall_spans[0]
+    x, y = x_for(page, recording, (first[0] + first[1]) / 2)
+    page.mouse.move(x - 5, y)
+    page.mouse.move(x, y)
+    shown = """() => {
+      const img = document.getElementById("preview-img");
+      return !document.getElementById("preview").hidden && img.complete && img.naturalWidth > 0 && !img.hidden;
+    }"""
+    wait_until(lambda: page.evaluate(shown), 10, "no thumbnail appeared under the pointer", interval=0.1)
+    assert page.evaluate("document.getElementById('preview-img').naturalWidth") >= 160  # a picture, not an icon
+    src = page.get_attribute("#preview-img", "src") or ""
+    assert "/api/recordings/hall/thumbnail.jpg?at=" in src
+    # The strip under the timeline: thumbnails of the camera across the view, in time order, loaded.
+    page.wait_for_selector("#strip img", timeout=10_000)
+    wait_until(lambda: page.evaluate("[...document.querySelectorAll('#strip img')].every((i) => i.complete"
+                                     " && i.naturalWidth > 0)"), 10, "the strip's thumbnails never loaded")
+    assert page.locator("#strip img").count() >= 3
+    page.context.close()
+
+
 # The Persian page: a known instant and the date an officer in Tehran writes for it. 2026-03-21 12:00 UTC is
 # 15:30 in Tehran on 1 Farvardin 1405 (Nowruz).
 KNOWN_INSTANT = "2026-03-21T12:00:00Z"

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 import html
 import json
+import logging
 import re
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "fa")
 DEFAULT = "en"
@@ -68,7 +71,7 @@ def direction(lang: str) -> str:
 
 
 class Catalogues:
-    """The catalogues of a static directory, read once and checked to hold the same keys."""
+    """The catalogues of a static directory, read once; a string missing from one is taken from English."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -81,9 +84,13 @@ class Catalogues:
             if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
                 raise ValueError(f"{lang}.json must map keys to strings")
             loaded[lang] = data
-        missing = set(loaded[DEFAULT]) ^ set(loaded["fa"])
-        if missing:
-            raise ValueError(f"the catalogues differ in keys: {sorted(missing)[:10]}")
+        for lang, strings in loaded.items():
+            missing = sorted(set(loaded[DEFAULT]) - set(strings))
+            if missing:
+                # A packaging mistake must not stop a page (or recording): English stands in, loudly.
+                log.error("the %s catalogue lacks %d strings (%s...); English is shown for them",
+                          lang, len(missing), ", ".join(missing[:5]))
+                loaded[lang] = {**{k: loaded[DEFAULT][k] for k in missing}, **strings}
         return loaded
 
     def text(self, lang: str, key: str) -> str:

@@ -114,8 +114,8 @@
       const url = this.playlistUrl(start, end);
       if (window.Hls && window.Hls.isSupported()) {
         // No worker: fMP4 needs no transmuxing, and the page's CSP allows no blob: workers.
-        const hls = new window.Hls({ enableWorker: false, maxBufferLength: 20, maxMaxBufferLength: 60,
-          backBufferLength: 30, startFragPrefetch: true });
+        const hls = new window.Hls({ enableWorker: false, maxBufferLength: bufferSeconds(clock.rate),
+          maxMaxBufferLength: 120, backBufferLength: 30 });
         this.hls = hls;
         hls.on(window.Hls.Events.ERROR, (_event, data) => {
           if (!data.fatal) return;
@@ -221,6 +221,9 @@
 
   // -- the sync loop ------------------------------------------------------------------------
 
+  // Media seconds buffered ahead: about three seconds of the auditor's time at any speed, at least ten.
+  function bufferSeconds(rate) { return Math.max(10, Math.min(120, 3 * rate)); }
+
   function clampRate(rate) { return Math.max(0.0625, Math.min(16, rate)); }
 
   function sync() {
@@ -309,7 +312,10 @@
 
   function setSpeed(rate) {
     clock.setRate(rate);
-    for (const s of state.sources) s.video.playbackRate = clampRate(rate);
+    for (const s of state.sources) {
+      s.video.playbackRate = clampRate(rate);
+      if (s.hls) s.hls.config.maxBufferLength = bufferSeconds(rate);
+    }
     $("speed").value = String(rate);
     sync();
   }
