@@ -31,6 +31,8 @@ from tests.test_live import browser  # noqa: F401 - the Chromium fixture
 
 USER, PASSWORD = "auditor.anne", "correct horse battery staple"
 ZONE = "Asia/Tehran"
+# Names are the station's own configuration, but still shown as text, never as markup.
+CELL_NAME = 'Cell 2 <img src=x onerror="window.__pwned=1">'
 
 # The simulated camera burns its wall clock (HH:MM:SS, the test's local zone) into the picture as
 # seven-segment digits (sim/scene.py _draw_clock); at 640x360 a unit is 3 px, the second line at y=36.
@@ -80,7 +82,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
         cam.start()
     daemon = StationProcess(tmp_path_factory.mktemp("workbench"), [
         {"id": "hall", "name": "Hall", "zone": "hall", "url": hall.url},
-        {"id": "cell", "name": "Cell 2", "zone": "holding_cell", "url": cell.url},
+        {"id": "cell", "name": CELL_NAME, "zone": "holding_cell", "url": cell.url},
     ], storage={"segment_seconds": 2}, station={"timezone": ZONE})
     try:
         daemon.start()
@@ -211,6 +213,9 @@ def test_the_timeline_shows_each_cameras_spans_and_the_outage_with_its_cause(
     gap = page.locator('#rows .row[data-source="hall"] .gap.cause-offline')
     assert gap.count() >= 1 and "camera offline" in (gap.first.get_attribute("title") or "")
     assert "camera offline" in page.inner_text("#gaps")
+    assert page.inner_text('#rows .row[data-source="cell"] .row-label') == CELL_NAME
+    assert CELL_NAME in page.inner_text("#gaps") or CELL_NAME in page.inner_text("#status")
+    assert page.evaluate("window.__pwned") is None and page.locator("img[src=x]").count() == 0
     assert "+03:30" in page.inner_text("#now") or "GMT+3:30" in page.inner_text("#now")
     page.context.close()
 

@@ -117,11 +117,21 @@
         const hls = new window.Hls({ enableWorker: false, maxBufferLength: bufferSeconds(clock.rate),
           maxMaxBufferLength: 120, backBufferLength: 30 });
         this.hls = hls;
+        let retries = 0;
         hls.on(window.Hls.Events.ERROR, (_event, data) => {
           if (!data.fatal) return;
           const status = data.response && data.response.code;
+          // A network hiccup or a decoder error is retried a few times (hls.js's own recovery), not final.
+          if (status !== 404 && status !== 403 && retries < 3) {
+            retries += 1;
+            if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+            else if (String(data.details).startsWith("manifest")) setTimeout(() => { if (this.hls === hls) hls.loadSource(url); }, 1000 * retries);
+            else setTimeout(() => { if (this.hls === hls) hls.startLoad(); }, 1000 * retries);
+            return;
+          }
           this.fail(status === 404 ? t("playback.nothing_recorded") : t("playback.player_error", { detail: data.details }));
         });
+        hls.on(window.Hls.Events.FRAG_BUFFERED, () => { retries = 0; });
         hls.loadSource(url);
         hls.attachMedia(this.video);
       } else if (this.video.canPlayType("application/vnd.apple.mpegurl")) {
