@@ -36,7 +36,8 @@ CELL_NAME = 'Cell 2 <img src=x onerror="window.__pwned=1">'
 
 # The simulated camera burns its wall clock (HH:MM:SS, the test's local zone) into the picture as
 # seven-segment digits (sim/scene.py _draw_clock); at 640x360 a unit is 3 px, the second line at y=36.
-READ_CLOCK = """(selector) => {
+READ_CLOCK = """(arg) => {
+  const [selector, line] = Array.isArray(arg) ? arg : [arg, 1];
   const video = document.querySelector(selector);
   if (!video || !video.videoWidth) return null;
   const canvas = document.createElement("canvas");
@@ -45,14 +46,14 @@ READ_CLOCK = """(selector) => {
   ctx.drawImage(video, 0, 0);
   const u = Math.max(2, Math.floor(Math.max(14, Math.floor(video.videoHeight / 16)) / 7));
   const x0 = Math.max(2, Math.floor(video.videoHeight / 60)) & ~1;
-  const y = x0 + 10 * u;
+  const y = x0 + (line ? 10 : 2) * u;  // line 0: the frame counter, line 1: the clock
   const segs = { a: [2, 0.5], b: [3.5, 2], c: [3.5, 5], d: [2, 6.5], e: [0.5, 5], f: [0.5, 2], g: [2, 3.5] };
   const digits = { abcdef: "0", bc: "1", abdeg: "2", abcdg: "3", bcfg: "4", acdfg: "5", acdefg: "6", abc: "7",
                    abcdefg: "8", abcdfg: "9" };
   const lit = (px, py) => { const d = ctx.getImageData(Math.round(px), Math.round(py), 1, 1).data;
                             return (d[0] + d[1] + d[2]) / 3 > 128; };
   let x = x0 + 2 * u, out = "";
-  for (const ch of "00:00:00") {
+  for (const ch of line ? "00:00:00" : "00000000") {
     if (ch === ":") { out += ":"; x += 3 * u; continue; }
     const on = Object.entries(segs).filter(([, [cx, cy]]) => lit(x + cx * u, y + cy * u)).map(([s]) => s).join("");
     out += digits[on] ?? "?";
@@ -305,6 +306,27 @@ def test_scrubbing_moves_the_picture(chromium: Any, recording: Recording) -> Non
     shown = burned_in(page, '.tile[data-source="hall"] video', b, 1.2)
     assert clock_seconds(before) != shown
     assert page.evaluate("nvrPlayback.clock.playing") is False  # a scrub of a paused player leaves it paused
+    # Frame by frame, paused: the camera's own frame counter moves by exactly one per step.
+    video = '.tile[data-source="hall"] video'
+
+    def counter() -> int | None:
+        text = page.evaluate(READ_CLOCK, [video, 0])
+        return int(text) if text and text.isdigit() else None
+
+    def steps_to(expected: int) -> None:
+        wait_until(lambda: counter() == expected, 5, f"frame {expected} never shown (shows {counter()})",
+                          interval=0.05)
+
+    page.wait_for_timeout(300)
+    start = wait_until(counter, 5, "the frame counter cannot be read")
+    page.click("#frame-forward")
+    steps_to(start + 1)
+    page.click("#frame-forward")
+    steps_to(start + 2)
+    page.click("#frame-back")
+    steps_to(start + 1)
+    page.keyboard.press("ArrowLeft")
+    steps_to(start)
     page.context.close()
 
 

@@ -81,6 +81,12 @@
       this.tile.dataset.source = this.id;
       this.video = this.tile.querySelector("video");
       this.tile.querySelector(".tile-name").textContent = this.name;
+      // The media time of the frame on screen (requestVideoFrameCallback), so a frame step lands on a frame.
+      this.frameTime = NaN;
+      if (this.video.requestVideoFrameCallback) {
+        const onFrame = (_now, meta) => { this.frameTime = meta.mediaTime; this.video.requestVideoFrameCallback(onFrame); };
+        this.video.requestVideoFrameCallback(onFrame);
+      }
     }
 
     async search(start, end) {
@@ -313,11 +319,19 @@
     $("play").textContent = t("playback.play");
   }
 
+  /** One frame forward or back (paused): to the middle of the next or previous frame of the first source
+   *  showing one, so rounding never skips or repeats a frame; the others follow to the same instant. */
   function step(direction) {
     if (!state.searched) return;
     if (clock.playing) pause();
+    const now = clock.now();
+    const lead = state.sources.find((s) => !s.error && Number.isFinite(s.frameTime) && s.mediaAt(now) !== null);
+    if (lead) {
+      const wall = lead.wallAt(lead.frameTime + (direction + 0.5) / (lead.fps || 15));
+      if (Number.isFinite(wall)) { seek(wall); return; }
+    }
     const fps = Math.max(1, ...state.sources.map((s) => s.fps || 1));
-    seek(clock.now() + direction * 1000 / fps);
+    seek(now + direction * 1000 / fps);
   }
 
   function setSpeed(rate) {
