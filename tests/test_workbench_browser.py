@@ -370,6 +370,25 @@ def test_two_cameras_play_in_step_after_a_seek_and_a_speed_change(chromium: Any,
     page.context.close()
 
 
+def test_playing_into_a_gap_of_every_source_says_so_then_goes_on_to_the_next_recording(
+        chromium: Any, recording: Recording) -> None:
+    page = signed_in(chromium, recording)
+    open_workbench(page, recording)
+    assert page.is_checked("#skip-gaps")  # the default
+    gap_start, gap_end = recording.outage
+    page.click("#play")
+    page.evaluate("(at) => nvrPlayback.seek(at)", (gap_start - 1.0) * 1000)
+    started = time.monotonic()
+    message = page.locator('.tile[data-source="hall"] .tile-gap')
+    message.wait_for(state="visible", timeout=5000)
+    assert "camera offline" in message.inner_text()
+    burned_in(page, '.tile[data-source="hall"] video', gap_end + 0.5, 1.5)
+    took = time.monotonic() - started
+    assert took < (gap_end - gap_start), f"{took:.1f} s to get past a {gap_end - gap_start:.1f} s gap"
+    assert page.evaluate("nvrPlayback.clock.playing") is True
+    page.context.close()
+
+
 def test_a_thumbnail_appears_on_hover(chromium: Any, recording: Recording) -> None:
     page = signed_in(chromium, recording)
     open_workbench(page, recording)

@@ -23,6 +23,8 @@
   const MIN_VIEW_MS = 60 * 1000; // the deepest zoom: one minute across the timeline
   const DEFAULT_RANGE_MS = 3600 * 1000;
   const THUMB_WIDTH = 112;
+  const SKIP_AFTER_MS = 1000;    // "not recorded" shown this long before a gap of every source is skipped
+  const SKIP_OVER_MS = 2000;     // shorter gaps are played through
 
   // -- the master clock ---------------------------------------------------------------------
 
@@ -199,6 +201,14 @@
       return f ? f.pdt + (media - f.start) * 1000 : NaN;
     }
 
+    /** The first fragment that starts after wall-clock ms, or null. */
+    nextFrag(wall) {
+      const frags = this.frags();
+      let lo = 0, hi = frags.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (frags[mid].pdt <= wall) lo = mid + 1; else hi = mid; }
+      return frags[lo] || null;
+    }
+
     gapAt(wall) { return this.gaps.find((g) => wall >= g.start && wall < g.end) || null; }
 
     showMessage(title, detail) {
@@ -258,6 +268,11 @@
         if (s.frags().length || gap) {
           s.showMessage(t("playback.not_recorded"), gap ? causeText(gap) : "");
         }
+        // Ready where its recording starts again, so it joins the others without holding them.
+        const next = s.nextFrag(now);
+        if (next && next.pdt - now < 3000 * clock.rate && !v.seeking && Math.abs(v.currentTime - next.start) > 0.05) {
+          v.currentTime = next.start;
+        }
         continue;
       }
       s.hideMessage();
@@ -274,6 +289,7 @@
         waiting = true;
       }
     }
+    if (skipGap(now, active.length)) return;
     if (clock.playing) {
       const stuck = clock.holding && performance.now() - clock.holdSince > HOLD_MAX_MS;
       clock.hold(waiting && !stuck);
@@ -288,6 +304,18 @@
       }
     }
     drawNow(clock.now());
+  }
+
+  /** Playing through a time no source recorded: after a moment, on to the next recording (when asked to). */
+  function skipGap(now, playing) {
+    if (!clock.playing || clock.holding || playing || !$("skip-gaps").checked) { state.gapSince = 0; return false; }
+    const starts = state.sources.filter((s) => !s.error).map((s) => s.nextFrag(now)).filter(Boolean).map((f) => f.pdt);
+    if (!starts.length || Math.min(...starts) - now < SKIP_OVER_MS) { state.gapSince = 0; return false; }
+    state.gapSince ||= performance.now();
+    if (performance.now() - state.gapSince < SKIP_AFTER_MS) return false;
+    state.gapSince = 0;
+    seek(Math.min(...starts));
+    return true;
   }
 
   // -- transport ----------------------------------------------------------------------------
@@ -752,6 +780,9 @@
     $("frame-back").addEventListener("click", () => step(-1));
     $("frame-forward").addEventListener("click", () => step(1));
     $("speed").addEventListener("change", () => setSpeed(Number($("speed").value)));
+    const skip = $("skip-gaps");
+    skip.checked = localStorage.getItem("nvr.playback.skipGaps") !== "no";
+    skip.addEventListener("change", () => localStorage.setItem("nvr.playback.skipGaps", skip.checked ? "yes" : "no"));
     document.querySelectorAll("[data-jump]").forEach((b) => b.addEventListener("click", () => jump(b.dataset.jump, Number(b.dataset.dir))));
     document.querySelectorAll("[data-zoom]").forEach((b) => b.addEventListener("click", () => zoomTo(Number(b.dataset.zoom))));
     bindTimeline();
