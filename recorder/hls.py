@@ -16,7 +16,8 @@ lasts (its ``trun`` sample durations) and whether it starts on a keyframe.
 - every file starts after an ``EXT-X-DISCONTINUITY`` (each file's timestamps
   start again at 0 and it has its own init section, which RFC 8216 §4.3.2.3
   requires to be announced) and carries ``EXT-X-PROGRAM-DATE-TIME``, the UTC
-  wall-clock time of its first frame, as does every media segment after it;
+  wall-clock time of its first frame (the media segments after it follow it
+  exactly: a player dates each from it and the durations);
   a real recording gap is therefore always at a discontinuity, and a player
   maps media time to wall-clock time through the program date times;
 - which segments are playable and where the gaps lie comes from
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import struct
 import threading
 from array import array
@@ -38,7 +40,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from nvr.base.timeutil import iso
 from recorder.index import SegmentRecord
@@ -50,6 +51,7 @@ from recorder.timeline import Timeline
 TARGET_SECONDS = 4.0
 _NON_SYNC = 0x00010000  # ISO/IEC 14496-12 sample flags: sample_is_non_sync_sample
 _MAX_MOOF = 1 << 20  # a moof of a second of video is a few hundred bytes; refuse to read anything absurd
+_BLOCK = 4096  # one read at a fragment's start: its moof and the header after it, nearly always
 _CACHE_FILES = 4096
 
 
@@ -70,7 +72,7 @@ class FileLayout:
     """Where a file's fragments and decode times lie, in flat arrays (a day of layouts is a few megabytes)."""
 
     __slots__ = ("_key", "_offset", "_size", "_start", "_duration", "_tfdt_at", "_tfdt_width", "_tfdt_scale",
-                 "_tfdt_value", "init_size")
+                 "_tfdt_value", "init_size", "whole")
 
     def __init__(self, init_size: int) -> None:
         self.init_size = init_size  # ftyp + moov, from offset 0
@@ -79,6 +81,8 @@ class FileLayout:
         self._key = bytearray()
         self._tfdt_at, self._tfdt_value, self._tfdt_scale = array("q"), array("Q"), array("q")
         self._tfdt_width = bytearray()
+        # The file's media segments when a playlist plays all of it, by target duration (built once).
+        self.whole: dict[float, FilePart | None] = {}
 
     def add_fragment(self, fragment: Fragment) -> None:
         self._offset.append(fragment.offset)
@@ -302,41 +306,47 @@ def _trafs(moof: bytes, tracks: dict[int, _Track]) -> list[_Traf]:
 
 
 def read_layout(path: Path) -> FileLayout:
-    """The fragments of one segment file, from its box headers and moofs (a few hundred bytes a second)."""
-    with path.open("rb") as f:
-        return _read_layout(f, path.stat().st_size)
+    """The fragments of one segment file, from its box headers and moofs (a few hundred bytes a second).
+
+    One ``pread`` per fragment: a block at the fragment's start holds its moof header, the moof and the
+    header of the mdat after it; the mdat itself is never read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return _read_layout(lambda offset, size: os.pread(fd, size, offset), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
-def _read_layout(f: BinaryIO, size: int) -> FileLayout:
+def _read_layout(read_at: Callable[[int, int], bytes], size: int) -> FileLayout:
     tracks: dict[int, _Track] | None = None
     layout: FileLayout | None = None
     pending: tuple[int, int, float, float, bool] | None = None  # a moof waiting for its mdat
     pos = 0
     while pos + 8 <= size:
-        f.seek(pos)
-        header = f.read(16)
-        if len(header) < 8:
+        block = read_at(pos, _BLOCK)
+        if len(block) < 8:
             break
-        box_size, kind = struct.unpack_from(">I4s", header)
+        box_size, kind = struct.unpack_from(">I4s", block)
         head = 8
-        if box_size == 1 and len(header) == 16:
-            box_size, head = struct.unpack_from(">Q", header, 8)[0], 16
+        if box_size == 1 and len(block) >= 16:
+            box_size, head = struct.unpack_from(">Q", block, 8)[0], 16
         elif box_size == 0:
             box_size = size - pos
         if box_size < head or pos + box_size > size:
             break  # a torn tail: what is complete before it still plays
+        if kind in (b"moov", b"moof"):
+            if kind == b"moof" and box_size > _MAX_MOOF:
+                raise LayoutError(f"moof at {pos} is {box_size} bytes")
+            if box_size + 8 > len(block) and pos + len(block) < size:
+                block = read_at(pos, min(box_size + 8, size - pos))  # and the header of the box after it
         if kind == b"moov":
-            f.seek(pos + head)
-            tracks = _tracks(f.read(box_size - head))
+            tracks = _tracks(block[head:box_size])
         elif kind == b"moof":
             if tracks is None:
                 raise LayoutError(f"moof at {pos} before the moov")
-            if box_size > _MAX_MOOF:
-                raise LayoutError(f"moof at {pos} is {box_size} bytes")
             layout = FileLayout(pos) if layout is None else layout
-            f.seek(pos + head)
-            payload = f.read(box_size - head + 8)  # and the header of the box after it: one read less
-            trafs = _trafs(payload[:box_size - head], tracks)
+            trafs = _trafs(block[head:box_size], tracks)
             for t in trafs:
                 layout.add_decode_time(pos + head + t.tfdt_at, t.tfdt_width, t.track.timescale, t.decode_time)
             video = next((t for t in trafs if t.track.video and t.keyframe is not None), None)
@@ -344,7 +354,7 @@ def _read_layout(f: BinaryIO, size: int) -> FileLayout:
             if video is not None:
                 scale = video.track.timescale
                 pending = (pos, box_size, video.decode_time / scale, video.duration / scale, bool(video.keyframe))
-            after = payload[box_size - head:]
+            after = block[box_size:box_size + 8]
             if pending is not None and len(after) == 8 and after[4:] == b"mdat":
                 mdat_size = struct.unpack_from(">I", after)[0]
                 if mdat_size >= 8 and pos + box_size + mdat_size <= size:
@@ -410,12 +420,15 @@ def file_part(segment: SegmentRecord, layout: FileLayout, start: float, end: flo
                                       segment.start + group[0].start, sum(g.duration for g in group)))
             group.clear()
 
+    length = 0.0
     for frag in frags[first:]:
         if segment.start + frag.start >= end:
             break
-        if frag.keyframe and group and sum(g.duration for g in group) >= target:
+        if frag.keyframe and group and length >= target:
             close()
+            length = 0.0
         group.append(frag)
+        length += frag.duration
     close()
     return FilePart(segment, layout.init_size, tuple(media)) if media else None
 
@@ -432,7 +445,14 @@ def build(timeline: Timeline, layout_of: Callable[[SegmentRecord], FileLayout | 
         if segment.end <= timeline.start or segment.start >= timeline.end:
             continue
         layout = layout_of(segment)
-        part = file_part(segment, layout, timeline.start, timeline.end, target) if layout is not None else None
+        if layout is None:
+            continue
+        if timeline.start <= segment.start and segment.end <= timeline.end:  # the whole file: the same every time
+            if target not in layout.whole:
+                layout.whole[target] = file_part(segment, layout, segment.start, segment.end + 1.0, target)
+            part = layout.whole[target]
+        else:
+            part = file_part(segment, layout, timeline.start, timeline.end, target)
         if part is not None:
             first = part.media[0].start - segment.start
             parts.append(FilePart(part.segment, part.init_size, part.media, position - first))
@@ -450,8 +470,10 @@ def render(playlist: Playlist, url: Callable[[FilePart], str]) -> str:
             lines.append("#EXT-X-DISCONTINUITY")
         name = url(part)
         lines.append(f'#EXT-X-MAP:URI="{name}",BYTERANGE="{part.init_size}@0"')
+        # Once per file: within a file the media segments follow each other exactly, and a player dates each
+        # from the last program date time and the durations (a day's playlist is a megabyte shorter).
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{iso(part.media[0].start)}")
         for media in part.media:
-            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{iso(media.start)}")
             lines.append(f"#EXTINF:{media.duration:.3f},")
             lines.append(f"#EXT-X-BYTERANGE:{media.size}@{media.offset}")
             lines.append(name)

@@ -43,6 +43,11 @@ from web.recordings import current_user, footage_request, known_camera, require_
 log = logging.getLogger(__name__)
 
 TOKEN_SECONDS = 12 * 3600  # a playlist's media URLs work this long: a day's footage watched through
+# A playlist is built in memory: at most this many media segments (a week of footage at 4 s each, ~15 MB of text).
+MAX_MEDIA_SEGMENTS = 7 * 86400 // int(hls.TARGET_SECONDS)
+# Building a playlist reads every file's layout once (a second or two for a camera-day): two at a time, the
+# others wait, so a burst of long playlists cannot take every thread of the default executor.
+_BUILDS = 2
 _CHUNK = 256 << 10
 _MAX_SHIFT_DIGITS = 15  # microseconds: over thirty years either way
 
@@ -53,10 +58,11 @@ class Playback:
 
     layouts: hls.LayoutCache = field(default_factory=hls.LayoutCache)
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    builds: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_BUILDS))
 
     def signature(self, user: str, camera: str, segment_id: int, expires: int) -> str:
         message = f"{user}\n{camera}\n{segment_id}\n{expires}".encode()
-        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:24]  # 96 bits: unguessable online
 
 
 PLAYBACK = web.AppKey("playback", Playback)
@@ -83,8 +89,13 @@ async def playlist(request: web.Request) -> web.Response:
     station = request.app[STATION]
     camera, start, end, index = footage_request(request)
     timeline = await index.call(search, index, camera, start, end, None)
+    if timeline.recorded_seconds / hls.TARGET_SECONDS > MAX_MEDIA_SEGMENTS:
+        raise params.invalid("end", f"the range holds {timeline.recorded_seconds / 86400:.1f} days of footage; "
+                             f"a playlist plays at most {MAX_MEDIA_SEGMENTS * hls.TARGET_SECONDS / 86400:g}: "
+                             "ask for a shorter range")
     state = request.app[PLAYBACK]
-    built = await asyncio.to_thread(hls.build, timeline, _layout_reader(station.recording.root, state))
+    async with state.builds:
+        built = await asyncio.to_thread(hls.build, timeline, _layout_reader(station.recording.root, state))
     if not built.parts:
         raise api_error(web.HTTPNotFound, "nothing_recorded",
                         f"nothing of {camera} is recorded between {iso(start)} and {iso(end)}")

@@ -87,6 +87,7 @@ class CameraHealth:
         # Given each decoded keyframe of a recorded camera with its arrival time (worker thread): thumbnails.
         self.thumbnail = thumbnail if record else None
         self.thumbnail_seconds = 0.0  # CPU (thread time) spent on thumbnails, within analysis_seconds
+        self._thumbnail_failing = False
         self.check = PictureCheck(thresholds)
         self._reformatter = VideoReformatter()  # one analysis at a time per camera: only _analyse uses it
         self.last_findings: Findings | None = None
@@ -193,8 +194,11 @@ class CameraHealth:
                 thumbnail_started = time.thread_time()
                 try:
                     self.thumbnail(packet.received_at, frame)
-                except Exception:  # a thumbnail is never worth a picture check
-                    log.warning("[%s] thumbnail not kept", self.camera, exc_info=True)
+                    self._thumbnail_failing = False
+                except Exception:  # a thumbnail is never worth a picture check; said once, not every keyframe
+                    log.log(logging.DEBUG if self._thumbnail_failing else logging.WARNING,
+                            "[%s] thumbnail not kept", self.camera, exc_info=True)
+                    self._thumbnail_failing = True
                 self.thumbnail_seconds += time.thread_time() - thumbnail_started
         self.analysis_seconds += time.thread_time() - started
         self.analyses += 1
