@@ -703,7 +703,8 @@
       ...((bodycams && bodycams.bodycams) || []).map((b) => ({ id: b.id, name: b.name || b.id, kind: "bodycam" })),
     ];
     const params = new URLSearchParams(location.search);
-    const requested = (params.get("sources") || params.get("camera") || "").split(",").map((x) => x.trim()).filter(Boolean);
+    const requested = [...new Set((params.get("sources") || params.get("camera") || "").split(",")
+      .map((x) => x.trim()).filter(Boolean))];
     const selected = requested.length ? requested.slice(0, MAX_SOURCES) : state.known.slice(0, 1).map((k) => k.id);
     for (const id of selected) {
       if (!state.known.some((k) => k.id === id)) state.known.push({ id, name: id, kind: "camera" });
