@@ -303,7 +303,9 @@
         if (v.paused) v.play().catch(() => {});
       }
     }
-    drawNow(clock.now());
+    const shown = clock.now();
+    if (clock.playing && !scrubbing && (shown > state.viewEnd || shown < state.viewStart)) followView(shown);
+    drawNow(shown);
   }
 
   /** Playing through a time no source recorded: after a moment, on to the next recording (when asked to). */
@@ -503,13 +505,14 @@
     }
   }
 
+  let scrubbing = false;  // the pointer is down on the timeline
+
   function bindTimeline() {
     const tl = $("timeline");
-    let dragging = false;
     let wasPlaying = false;
     tl.addEventListener("pointerdown", (event) => {
       if (!state.searched || event.button !== 0) return;
-      dragging = true;
+      scrubbing = true;
       wasPlaying = clock.playing;
       if (wasPlaying) pause();
       tl.setPointerCapture(event.pointerId);
@@ -518,13 +521,13 @@
     tl.addEventListener("pointermove", (event) => {
       if (!state.searched) return;
       const at = timeAtX(event.clientX);
-      if (dragging) seek(at);
+      if (scrubbing) seek(at);
       const rowEl = document.elementsFromPoint(event.clientX, event.clientY).find((e) => e.classList && e.classList.contains("row"));
       hover(at, event.clientX, rowEl ? rowEl.dataset.source : state.sources[0] && state.sources[0].id);
     });
     const end = () => {
-      if (!dragging) return;
-      dragging = false;
+      if (!scrubbing) return;
+      scrubbing = false;
       if (wasPlaying) play();
     };
     tl.addEventListener("pointerup", end);
