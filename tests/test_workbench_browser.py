@@ -27,7 +27,7 @@ import pytest
 
 from nvr.base.timeutil import iso, parse_iso
 from tests.conftest import StationProcess, wait_until
-from tests.test_live import browser  # noqa: F401 - the Chromium fixture
+from tests.test_live import CHROMIUM_ARGS
 
 USER, PASSWORD = "auditor.anne", "correct horse battery staple"
 ZONE = "Asia/Tehran"
@@ -120,9 +120,12 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
             cam.stop()
 
 
-@pytest.fixture
-def chromium(browser: Any) -> Any:  # noqa: F811 - test_live's Chromium, one per test
-    return browser
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium for the module, with test_live's flags; each test opens contexts of its own."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        yield p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
 
 
 def signed_in(chromium: Any, recording: Recording, locale: str = "en-GB") -> Any:
