@@ -453,6 +453,16 @@ def test_the_persian_page_reads_right_to_left_with_jalali_dates(
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot of the Persian workbench: {shot}")
     assert shot.stat().st_size > 10_000
+    # And with the module's recording playing: the timeline right to left (earlier times at the right).
+    open_workbench(page, recording, "hall,cell")
+    page.click("#play")
+    spans = page.locator('#rows .row[data-source="hall"] .span')
+    first, second = spans.nth(0).bounding_box(), spans.nth(1).bounding_box()
+    assert first is not None and second is not None and first["x"] > second["x"]
+    wait_until(lambda: page.evaluate("nvrPlayback.sources()[0].time") > 0.5, 10, "never played", interval=0.1)
+    playing = tmp_path / "workbench-fa-playing.png"
+    page.screenshot(path=str(playing), full_page=True)
+    print(f"screenshot of the Persian workbench playing: {playing}")
     page.context.close()
 
 
