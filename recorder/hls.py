@@ -52,7 +52,7 @@ TARGET_SECONDS = 4.0
 _NON_SYNC = 0x00010000  # ISO/IEC 14496-12 sample flags: sample_is_non_sync_sample
 _MAX_MOOF = 1 << 20  # a moof of a second of video is a few hundred bytes; refuse to read anything absurd
 _BLOCK = 4096  # one read at a fragment's start: its moof and the header after it, nearly always
-_CACHE_FILES = 4096
+_CACHE_FRAGMENTS = 600_000
 
 
 class LayoutError(Exception):
@@ -96,6 +96,9 @@ class FileLayout:
         self._tfdt_width.append(width)
         self._tfdt_scale.append(timescale)
         self._tfdt_value.append(value)
+
+    def __len__(self) -> int:
+        return len(self._offset)
 
     @property
     def fragments(self) -> list[Fragment]:
@@ -374,10 +377,15 @@ def _read_layout(read_at: Callable[[int, int], bytes], size: int) -> FileLayout:
 
 
 class LayoutCache:
-    """Bounded LRU of file layouts by (segment id, size): a stored segment never changes once indexed."""
+    """Bounded LRU of file layouts by (segment id, size): a stored segment never changes once indexed.
 
-    def __init__(self, capacity: int = _CACHE_FILES) -> None:
+    Bounded by fragments, not files (a file of an hour holds sixty times a minute's): about 100 bytes each
+    with the media segments built from them, so the default is about 60 MB, a week of one camera.
+    """
+
+    def __init__(self, capacity: int = _CACHE_FRAGMENTS) -> None:
         self.capacity = capacity
+        self.fragments = 0
         self._entries: OrderedDict[tuple[int, int], FileLayout] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -390,9 +398,12 @@ class LayoutCache:
                 return found
         layout = read_layout(path)
         with self._lock:
-            self._entries[key] = layout
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            if key not in self._entries:
+                self._entries[key] = layout
+                self.fragments += len(layout)
+            while self.fragments > self.capacity and len(self._entries) > 1:
+                _, dropped = self._entries.popitem(last=False)
+                self.fragments -= len(dropped)
         return layout
 
 

@@ -19,9 +19,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from nvr.base.config import Config, Storage
@@ -31,14 +33,19 @@ from nvr.identity.authdb import AuthDatabase
 from nvr.identity.roles import Role
 from nvr.station import Station
 from recorder import hls
-from recorder.index import NewSegment, SegmentIndex
+from recorder.index import NewSegment, SegmentIndex, SegmentRecord
 from recorder.recorder import RecorderCore
 from recorder.storage import init_storage
 from recorder.timeline import Timeline
 from recorder.timeline import build as build_timeline
 from streams.media import SessionEnded
 from tests.media import encode_h264, make_session, packets
+from tests.test_handlers import Audit, Recording, station_config
+from tests.test_handlers import Station as StubStation
+from web import hls as web_hls
+from web.access import ACCESS
 from web.app import create_app
+from web.http import STATION, json_errors
 
 FPS = 15
 
@@ -319,6 +326,10 @@ async def test_adversarial_ranges_on_media_files_and_clips(site: Site) -> None:
             resp = await client.get(resource, headers=ranged(auditor, spec))
             assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{size}", spec
             assert (await resp.json())["error"] == "range_not_satisfiable"
+        # HEAD: the headers, no body (the connection stays usable for the next request).
+        head = await client.head(resource, headers=auditor)
+        assert head.status == 200 and await head.read() == b""
+        assert head.headers["Content-Length"] == str(size) and head.headers["Accept-Ranges"] == "bytes"
     # A clip whose length is not known yet: the server builds it once to learn it, then answers the range.
     fresh = "/api/recordings/hall/clip.mp4?" + "&".join(f"{k}={v}" for k, v in site.range(2, 9).items())
     resp = await client.get(fresh, headers=ranged(auditor, "bytes=1000-1999"))
@@ -362,6 +373,7 @@ def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Pa
         core.handle([SessionEnded(session, "test")])
         (first,) = index.all_segments("cam")
         source = root / first.path
+        index.db.execute("PRAGMA synchronous=OFF")  # 1,439 more rows: no fsync each (a test's own database)
         for n in range(1, 1440):
             rel = f"recordings/cam/day/{n}.mp4"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -382,14 +394,48 @@ def test_a_day_long_playlist_is_built_quickly_and_in_bounded_memory(tmp_path: Pa
         assert playlist.fragments == 1440 * 15  # 4 s media segments
         assert playlist.duration == pytest.approx(86400, abs=1)
         assert text.count("#EXT-X-DISCONTINUITY") == 1439
-        assert took < 20, took  # measured 2-4 s on a loaded 2-core machine
+        assert took < 45, took  # 1.7 s in bench_playback; loose for a CPU-starved machine (load 12 on 2 cores)
         began = time.monotonic()
         playlist_of(timeline, cache)
         assert time.monotonic() - began < took / 2  # the second time from the cache
-        # Memory: the cached layouts and the text, not the footage (a quarter of the day, traced).
-        quarter = build_timeline("cam", day, day + 6 * 3600, index.segments("cam", day, day + 6 * 3600))
+        # Memory: the cached layouts and the text, not the footage (three hours of it, traced).
+        part = build_timeline("cam", day, day + 3 * 3600, index.segments("cam", day, day + 3 * 3600))
+        small = hls.LayoutCache(capacity=3000)  # bounded by fragments: 50 of the 180 files
         tracemalloc.start()
-        playlist_of(quarter, hls.LayoutCache())
+        playlist, _ = playlist_of(part, small)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert peak < 16 << 20, peak
+        assert peak < 8 << 20, peak
+        assert playlist.duration == pytest.approx(3 * 3600, abs=1) and small.fragments <= 3000
+
+
+async def test_footage_only_in_the_archive_is_said_so_not_called_unrecorded(aiohttp_client: Any, tmp_path: Path
+                                                                           ) -> None:
+    """Footage deleted locally after it was archived (issue 19) plays as a clip; the playlist says so."""
+    index = SegmentIndex(tmp_path / "index.sqlite3")
+    index.open()
+    gone = SegmentRecord(7, "cell-1", 1000.0, 1060.0, 10, 100, "0" * 64, "h264", 1, 1, "{}", "x/7.mp4", "ok",
+                         "0" * 64, "0" * 64)
+
+    class Db:
+        async def call(self, fn: Any, *args: Any) -> Any:
+            return fn(*args)
+
+    reader = SimpleNamespace(db=Db(), find=lambda camera, start, end: [SimpleNamespace(record=gone)]
+                             if camera == "cell-1" else [])
+    recording = Recording(index=index, root=tmp_path, archiver=SimpleNamespace(reader=reader))
+    station = StubStation(station_config(tmp_path), recording, cameras={"cell-1": object(), "cell-2": object()})
+    app = web.Application(middlewares=[json_errors])
+    app[STATION] = station  # type: ignore[misc]
+    app[ACCESS] = SimpleNamespace(audit=Audit())  # type: ignore[misc]
+    web_hls.setup(app)
+    client = await aiohttp_client(app)
+    try:
+        query = {"start": "1970-01-01T00:16:00Z", "end": "1970-01-01T00:18:00Z"}
+        resp = await client.get("/api/recordings/cell-1/index.m3u8", params=query)
+        body = await resp.json()
+        assert (resp.status, body["error"]) == (404, "only_in_archive") and "clip.mp4" in body["message"]
+        resp = await client.get("/api/recordings/cell-2/index.m3u8", params=query)
+        assert (resp.status, (await resp.json())["error"]) == (404, "nothing_recorded")
+    finally:
+        index.close()

@@ -35,7 +35,7 @@ from recorder import hls
 from recorder.index import SegmentRecord
 from recorder.search import search
 from recorder.storage import StorageError, segment_file
-from web import byteranges, params
+from web import archive_api, byteranges, params
 from web.access import audit
 from web.http import STATION, api_error
 from web.recordings import current_user, footage_request, known_camera, require_index
@@ -89,14 +89,19 @@ async def playlist(request: web.Request) -> web.Response:
     station = request.app[STATION]
     camera, start, end, index = footage_request(request)
     timeline = await index.call(search, index, camera, start, end, None)
-    if timeline.recorded_seconds / hls.TARGET_SECONDS > MAX_MEDIA_SEGMENTS:
-        raise params.invalid("end", f"the range holds {timeline.recorded_seconds / 86400:.1f} days of footage; "
-                             f"a playlist plays at most {MAX_MEDIA_SEGMENTS * hls.TARGET_SECONDS / 86400:g}: "
+    if max(timeline.recorded_seconds / hls.TARGET_SECONDS, len(timeline.segments)) > MAX_MEDIA_SEGMENTS:
+        raise params.invalid("end", f"the range holds {timeline.recorded_seconds / 86400:.1f} days of footage in "
+                             f"{len(timeline.segments)} files; a playlist plays at most "
+                             f"{MAX_MEDIA_SEGMENTS * hls.TARGET_SECONDS / 86400:g} days or {MAX_MEDIA_SEGMENTS} files: "
                              "ask for a shorter range")
     state = request.app[PLAYBACK]
     async with state.builds:
         built = await asyncio.to_thread(hls.build, timeline, _layout_reader(station.recording.root, state))
     if not built.parts:
+        if await archive_api.archive_only(station, camera, start, end):
+            # HLS plays the station's own copy; a clip fetches footage back from the archive (issue 19).
+            raise api_error(web.HTTPNotFound, "only_in_archive", f"the footage of {camera} between {iso(start)} "
+                            f"and {iso(end)} is only in the off-site archive: play it as a clip (clip.mp4)")
         raise api_error(web.HTTPNotFound, "nothing_recorded",
                         f"nothing of {camera} is recorded between {iso(start)} and {iso(end)}")
     user = current_user(request)
@@ -168,6 +173,9 @@ async def media(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(size)
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    if request.method == "HEAD":  # aiohttp would send what a StreamResponse writes, HEAD or not
+        await response.write_eof()
+        return response
     f = await asyncio.to_thread(path.open, "rb")
     try:
         at = begin

@@ -150,6 +150,12 @@ async def clip(request: web.Request) -> web.StreamResponse:
     wanted = byteranges.parse(request.headers.get("Range"))
     key = (camera, start, end, tuple((s.id, s.sha256) for s in segments))
     size = request.app[CLIP_SIZES].get(key)
+    if request.method == "HEAD":  # the headers only: nothing is built, no footage is served
+        head = web.StreamResponse(headers={**clip_headers(camera, start, copy),
+                                           **({"Content-Length": str(size)} if size is not None else {})})
+        await head.prepare(request)
+        await head.write_eof()
+        return head
     if wanted is not None and not (size is None and wanted.from_start):
         return await clip_range(request, camera, start, end, segments, locate, copy, wanted, key)
     # Footage only in the archive is read from its cache (issue 19).
