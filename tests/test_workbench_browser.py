@@ -15,6 +15,7 @@ browser's zone (UTC here) would be off by hours.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.parse
@@ -398,6 +399,27 @@ def test_playing_into_a_gap_of_every_source_says_so_then_goes_on_to_the_next_rec
     took = time.monotonic() - started
     assert took < (gap_end - gap_start), f"{took:.1f} s to get past a {gap_end - gap_start:.1f} s gap"
     assert page.evaluate("nvrPlayback.clock.playing") is True
+    page.context.close()
+
+
+def test_footage_only_in_the_archive_is_offered_as_a_clip(chromium: Any, recording: Recording) -> None:
+    """The playlist's answer for footage kept only off-site (web/hls.py, only_in_archive), replayed here:
+    running the S3 archive for it is test_archive's business."""
+    page = signed_in(chromium, recording)
+    answer = json.dumps({"error": "only_in_archive", "message": "the footage of hall is only in the off-site "
+                         "archive: play it as a clip (clip.mp4)"})
+    page.route("**/api/recordings/hall/index.m3u8*",
+               lambda route: route.fulfill(status=404, content_type="application/json", body=answer))
+    query = urllib.parse.urlencode({"sources": "hall", "start": iso(recording.start), "end": iso(recording.end)})
+    page.goto(recording.daemon.base_url + "/playback?" + query)
+    message = page.locator('.tile[data-source="hall"] .tile-gap')
+    message.wait_for(state="visible", timeout=15_000)
+    wait_until(lambda: "Only in the off-site archive" in message.inner_text(), 10, "no archive message")
+    assert "play it as a clip" in message.inner_text()
+    message.locator("button").click()
+    wait_until(lambda: page.evaluate("nvrPlayback.sources()[0].time") > 0.5, 15, "the clip never played",
+               interval=0.1)
+    assert "/api/recordings/hall/clip.mp4?" in page.evaluate("document.querySelector('.tile video').currentSrc")
     page.context.close()
 
 

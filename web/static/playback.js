@@ -137,6 +137,8 @@
             else setTimeout(() => { if (this.hls === hls) hls.startLoad(); }, 1000 * retries);
             return;
           }
+          const answer = errorBody(data.networkDetails);
+          if (answer.error === "only_in_archive") { this.offerClip(start, end, answer.message); return; }
           this.fail(status === 404 ? t("playback.nothing_recorded") : t("playback.player_error", { detail: data.details }));
         });
         hls.on(window.Hls.Events.FRAG_BUFFERED, () => { retries = 0; });
@@ -154,9 +156,29 @@
 
     detach() {
       if (this.hls) { this.hls.destroy(); this.hls = null; }
+      this.clip = false;
+      this.video.controls = false;
       this.video.removeAttribute("src");
       this.fragments = [];
       this.error = null;
+    }
+
+    /** Footage the station keeps only in the off-site archive plays as a clip (fetched back), on its own. */
+    offerClip(start, end, detail) {
+      this.fail(t("playback.only_in_archive"));
+      const box = this.tile.querySelector(".tile-gap");
+      box.querySelector(".tile-gap-cause").textContent = detail || "";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = t("playback.play_as_clip");
+      button.addEventListener("click", () => {
+        this.clip = true;
+        this.hideMessage();
+        this.video.controls = true;
+        this.video.src = `${recordings(this.id)}/clip.mp4?` + new URLSearchParams({ start: I.isoUtc(start), end: I.isoUtc(end) });
+        this.video.play().catch(() => {});
+      }, { once: true });
+      box.append(button);
     }
 
     fail(message) {
@@ -240,6 +262,15 @@
     return frags;
   }
 
+  /** The daemon's JSON error from a failed request hls.js made (XHR), or {}. */
+  function errorBody(details) {
+    try {
+      return JSON.parse(details && typeof details.responseText === "string" ? details.responseText : "") || {};
+    } catch (_error) {
+      return {};
+    }
+  }
+
   function causeText(gap) {
     const cause = I.label("cause", gap.cause);
     return gap.reason ? t("playback.cause_reason", { cause, reason: I.label("reason", gap.reason) }) : cause;
@@ -260,6 +291,7 @@
     const active = [];
     for (const s of state.sources) {
       const v = s.video;
+      if (s.clip) continue;  // an archive clip plays on its own
       const target = s.error ? null : s.mediaAt(now);
       if (target === null) {
         if (!v.paused) v.pause();
