@@ -50,6 +50,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         next={"type": "string", "description": "page to return to; answered back only if it is on this site"})),
     ("POST", "/api/logout"): Operation("End the cookie's session and its streams"),
     ("GET", "/api/me"): Operation("Who am I"),
+    ("PUT", "/api/me/preferences"): Operation(
+        "The signed-in user's page language (null: the browser's)",
+        json_body=_object(["lang"], lang={"type": ["string", "null"], "enum": ["en", "fa", None]})),
     ("GET", "/api/openapi.json"): Operation("This description"),
     ("GET", "/"): Operation("The monitoring console"),
     ("GET", "/api/cameras"): Operation("Every camera the caller may see"),

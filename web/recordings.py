@@ -24,7 +24,7 @@ from recorder.search import CauseSource, search
 from recorder.timeline import Cause
 from web import archive_api, byteranges, params
 from web.access import audit, require_camera, visible
-from web.console import _CSP, STATIC_DIR
+from web.console import serve_page
 from web.http import STATION, api_error, json_body
 
 log = logging.getLogger(__name__)
@@ -419,8 +419,5 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     })
 
 
-async def playback_page(_request: web.Request) -> web.FileResponse:
-
-    return web.FileResponse(STATIC_DIR / "playback.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-    })
+async def playback_page(request: web.Request) -> web.Response:
+    return await serve_page(request, "playback.html")
