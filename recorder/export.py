@@ -94,7 +94,12 @@ class ExportError(Exception):
 def package_identity(config: Config) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """(station, camera_info) as a package's manifest names them: the daemon's queue and `nvr export` alike."""
     return ({"id": config.station.id, "name": config.station.name},
-            {c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras})
+            {**{c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras}, **bodycam_info(config)})
+
+
+def bodycam_info(config: Config) -> dict[str, dict[str, str]]:
+    """Body cameras as a manifest names them (issue 15): ``kind: bodycam`` beside a fixed camera's zone."""
+    return {b.id: {"name": b.name, "kind": "bodycam"} for b in config.bodycams}
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,7 @@ class _Camera(_Strict):
     id: str
     name: str | None = None
     zone: str | None = None
+    kind: str | None = None  # "bodycam": a body camera's uploaded files (issue 15)
     actual: _Range | None
     recorded_seconds: float
     spans: list[_Range]
