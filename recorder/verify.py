@@ -125,6 +125,7 @@ class _Camera(_Strict):
     name: str | None = None
     zone: str | None = None
     kind: str | None = None  # "bodycam": a body camera's uploaded files (issue 15)
+    requested: _Range | None = None  # an incident case's package: this entry's own range (issue 15)
     actual: _Range | None
     recorded_seconds: float
     spans: list[_Range]
@@ -158,6 +159,7 @@ class Manifest(_Strict):
     requested: _Range
     key_fingerprint: str
     checkpoint: dict[str, object] | None = None
+    case: dict[str, object] | None = None  # the incident case a package was made of (recorder/cases.py)
     cameras: list[_Camera]
     files: list[_File]
 

@@ -255,6 +255,11 @@ def find_job(request: web.Request) -> ExportJob:
     return job
 
 
+def case_of(job: ExportJob) -> dict[str, Any]:
+    """``{"case_id": id}`` for a case's package (its downloads are part of the case's custody history)."""
+    return {"case_id": job.request.case["id"]} if job.request.case is not None else {}
+
+
 async def get_export(request: web.Request) -> web.Response:
     return web.json_response(job_json(find_job(request)))
 
@@ -267,7 +272,8 @@ async def download_export(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPConflict, "export_not_ready", f"the export is {job.state.value}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
     audit_cameras(request, "export.download", job.request.cameras, export_id=job.id,
-                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason,
+                  **case_of(job))
     if (exports := request.app[STATION].recording.exports) is not None:
         exports.mark_downloaded(job)
     return web.FileResponse(job.path, headers={
