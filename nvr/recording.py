@@ -174,7 +174,9 @@ class RecordingService:
 
     async def _start_bodycams(self, index: SegmentIndex) -> None:
         """Uploads from docks (web/bodycams.py) and, when configured, the inbox folder (recorder/bodycam_inbox.py)."""
-        ingest = BodycamIngest(self.root, index, self.config.bodycam_uploads, self.config.storage.min_free_percent)
+        storage = self.config.storage
+        ingest = BodycamIngest(self.root, index, self.config.bodycam_uploads, storage.min_free_percent,
+                               storage.retention_days * 86400)
         left = await asyncio.to_thread(ingest.store.prepare)
         if left:
             log.warning("removed %d unfinished body-camera upload(s) left by an earlier run", left)

@@ -272,10 +272,11 @@ class AssignmentConflict(Exception):
 class BodycamStore:
     """Stages, probes and commits body-camera files into the storage at ``root`` and its index."""
 
-    def __init__(self, root: Path, index: SegmentIndex) -> None:
+    def __init__(self, root: Path, index: SegmentIndex, retention_seconds: float | None = None) -> None:
         self.root = root
         self.index = index
         self.uploads = root / UPLOADS
+        self.retention_seconds = retention_seconds  # storage.retention_days: older files are held when they arrive
 
     def prepare(self) -> int:
         """Create the uploads folder and remove temp files an earlier run left (uploads never finished:
@@ -333,11 +334,22 @@ class BodycamStore:
             frames=found.frames, bytes=size, sha256=sha256, codec=found.codec, width=found.width,
             height=found.height, params=json.dumps(params, sort_keys=True), path=relpath, meta=encode_meta(meta),
         )
+        hold = None
+        end = when.start + found.duration
+        if self.retention_seconds is not None and end < when.received_at - self.retention_seconds + 86400:
+            # Docked (nearly) past storage.retention_days: the next sweep would delete it at once.  Evidence that
+            # just arrived is held instead (before its row exists, so no sweep sees it unheld) until someone
+            # releases the hold (DELETE /api/holds/{id}).
+            days = (when.received_at - when.start) / 86400
+            hold = self.index.add_hold(device, segment.start, segment.end, f"body-camera file docked {days:.0f} "
+                                       "days after it was recorded, at or past storage.retention_days", "system")
         try:
             record = self.index.add_segment(segment)
         except BaseException:
             # Not indexed: back out of the recordings tree (the dock or the inbox still holds the file).
             os.replace(final, staged)
+            if hold is not None:
+                self.index.release_hold(hold.id)
             raise
         return record, True
 
@@ -415,8 +427,9 @@ class BodycamIngest:
     """The one way a body-camera file gets in (the API and the inbox): a bounded number at once, free space
     checked, then :meth:`finish` verifies, probes, and commits.  Loop side; blocking work runs in threads."""
 
-    def __init__(self, root: Path, index: SegmentIndex, settings: BodycamUploads, min_free_percent: float) -> None:
-        self.store = BodycamStore(root, index)
+    def __init__(self, root: Path, index: SegmentIndex, settings: BodycamUploads, min_free_percent: float,
+                 retention_seconds: float | None = None) -> None:
+        self.store = BodycamStore(root, index, retention_seconds)
         self.index = index
         self.settings = settings
         self.min_free_percent = min_free_percent

@@ -199,6 +199,16 @@ def test_a_matroska_file_without_creation_time_takes_the_docks_start_and_flags_a
     assert station.stored_files("bwc_7")[0].suffix == ".mkv"
 
 
+def test_a_file_docked_after_its_retention_period_is_held_not_deleted(station: Station, tmp_path: Path) -> None:
+    recorded = time.time() - 40 * 86400  # storage.retention_days is 30
+    path = make_video(tmp_path / "old.mp4", recorded, 2, audio=False)
+    status, item = station.upload("bwc_7", path.read_bytes())
+    assert status == 201, item
+    holds = [h for h in station.daemon.get("/api/holds")[1] if h["camera"] == "bwc_7"]
+    assert any(h["start"] <= item["start"] and h["end"] >= item["end"] and "retention" in h["reason"]
+               for h in holds), holds
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
@@ -437,27 +447,31 @@ def test_exported_with_a_fixed_camera_in_one_package_that_verifies_and_a_flipped
 
 
 def test_storage_verification_and_the_cli_cover_devices(station: Station, uploaded: dict[str, Any],
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(station.daemon.config_path)
-    run = [sys.executable, "-m", "nvr"]
-    result = subprocess.run([*run, "verify-storage", "-c", config, "--camera", "bwc-0142"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+    assert cli(["verify-storage", "-c", config, "--camera", "bwc-0142"]) == 0
+    assert "OK" in capsys.readouterr().out
     start = uploaded["start"]
     out = tmp_path / "cli.zip"
-    result = subprocess.run([*run, "export", "-c", config, "--camera", "bwc-0142", "--camera", "hall",
-                             "--start", iso(start) or "", "--end", iso(start + 4) or "", "--reason", "court",
-                             "-o", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert cli(["export", "-c", config, "--camera", "bwc-0142", "--camera", "hall", "--start", iso(start) or "",
+                "--end", iso(start + 4) or "", "--reason", "court", "-o", str(out)]) == 0, capsys.readouterr()
     with zipfile.ZipFile(out) as archive:
         manifest = json.loads(archive.read("manifest.json"))
     assert {c["id"] for c in manifest["cameras"]} == {"hall", "bwc-0142"}
 
 
+def cli(argv: list[str]) -> int:
+    """``nvr ARGV`` in this process (the commands open the storage as the shell user would)."""
+    from nvr.cli import main
+
+    return main(argv)
+
+
 # -- officer assignment -----------------------------------------------------------------------
 
 
-def test_officer_assignment_over_time_is_kept_and_audited(station: Station) -> None:
+def test_officer_assignment_over_time_is_kept_and_audited(station: Station,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     admin = {"Authorization": f"Bearer {station.daemon.token}"}
     t0 = time.time() - 3600
     status, first = station.daemon.request("POST", "/api/bodycams/bwc-0142/assignments",
@@ -479,13 +493,11 @@ def test_officer_assignment_over_time_is_kept_and_audited(station: Station) -> N
     assert listing["bodycams"][0]["worn_by"] == "Off. Karimi (5120)"
     status, audit = station.daemon.get("/api/audit?action=bodycam.assign")
     assert [e["details"]["officer"] for e in audit["entries"]] == ["Sgt. Rahimi (4471)", "Off. Karimi (5120)"]
-    cli = subprocess.run([sys.executable, "-m", "nvr", "bodycam", "assign", "-c", str(station.daemon.config_path),
-                          "bwc_7", "--officer", "Off. Tehrani (6001)"], cwd=REPO, capture_output=True, text=True,
-                         timeout=30)
-    assert cli.returncode == 0, cli.stdout + cli.stderr
+    config = str(station.daemon.config_path)
+    assert cli(["bodycam", "assign", "-c", config, "bwc_7", "--officer", "Off. Tehrani (6001)"]) == 0
     status, body = station.get("/api/bodycams/bwc_7/assignments")
     assert [a["officer"] for a in body["assignments"]] == ["Off. Tehrani (6001)"]
-    listed = subprocess.run([sys.executable, "-m", "nvr", "bodycam", "assignments", "-c",
-                             str(station.daemon.config_path), "bwc_7"], cwd=REPO, capture_output=True, text=True,
-                            timeout=30)
-    assert listed.returncode == 0 and "Off. Tehrani (6001)" in listed.stdout
+    capsys.readouterr()
+    assert cli(["bodycam", "assignments", "-c", config, "bwc_7"]) == 0
+    assert "Off. Tehrani (6001)" in capsys.readouterr().out
+    assert cli(["bodycam", "assign", "-c", config, "bwc-9", "--officer", "X"]) == 2
