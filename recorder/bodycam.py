@@ -311,8 +311,11 @@ class BodycamStore:
         relpath = f"{RECORDINGS}/{device}/{moment:%Y-%m-%d}/{device}_u{sha256[:12]}_{stamp}.{found.container}"
         final = self.root / relpath
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # another file of this device with the same hash prefix and start: never overwrite
+        if final.exists() and self.index.by_path(relpath) is not None:
+            # An indexed file of this device with the same hash prefix and start but other bytes: never overwrite.
             raise UploadRejected("path_conflict", f"a different stored file already has the name {final.name}", 409)
+        # An unindexed file of that name was left by a commit a crash interrupted (moved, not yet indexed):
+        # the same start and hash prefix, and the inbox or the dock still had the original; it is replaced.
         os.replace(staged, final)
         fsync_dir(final.parent)
         fsync_dir(self.uploads)

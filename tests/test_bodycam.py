@@ -501,3 +501,67 @@ def test_officer_assignment_over_time_is_kept_and_audited(station: Station,
     assert cli(["bodycam", "assignments", "-c", config, "bwc_7"]) == 0
     assert "Off. Tehrani (6001)" in capsys.readouterr().out
     assert cli(["bodycam", "assign", "-c", config, "bwc-9", "--officer", "X"]) == 2
+
+
+# -- the inbox's rules, without a daemon ------------------------------------------------------
+
+
+def test_a_device_id_with_underscores_is_matched_by_its_longest_prefix() -> None:
+    from recorder.bodycam_inbox import device_of
+
+    devices = ["bwc", "bwc_7", "bwc_77"]
+    assert device_of("bwc_77_0001.mp4", devices) == "bwc_77"
+    assert device_of("bwc_7_0001.mp4", devices) == "bwc_7"
+    assert device_of("bwc_x.mp4", devices) == "bwc"
+    assert device_of("bwc_.mp4", devices) == "bwc"
+    assert device_of("other_1.mp4", devices) is None and device_of("bwc", devices) is None
+
+
+async def test_a_file_replaced_or_written_while_it_is_read_is_waited_for_again(
+        store: tuple[Path, Any], tmp_path: Path) -> None:
+    from nvr.base.config import BodycamInbox, BodycamUploads
+    from recorder.bodycam import BodycamIngest
+    from recorder.bodycam_inbox import TAKING, BodycamInboxWatcher, FileChanged
+
+    root, index = store
+    ingest = BodycamIngest(root, index, BodycamUploads(), 0)
+    await index.call(ingest.store.prepare)
+    settings = BodycamInbox(path=tmp_path / "in", quarantine=tmp_path / "q", stable_seconds=0.3)
+    watcher = BodycamInboxWatcher(settings, ingest, ["bwc-1"])
+    watcher.prepare()
+    video = make_video(tmp_path / "v.mp4", time.time() - 60, 2, audio=False)
+    target = settings.path / "bwc-1_a.mp4"
+    target.write_bytes(video.read_bytes()[:1000])
+    assert await watcher.scan() == 0  # first sight: not taken
+    time.sleep(0.1)
+    target.write_bytes(video.read_bytes())  # the dock goes on writing: the stability wait starts again
+    assert await watcher.scan() == 0
+    # Written to through a descriptor still open while it is copied: the copy is not kept.
+    import os
+
+    from recorder.bodycam_inbox import _stamp
+
+    stamp = _stamp(os.stat(target))
+    claimed = settings.path / TAKING / target.name
+    watcher._claim(target.name, stamp, claimed)
+    staged = ingest.store.stage()
+    with claimed.open("ab") as f:
+        f.write(b"more")
+    with pytest.raises(FileChanged):
+        watcher._copy(claimed, stamp, staged)
+    staged.discard()
+    watcher._put_back(claimed, target.name)
+    assert target.exists() and not claimed.exists()
+    # Replaced by another file between the look and the claim: not claimed.
+    stamp = _stamp(os.stat(target))
+    target.unlink()
+    target.write_bytes(video.read_bytes())
+    with pytest.raises(FileChanged):
+        watcher._claim(target.name, stamp, claimed)
+    # Once stable, it is taken, stored and removed from the inbox.
+    time.sleep(0.35)
+    await watcher.scan()
+    time.sleep(0.35)
+    assert await watcher.scan() == 1
+    assert not target.exists() and watcher.taken_total == 1
+    assert list((root / "uploads").iterdir()) == []

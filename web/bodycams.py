@@ -41,6 +41,7 @@ CONTENT_TYPES = ("video/mp4", "video/x-matroska", "video/matroska")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20  # bytes handed to the writer thread at once
 _SPACE_CHECK_BYTES = 64 << 20  # free space is looked at again after this much (a body of unknown length)
+_QUEUED_CHUNKS = 4  # MiB read ahead of the writer thread
 _STATUS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest, 404: web.HTTPNotFound, 408: web.HTTPRequestTimeout, 409: web.HTTPConflict,
     413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
@@ -144,46 +145,88 @@ setattr(upload, LONG_BODY, True)  # noqa: B010 - web/conn_limits.py reads it off
 
 
 async def _receive(request: web.Request, ingest: BodycamIngest, staged: Staged) -> None:
-    """Copy the body into ``staged``; every read must bring something within ``stall_seconds``, the whole
-    body must be in within ``max_upload_seconds``, and it may not pass the size limit or the disk's reserve."""
+    """Copy the body into ``staged``; every ``stall_seconds`` something must have arrived, the whole body must
+    be in within ``max_upload_seconds``, and it may not pass the size limit or the disk's reserve.
+
+    The socket is read on the loop while a writer thread hashes and writes the previous MiB (a queue of a
+    few MiB between them: memory stays bounded, a slow disk slows the reads).  One watchdog timer, not a
+    timeout per read, ends a stalled or endless body by failing the pending read."""
     settings = ingest.settings
-    deadline = time.monotonic() + settings.max_upload_seconds
+    content = request.content
+    loop = asyncio.get_running_loop()
+    started = progress = time.monotonic()
     limit = ingest.max_bytes
-    buffer = bytearray()
-    since_check = 0
-    while True:
-        wait = min(settings.stall_seconds, deadline - time.monotonic())
-        if wait <= 0:
-            raise UploadRejected("request_timeout", f"the upload took longer than {settings.max_upload_seconds:g} s "
-                                 "(bodycam_uploads.max_upload_seconds)", 408)
-        try:
-            chunk = await asyncio.wait_for(request.content.readany(), wait)
-        except TimeoutError:
-            raise UploadRejected("request_timeout", f"the upload sent nothing for {wait:.0f} s; aborted", 408) from None
-        except (ConnectionError, ClientPayloadError, web.HTTPException, OSError, ValueError) as exc:
-            # A client gone, or a body shorter than its Content-Length.
-            raise UploadRejected("incomplete_body", f"the body ended before it was complete ({exc})", 400) from None
-        if chunk:
-            buffer += chunk
-            if staged.size + len(buffer) > limit:
-                raise UploadRejected("payload_too_large", f"the file is larger than {limit} bytes "
-                                     "(bodycam_uploads.max_file_mb)", 413)
-        if buffer and (len(buffer) >= _CHUNK or not chunk):
-            data = bytes(buffer)
-            buffer.clear()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUED_CHUNKS)
+
+    def watchdog() -> None:
+        now = time.monotonic()
+        if now - started >= settings.max_upload_seconds:
+            content.set_exception(UploadRejected("request_timeout", "the upload took longer than "
+                                                 f"{settings.max_upload_seconds:g} s (bodycam_uploads."
+                                                 "max_upload_seconds)", 408))
+        elif now - progress >= settings.stall_seconds:
+            content.set_exception(UploadRejected("request_timeout", f"the upload sent nothing for "
+                                                 f"{settings.stall_seconds:g} s; aborted", 408))
+        else:
+            timer[0] = loop.call_later(min(settings.stall_seconds / 2, 1.0), watchdog)
+
+    timer = [loop.call_later(min(settings.stall_seconds / 2, 1.0), watchdog)]
+    writer = asyncio.create_task(_write(queue, ingest, staged), name="bodycam-upload-writer")
+    pending: list[bytes] = []
+    pending_size = received = 0
+    try:
+        while True:
             try:
-                await asyncio.to_thread(staged.write, data)
-            except OSError as exc:
-                raise UploadRejected("insufficient_storage", f"the file could not be written ({exc.strerror})",
-                                     507) from None
-            since_check += len(data)
-            if since_check >= _SPACE_CHECK_BYTES:
-                since_check = 0
-                short = await asyncio.to_thread(ingest.room_for, 0)
-                if short is not None:
-                    raise UploadRejected("insufficient_storage", short, 507)
-        if not chunk:
-            return
+                chunk = await content.readany()
+            except (ConnectionError, ClientPayloadError, web.HTTPException, OSError, ValueError) as exc:
+                # A client gone, or a body shorter than its Content-Length.
+                raise UploadRejected("incomplete_body", f"the body ended before it was complete ({exc})",
+                                     400) from None
+            if chunk:
+                progress = time.monotonic()
+                received += len(chunk)
+                if received > limit:
+                    raise UploadRejected("payload_too_large", f"the file is larger than {limit} bytes "
+                                         "(bodycam_uploads.max_file_mb)", 413)
+                pending.append(chunk)
+                pending_size += len(chunk)
+            if pending and (pending_size >= _CHUNK or not chunk):
+                await _hand_over(queue, writer, b"".join(pending))
+                pending, pending_size = [], 0
+            if not chunk:
+                await _hand_over(queue, writer, None)
+                await writer  # raises what the writer met
+                return
+    finally:
+        timer[0].cancel()
+        if not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _hand_over(queue: asyncio.Queue[bytes | None], writer: asyncio.Task[None], data: bytes | None) -> None:
+    put = asyncio.ensure_future(queue.put(data))
+    await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():  # the writer stopped (a write error): say why
+        put.cancel()
+        await writer
+        raise UploadRejected("incomplete_body", "the upload's writer stopped", 500)
+
+
+async def _write(queue: asyncio.Queue[bytes | None], ingest: BodycamIngest, staged: Staged) -> None:
+    since_check = 0
+    while (data := await queue.get()) is not None:
+        try:
+            await asyncio.to_thread(staged.write, data)
+        except OSError as exc:
+            raise UploadRejected("insufficient_storage", f"the file could not be written ({exc.strerror})",
+                                 507) from None
+        since_check += len(data)
+        if since_check >= _SPACE_CHECK_BYTES:
+            since_check = 0
+            short = await asyncio.to_thread(ingest.room_for, 0)
+            if short is not None:
+                raise UploadRejected("insufficient_storage", short, 507)
 
 
 # -- devices and their recordings ---------------------------------------------------------
