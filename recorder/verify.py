@@ -497,7 +497,9 @@ def verify_storage(root: Path, index: SegmentIndex, camera: str | None = None,
         for dirpath, _dirs, names in os.walk(base):
             for name in names:
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                if name.endswith(".mp4") and rel not in known and (camera is None or f"/{camera}/" in f"/{rel}"):
+                # .mkv: a body camera's Matroska file as it was uploaded (issue 15)
+                if name.endswith((".mp4", ".mkv")) and rel not in known and (
+                        camera is None or f"/{camera}/" in f"/{rel}"):
                     report.fail(f"{rel}: file not in the index (inserted)")
     report.notes.append(f"{checked} segment file(s) re-hashed, {len(by_camera)} chain(s) walked")
     return report

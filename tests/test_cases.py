@@ -163,6 +163,16 @@ def test_a_restricted_auditor_sees_only_their_cameras_of_a_case(station: Station
     assert status == 403
     status, history = station.call("GET", f"/api/cases/{case_id}/history", token=station.cell_auditor)
     assert status == 200 and {e["camera"] for e in history["entries"]} <= {"cell", None}
+    # A case of only other cameras does not exist for them.
+    status, other = station.call("POST", "/api/cases", {"number": "1404-90", "title": "Corridor only"})
+    assert status == 201
+    status, _ = station.call("POST", f"/api/cases/{other['id']}/items", {
+        "camera": "corridor", "start": iso(incident["start"]), "end": iso(incident["start"] + 1)})
+    assert status == 201
+    status, answer = station.call("GET", f"/api/cases/{other['id']}", token=station.cell_auditor)
+    assert status == 404 and answer["error"] == "unknown_case"
+    status, listing = station.call("GET", "/api/cases", token=station.cell_auditor)
+    assert [c["number"] for c in listing["cases"]] == ["1404-77"]
 
 
 def test_one_package_of_the_whole_case_verifies_and_the_custody_history_is_complete(

@@ -76,12 +76,17 @@ def _text(body: dict[str, Any], field: str, required: bool, limit: int = _TEXT_M
     return value
 
 
+def _may_see_case(request: web.Request, case: Case) -> bool:
+    """A case of only other cameras is, to a restricted auditor, a case that does not exist."""
+    return not case.cameras or any(visible(request, camera) for camera in case.cameras)
+
+
 async def _case(request: web.Request, store: CaseStore) -> Case:
     raw = request.match_info["case_id"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise params.invalid("case_id", "must be a number")
     case = await store.index.call(store.case, int(raw))
-    if case is None:
+    if case is None or not _may_see_case(request, case):
         raise api_error(web.HTTPNotFound, "unknown_case", f"no case {raw}")
     return case
 
@@ -122,7 +127,7 @@ def playback_url(sources: list[str], start: float, end: float, at: float) -> str
 
 async def list_cases(request: web.Request) -> web.Response:
     store = await _store(request)
-    cases = await store.index.call(store.cases)
+    cases = [c for c in await store.index.call(store.cases) if _may_see_case(request, c)]
     audit(request, "case.list", returned=len(cases))
     return web.json_response({"cases": [
         {**c.summary(), "items": sum(visible(request, i.camera) for i in c.items),
