@@ -47,6 +47,8 @@ from typing import Any
 
 import av
 import av.error
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nvr.base.config import BodycamUploads
 from nvr.base.timeutil import iso, parse_iso
@@ -495,3 +497,24 @@ class BodycamIngest:
         else:
             self.duplicates_total += 1
         return record, created
+
+
+class BodycamCollector(Collector):
+    """Prometheus series of body-camera uploads, read from the ingest's counters at scrape time."""
+
+    def __init__(self, ingest: BodycamIngest) -> None:
+        self.ingest = ingest
+
+    def collect(self) -> Iterator[Metric]:
+        ingest = self.ingest
+        active = GaugeMetricFamily("nvr_bodycam_uploads_active", "Body-camera files being taken now (API and inbox)")
+        active.add_metric([], ingest.active)
+        stored = CounterMetricFamily("nvr_bodycam_files_stored", "Body-camera files stored and indexed")
+        stored.add_metric([], ingest.taken_total)
+        duplicates = CounterMetricFamily("nvr_bodycam_duplicates", "Body-camera files received again (not stored)")
+        duplicates.add_metric([], ingest.duplicates_total)
+        rejected = CounterMetricFamily("nvr_bodycam_rejected", "Body-camera files refused, by error code",
+                                       labels=["error"])
+        for code, count in sorted(ingest.rejected_total.items()):
+            rejected.add_metric([code], count)
+        yield from (active, stored, duplicates, rejected)

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,9 @@ def test_each_bad_file_is_refused_with_its_cause_and_nothing_is_kept(station: St
     status, answer = station.upload(device, good.read_bytes(), content_type="text/plain")
     assert status == 415 and answer["error"] == "unsupported_media_type"
     _nothing_more_indexed(station, device, before)
+    metrics = station.daemon.get("/metrics")[1].decode()
+    for code in ("not_a_video", "zero_duration", "hash_mismatch", "unsupported_media_type"):
+        assert f'nvr_bodycam_rejected_total{{error="{code}"}}' in metrics, code
 
 
 def test_a_truncated_faststart_file_is_refused(station: Station, tmp_path: Path) -> None:
@@ -305,6 +309,30 @@ def test_a_stalled_or_vanished_uploader_holds_nothing(station: Station, tmp_path
         conn.sendall(_head(station, "bwc_7", 1 << 20).encode() + b"\0" * 300_000)
         time.sleep(0.5)
     wait_until(lambda: station.uploads_left() == [], 10, "the temp file of the vanished upload is removed")
+
+
+def test_concurrent_uploads_beyond_the_limit_are_refused_and_recording_goes_on(station: Station) -> None:
+    # bodycam_uploads.max_concurrent is 4: four docks send slowly, a fifth is told to come back.
+    holders = []
+    try:
+        for _ in range(4):
+            conn = socket.create_connection(("127.0.0.1", station.daemon.port), timeout=10)
+            conn.sendall(_head(station, "bwc_7", 1 << 20).encode() + b"\0" * 1000)
+            holders.append(conn)
+        wait_until(lambda: b"nvr_bodycam_uploads_active 4.0" in station.daemon.get("/metrics")[1], 5,
+                   "the four uploads never took their slots", interval=0.05)
+        answer = _raw_request(station, _head(station, "bwc_7", 1 << 20), b"\0" * 1000)
+        assert b" 503 " in answer.split(b"\r\n")[0] and b"uploads_busy" in answer
+    finally:
+        for conn in holders:
+            conn.close()
+    wait_until(lambda: station.uploads_left() == [], 10, "the stalled uploads' temp files are removed")
+    def recent_segment() -> bool:
+        hall = station.daemon.camera("hall")
+        closed = hall["last_segment_at"]
+        return bool(hall["recording"] and closed and time.time() - datetime.fromisoformat(closed).timestamp() < 8)
+
+    wait_until(recent_segment, 10, "the fixed camera stopped recording")
 
 
 def test_a_dock_token_may_upload_and_nothing_else(station: Station) -> None:
