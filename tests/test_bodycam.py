@@ -291,6 +291,18 @@ def test_size_and_free_space_are_checked_before_the_body_is_taken(station: Stati
     assert b" 507 " in answer.split(b"\r\n")[0] and b"insufficient_storage" in answer
     answer = _raw_request(station, _head(station, "bwc_7", 65 << 20))
     assert b" 413 " in answer.split(b"\r\n")[0] and b"payload_too_large" in answer
+    # A dock that asks first (Expect: 100-continue, as curl does) is told before it sends a byte; a
+    # stranger is not invited to send at all.
+    expecting = _head(station, "bwc_7", free + 1).replace("Connection: close", "Expect: 100-continue\r\nConnection: close")
+    answer = _raw_request(station, expecting)
+    assert answer.startswith(b"HTTP/1.1 507 ") and b"insufficient_storage" in answer, answer[:200]
+    stranger = expecting.replace(station.dock, "not-a-token")
+    answer = _raw_request(station, stranger)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    small = _head(station, "bwc_7", 1000).replace("Connection: close", "Expect: 100-continue\r\nConnection: close")
+    with socket.create_connection(("127.0.0.1", station.daemon.port), timeout=10) as conn:
+        conn.sendall(small.encode())
+        assert conn.recv(100).startswith(b"HTTP/1.1 100 Continue")
     # A body of unknown length is cut off where it passes the limit.
     chunk = b"\0" * (1 << 20)
     framed = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 66 + b"0\r\n\r\n"

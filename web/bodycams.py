@@ -29,11 +29,12 @@ from aiohttp import ClientPayloadError, web
 
 from nvr.base.config import Bodycam
 from nvr.base.timeutil import iso
+from nvr.identity.roles import Permission
 from recorder.bodycam import AssignmentConflict, BodycamIngest, Provenance, Staged, UploadRejected, item_json
 from web import params
-from web.access import audit, identity, visible
+from web.access import ACCESS, audit, identity, visible
 from web.conn_limits import LONG_BODY
-from web.http import STATION, api_error, json_body
+from web.http import STATION, api_error, error_response, json_body
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ _STATUS: dict[int, type[web.HTTPException]] = {
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/bodycams", list_bodycams)
     app.router.add_get("/api/bodycams/{camera_id}/recordings", list_recordings)
-    app.router.add_post("/api/bodycams/{camera_id}/recordings", upload)
+    app.router.add_post("/api/bodycams/{camera_id}/recordings", upload, expect_handler=expect_continue)
     app.router.add_get("/api/bodycams/{camera_id}/assignments", list_assignments)
     app.router.add_post("/api/bodycams/{camera_id}/assignments", assign)
 
@@ -85,6 +86,39 @@ def rejection(exc: UploadRejected) -> web.HTTPException:
 
 
 # -- the upload ---------------------------------------------------------------------------
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` (curl sends it for large bodies): the dock is told 413 or 507 before it sends
+    a byte, and only an identity that may upload to this device is asked to go on.  Anyone else gets no
+    100: access control answers them (401/403) without the body.  Runs before the middlewares."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "expectation_failed", "only Expect: 100-continue is understood")
+    station = request.app[STATION]
+    device_id = request.match_info["camera_id"]
+    who, _ = await request.app[ACCESS].identify(request)
+    ingest = station.recording.bodycams
+    if (who is None or not who.can(Permission.UPLOAD) or not who.may_see(device_id)
+            or station.config.bodycam(device_id) is None or ingest is None):
+        return None  # the handler's chain answers, and needs no body to do so
+    declared = request.content_length
+    short = await asyncio.to_thread(ingest.room_for, declared or 0)
+    refusal = (UploadRejected("insufficient_storage", short, 507) if short is not None else
+               UploadRejected("payload_too_large", f"the file is {declared} bytes; at most {ingest.max_bytes} "
+                              "(bodycam_uploads.max_file_mb)", 413)
+               if declared is not None and declared > ingest.max_bytes else None)
+    if refusal is not None:
+        request["user"] = who
+        ingest.rejected(refusal.code)
+        audit(request, "bodycam.upload", camera=device_id, outcome="rejected", error=refusal.code,
+              reason=str(refusal))
+        response = error_response(refusal.status, refusal.code, str(refusal))
+        response.headers["Connection"] = "close"
+        return response
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
 
 
 def _upload_params(request: web.Request) -> tuple[str | None, float | None, float | None, str | None]:
