@@ -364,6 +364,15 @@ def test_a_restricted_auditor_cannot_see_a_device_outside_their_list(station: St
     status, body = station.get(f"/api/recordings/bwc-0142/clip.mp4?start={iso(start)}&end={iso(start + 3)}",
                                station.hall_auditor)
     assert status == 403
+    hold = {"camera": "bwc-0142", "start": iso(start), "end": iso(start + 3), "reason": "complaint 12"}
+    status, body = station.daemon.request("POST", "/api/holds", hold,
+                                          headers={"Authorization": f"Bearer {station.hall_auditor}"})
+    assert status == 403
+    status, held = station.daemon.request("POST", "/api/holds", hold,
+                                          headers={"Authorization": f"Bearer {station.auditor}"})
+    assert status == 201 and held["camera"] == "bwc-0142"  # a device's footage is held like a camera's
+    status, holds = station.get("/api/holds", station.hall_auditor)
+    assert status == 200 and all(h["camera"] != "bwc-0142" for h in holds)
     status, body = station.get("/api/bodycams/bwc-0142/recordings", station.hall_auditor)
     assert status == 403
     status, body = station.daemon.request("POST", "/api/exports", {
@@ -604,4 +613,31 @@ async def test_a_file_replaced_or_written_while_it_is_read_is_waited_for_again(
     time.sleep(0.35)
     assert await watcher.scan() == 1
     assert not target.exists() and watcher.taken_total == 1
+    assert list((root / "uploads").iterdir()) == []
+
+
+async def test_a_disk_that_fills_up_mid_body_ends_the_upload_with_507(store: tuple[Path, Any]) -> None:
+    import asyncio
+    import errno
+
+    from nvr.base.config import BodycamUploads
+    from recorder.bodycam import BodycamIngest, UploadRejected
+    from web.bodycams import _write
+
+    root, index = store
+    ingest = BodycamIngest(root, index, BodycamUploads(), 0)
+    ingest.store.prepare()
+    staged = ingest.store.stage()
+
+    def full(_chunk: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    staged.write = full  # type: ignore[method-assign,assignment]
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queue.put_nowait(b"\0" * 1024)
+    with pytest.raises(UploadRejected) as caught:
+        await _write(queue, ingest, staged)
+    assert caught.value.status == 507 and caught.value.code == "insufficient_storage"
+    assert "No space left" in str(caught.value)
+    staged.discard()
     assert list((root / "uploads").iterdir()) == []
