@@ -158,7 +158,12 @@ class ExportError(Exception):
 def package_identity(config: Config) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """(station, camera_info) as a package's manifest names them: the daemon's queue and `nvr export` alike."""
     return ({"id": config.station.id, "name": config.station.name, "timezone": config.station.timezone},
-            {c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras})
+            {**{c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras}, **bodycam_info(config)})
+
+
+def bodycam_info(config: Config) -> dict[str, dict[str, str]]:
+    """Body cameras as a manifest names them (issue 15): ``kind: bodycam`` beside a fixed camera's zone."""
+    return {b.id: {"name": b.name, "kind": "bodycam"} for b in config.bodycams}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,32 @@ class ExportRequest:
     end: float
     reason: str
     user: str
+    # An incident case's package (recorder/cases.py): its own range per item instead of [start, end) for
+    # every camera, and the case itself in the manifest.
+    ranges: tuple[tuple[str, float, float], ...] = ()
+    case: dict[str, Any] | None = None
+
+
+def export_ranges(index: SegmentIndex, request: ExportRequest) -> list[tuple[str, float, float]]:
+    """The (camera, start, end) entries of a package: each camera over the request's range, or a case's
+    ranges merged per camera, where ranges that overlap or share a segment file become one entry (a file
+    is shipped once, and the segments of one entry follow each other in the camera's chain)."""
+    if not request.ranges:
+        return [(camera, request.start, request.end) for camera in request.cameras]
+    entries: list[tuple[str, float, float]] = []
+    for camera in request.cameras:
+        joined: list[tuple[float, float]] = []
+        files: set[int] = set()
+        for start, end in sorted((s, e) for c, s, e in request.ranges if c == camera):
+            ids = {seg.id for seg in index.segments(camera, start, end) if seg.status != "missing"}
+            if joined and (start <= joined[-1][1] or ids & files):
+                joined[-1] = (joined[-1][0], max(joined[-1][1], end))
+                files |= ids
+            else:
+                joined.append((start, end))
+                files = ids
+        entries += [(camera, start, end) for start, end in joined]
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +242,21 @@ def build_package(
     cameras_out = []
     files: list[dict[str, Any]] = []
     plan: list[PlannedFile] = []
-    for camera in request.cameras:
+    for camera, start, end in export_ranges(index, request):
         # Segments deleted locally after they were archived come from the archive (recorder/archive_read.py).
         reader = archive_reader
-        archived = reader.find_blocking(camera, request.start, request.end) if reader is not None else []
+        archived = reader.find_blocking(camera, start, end) if reader is not None else []
         if archived:
             from recorder.archive_read import search_with_archive
 
-            result = search_with_archive(index, camera, request.start, request.end, causes, archived)
+            result = search_with_archive(index, camera, start, end, causes, archived)
             try:
                 cached = reader.fetch_blocking(archived) if reader is not None else {}
             except ArchiveError as exc:
                 raise ExportError(f"camera {camera}: {len(archived)} segment(s) of the range are only in the "
                                   f"archive, which cannot be read: {exc}; not exported") from None
         else:
-            result = search(index, camera, request.start, request.end, causes)
+            result = search(index, camera, start, end, causes)
             cached = {}
         segments = result.segments  # the playable ones; a missing file is a gap with its cause
         entries = []
@@ -253,6 +284,7 @@ def build_package(
             })
         cameras_out.append({
             "id": camera, **camera_info.get(camera, {}),
+            **({"requested": {"start": iso(start), "end": iso(end)}} if request.ranges else {}),
             "actual": {"start": iso(segments[0].start), "end": iso(segments[-1].end)} if segments else None,
             "recorded_seconds": round(result.recorded_seconds, 3),
             "spans": [{"start": iso(s.start), "end": iso(s.end)} for s in result.spans],
@@ -308,6 +340,7 @@ def build_package(
                 "requested": {"start": iso(request.start), "end": iso(request.end)},
                 "key_fingerprint": key.fingerprint,
                 "checkpoint": checkpoint,
+                **({"case": request.case} if request.case is not None else {}),
                 "cameras": cameras_out,
                 "files": files,
             }

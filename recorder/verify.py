@@ -124,6 +124,8 @@ class _Camera(_Strict):
     id: str
     name: str | None = None
     zone: str | None = None
+    kind: str | None = None  # "bodycam": a body camera's uploaded files (issue 15)
+    requested: _Range | None = None  # an incident case's package: this entry's own range (issue 15)
     actual: _Range | None
     recorded_seconds: float
     spans: list[_Range]
@@ -158,6 +160,7 @@ class Manifest(_Strict):
     requested: _Range
     key_fingerprint: str
     checkpoint: dict[str, object] | None = None
+    case: dict[str, object] | None = None  # the incident case a package was made of (recorder/cases.py)
     cameras: list[_Camera]
     files: list[_File]
 
@@ -495,7 +498,9 @@ def verify_storage(root: Path, index: SegmentIndex, camera: str | None = None,
         for dirpath, _dirs, names in os.walk(base):
             for name in names:
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                if name.endswith(".mp4") and rel not in known and (camera is None or f"/{camera}/" in f"/{rel}"):
+                # .mkv: a body camera's Matroska file as it was uploaded (issue 15)
+                if name.endswith((".mp4", ".mkv")) and rel not in known and (
+                        camera is None or f"/{camera}/" in f"/{rel}"):
                     report.fail(f"{rel}: file not in the index (inserted)")
     report.notes.append(f"{checked} segment file(s) re-hashed, {len(by_camera)} chain(s) walked")
     return report

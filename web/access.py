@@ -103,9 +103,26 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
     ("GET", "/api/stations/{station_id}/checkpoints"): P.AUDIT,  # what the console witnessed (issue 11)
     ("GET", "/api/keyring"): P.AUDIT,
+    # Body-worn cameras (issue 15, web/bodycams.py).
+    ("GET", "/api/bodycams"): P.CAMERAS,
+    ("GET", "/api/bodycams/{camera_id}/recordings"): P.RECORDINGS,
+    ("POST", "/api/bodycams/{camera_id}/recordings"): P.UPLOAD,
+    ("GET", "/api/bodycams/{camera_id}/assignments"): P.RECORDINGS,
+    ("POST", "/api/bodycams/{camera_id}/assignments"): P.ASSIGNMENTS,
+    # Incident cases (issue 15, web/cases.py).
+    ("GET", "/cases/{case_id}"): P.CASES,
+    ("GET", "/api/cases"): P.CASES,
+    ("POST", "/api/cases"): P.CASES,
+    ("GET", "/api/cases/{case_id}"): P.CASES,
+    ("POST", "/api/cases/{case_id}/items"): P.CASES,
+    ("POST", "/api/cases/{case_id}/bookmarks"): P.CASES,
+    ("POST", "/api/cases/{case_id}/export"): P.CASES,
+    ("POST", "/api/cases/{case_id}/close"): P.CASES,
+    ("GET", "/api/cases/{case_id}/history"): P.CASES,
+    ("GET", "/api/bookmarks"): P.RECORDINGS,
 }
 # Browser pages: without a session they redirect to the login page instead of answering 401.
-PAGES = {"/", "/playback"}
+PAGES = {"/", "/playback", "/cases/{case_id}"}
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _MAX_AUDIT_ENTRIES = 10_000
 _MAX_CACHE = 10_000

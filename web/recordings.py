@@ -62,9 +62,14 @@ def known_camera(request: web.Request, camera_id: Any, field: str = "camera") ->
         raise params.invalid(field, "is required")
     # The allow-list first: a restricted user gets the same 403 for an unknown camera as for a forbidden one.
     require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
-    if camera_id not in request.app[STATION].cameras:
+    if camera_id not in request.app[STATION].cameras and not is_device(request, camera_id):
         raise api_error(web.HTTPNotFound, "unknown_camera", f"{field}: no camera with id {camera_id!r}")
     return camera_id
+
+
+def is_device(request: web.Request, camera_id: str) -> bool:
+    """A body camera (issue 15): its uploaded files are searched, played, held and exported like a camera's."""
+    return request.app[STATION].config.bodycam(camera_id) is not None
 
 
 def require_index(request: web.Request) -> SegmentIndex:
@@ -93,6 +98,21 @@ async def cause_source(request: web.Request, start: float, end: float) -> CauseS
     return causes
 
 
+async def source_causes(request: web.Request, start: float, end: float) -> CauseSource | None:
+    """Causes for cameras (:func:`cause_source`) and body cameras alike: a body camera records when its
+    wearer switches it on, so what was not uploaded is ``not_recording``, never an outage."""
+    cameras = await cause_source(request, start, end)
+    config = request.app[STATION].config
+    now = time.time()
+
+    def causes(camera: str) -> list[Cause]:
+        if config.bodycam(camera) is not None:
+            return coverage.device_causes(start, end, now)
+        return list(cameras(camera)) if cameras is not None else []
+
+    return causes
+
+
 # -- search and clips ---------------------------------------------------------------------
 
 
@@ -101,7 +121,7 @@ async def search_recordings(request: web.Request) -> web.Response:
     start, end = params.required_range(request.query.get("start"), request.query.get("end"),
                                        request.app[STATION].config.recordings.max_search_hours * 3600)
     index = require_index(request)
-    causes = await cause_source(request, start, end)
+    causes = await source_causes(request, start, end)
     # Footage deleted locally after it was archived is still found (issue 19).
     archived = await archive_api.archive_only(request.app[STATION], camera, start, end)
     if archived:
@@ -294,7 +314,7 @@ async def create_export(request: web.Request) -> web.Response:
     require_index(request)
     if station.recording.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
-    causes = await cause_source(request, start, end)
+    causes = await source_causes(request, start, end)
     try:
         request_ = ExportRequest(cameras, start, end, reason.strip(), current_user(request))
         job = await station.recording.exports.submit(request_, causes)
@@ -322,6 +342,11 @@ def find_job(request: web.Request) -> ExportJob:
     return job
 
 
+def case_of(job: ExportJob) -> dict[str, Any]:
+    """``{"case_id": id}`` for a case's package (its downloads are part of the case's custody history)."""
+    return {"case_id": job.request.case["id"]} if job.request.case is not None else {}
+
+
 async def get_export(request: web.Request) -> web.Response:
     return web.json_response(job_json(find_job(request)))
 
@@ -334,7 +359,8 @@ async def download_export(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPConflict, "export_not_ready", f"the export is {job.state.value}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
     audit_cameras(request, "export.download", job.request.cameras, export_id=job.id,
-                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason,
+                  **case_of(job))
     if (exports := request.app[STATION].recording.exports) is not None:
         exports.mark_downloaded(job)
     return web.FileResponse(job.path, headers={
