@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nvr.base.config import Storage
+from recorder import playback_copy
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.storage import StorageError, free_space, segment_file
 from recorder.thumbnails import ThumbnailStore
@@ -163,6 +164,10 @@ class Retention:
                 path.unlink()
             except FileNotFoundError:
                 reason += " (file was already gone)"
+        try:
+            playback_copy.remove(self.root, record)  # an uploaded file's HLS copy goes with it
+        except OSError:
+            log.warning("deleting the playback copy of segment %d failed", record.id, exc_info=True)
         if self.thumbnails is not None:
             try:
                 self.thumbnails.delete_between(record.camera, record.start, record.end)

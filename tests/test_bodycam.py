@@ -7,6 +7,7 @@ next to the fixed camera's recordings, plays them, exports them together and ver
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -450,6 +451,44 @@ def test_an_uploaded_file_plays_in_chromium_through_the_clip_endpoint(station: S
         context.close()
 
 
+def test_an_uploaded_file_plays_over_hls_on_the_workbench_beside_the_fixed_camera(
+        station: Station, uploaded: dict[str, Any], browser: Any, tmp_path: Path) -> None:  # noqa: F811
+    # The stored file stays as the device wrote it (not fragmented); HLS plays a fragmented copy of it.
+    start, item = uploaded["start"], uploaded["item"]
+    query = urllib.parse.urlencode({"start": iso(start - 3), "end": iso(start + 8)})
+    url = f"{station.daemon.base_url}/api/recordings/bwc-0142/index.m3u8?{query}"
+    played = tmp_path / "played.mp4"
+    done = subprocess.run(["ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {station.auditor}\r\n",
+                           "-i", url, "-c", "copy", "-y", str(played)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
+                                       str(played)], capture_output=True, text=True, timeout=30).stdout)
+    assert float(probe["format"]["duration"]) == pytest.approx(item["duration_seconds"], abs=0.3)
+    assert sha256(station.stored_files("bwc-0142")[0]) == sha256(uploaded["path"])  # the evidence is untouched
+    copies = list((station.daemon.storage / "playback").glob("*.mp4"))
+    assert len(copies) == 1 and copies[0].name.startswith(f"{item['id']}-")
+
+    context = browser.new_context()
+    try:
+        context.set_extra_http_headers({"Authorization": f"Bearer {station.auditor}"})
+        page = context.new_page()
+        link = urllib.parse.urlencode({"sources": "hall,bwc-0142", "start": iso(start - 3), "end": iso(start + 8),
+                                       "at": iso(start + 0.5)})
+        page.goto(f"{station.daemon.base_url}/playback?{link}")
+
+        def device_playing() -> dict[str, Any] | None:
+            sources = {s["id"]: s for s in page.evaluate("nvrPlayback.sources()")}
+            device = sources.get("bwc-0142")
+            return sources if device and not device["paused"] and not device["gap"] and device["time"] > 1.0 \
+                else None
+
+        sources = wait_until(device_playing, 30, "the body-camera file never played on the workbench",
+                             interval=0.3)
+        assert "hall" in sources
+    finally:
+        context.close()
+
+
 def test_exported_with_a_fixed_camera_in_one_package_that_verifies_and_a_flipped_byte_fails(
         station: Station, uploaded: dict[str, Any], tmp_path: Path) -> None:
     start = uploaded["start"]
@@ -641,3 +680,43 @@ async def test_a_disk_that_fills_up_mid_body_ends_the_upload_with_507(store: tup
     assert "No space left" in str(caught.value)
     staged.discard()
     assert list((root / "uploads").iterdir()) == []
+
+
+def test_playback_copies_are_made_once_bounded_and_leave_with_the_footage(store: tuple[Path, Any],
+                                                                          tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recorder import hls, playback_copy
+    from recorder.index import NewSegment, encode_meta
+
+    root, index = store
+    rows = []
+    for n in range(3):
+        source = make_video(tmp_path / f"f{n}.mp4", 1_700_000_000.0 + 10 * n, 2, audio=n != 1)
+        stored = root / "recordings" / "bwc-1" / source.name
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, stored)
+        rows.append(index.add_segment(NewSegment(
+            camera="bwc-1", start=1_700_000_000.0 + 10 * n, end=1_700_000_002.0 + 10 * n, frames=30,
+            bytes=stored.stat().st_size, sha256=sha256(stored), codec="h264", width=320, height=240, params="{}",
+            path=f"recordings/bwc-1/{source.name}", meta=encode_meta({"origin": "upload"}))))
+    original = root / rows[0].path
+    with pytest.raises(hls.LayoutError):
+        hls.read_layout(original)  # as the device wrote it: not fragmented
+    copies = playback_copy.PlaybackCopies(root, capacity_bytes=1 << 30)
+    with ThreadPoolExecutor(4) as pool:  # four viewers open it at once: one remux, one copy
+        paths = set(pool.map(lambda _: copies.ensure(rows[0], original), range(4)))
+    assert len(paths) == 1 and len(list((root / "playback").iterdir())) == 1
+    layout = hls.read_layout(paths.pop())
+    assert len(layout) >= 2 and layout.fragments[0].keyframe
+    assert sha256(original) == rows[0].sha256  # the evidence is never rewritten
+
+    # Bounded: the least recently played copies go first, never the one just made.
+    first = copies.ensure(rows[0], original)
+    copies.capacity_bytes = first.stat().st_size + 1
+    second = copies.ensure(rows[1], root / rows[1].path)
+    assert second.is_file() and not first.is_file()
+    # Retention deletes the copy with the footage.
+    playback_copy.remove(root, rows[1])
+    assert not second.exists()
+    assert not playback_copy.needs_copy(dataclasses.replace(rows[0], meta="{}"))  # a recorded segment plays as is

@@ -31,7 +31,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from nvr.base.timeutil import iso
-from recorder import hls
+from recorder import hls, playback_copy
 from recorder.index import SegmentRecord
 from recorder.search import search
 from recorder.storage import StorageError, segment_file
@@ -59,6 +59,7 @@ class Playback:
     layouts: hls.LayoutCache = field(default_factory=hls.LayoutCache)
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     builds: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_BUILDS))
+    copies: playback_copy.PlaybackCopies | None = None  # made on first use: the storage root is the station's
 
     def signature(self, user: str, camera: str, segment_id: int, expires: int) -> str:
         message = f"{user}\n{camera}\n{segment_id}\n{expires}".encode()
@@ -74,10 +75,21 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/recordings/{camera_id}/hls/{segment_id}.m4s", media)
 
 
-def _layout_reader(root: Path, state: Playback) -> Callable[[SegmentRecord], hls.FileLayout | None]:
+def playable_file(root: Path, state: Playback, segment: SegmentRecord, capacity_mb: float) -> Path:
+    """The fragmented MP4 HLS serves for ``segment``: the stored file, or the playback copy of an upload."""
+    stored = segment_file(root, segment.path)
+    if not playback_copy.needs_copy(segment):
+        return stored
+    if state.copies is None or state.copies.root != root:
+        state.copies = playback_copy.PlaybackCopies(root, int(capacity_mb * (1 << 20)))
+    return state.copies.ensure(segment, stored)
+
+
+def _layout_reader(root: Path, state: Playback, capacity_mb: float) -> Callable[[SegmentRecord],
+                                                                               hls.FileLayout | None]:
     def layout_of(segment: SegmentRecord) -> hls.FileLayout | None:
         try:
-            return state.layouts.get(segment, segment_file(root, segment.path))
+            return state.layouts.get(segment, playable_file(root, state, segment, capacity_mb))
         except (OSError, StorageError, hls.LayoutError) as exc:
             # Left out of the playlist (a hole the player skips), said once per playlist in the log.
             log.warning("playlist: segment %d of %s cannot be played: %s", segment.id, segment.camera, exc)
@@ -96,7 +108,8 @@ async def playlist(request: web.Request) -> web.Response:
                              "ask for a shorter range")
     state = request.app[PLAYBACK]
     async with state.builds:
-        built = await asyncio.to_thread(hls.build, timeline, _layout_reader(station.recording.root, state))
+        reader = _layout_reader(station.recording.root, state, station.config.recordings.playback_cache_mb)
+        built = await asyncio.to_thread(hls.build, timeline, reader)
     if not built.parts:
         if await archive_api.archive_only(station, camera, start, end):
             # HLS plays the station's own copy; a clip fetches footage back from the archive (issue 19).
@@ -153,7 +166,8 @@ async def media(request: web.Request) -> web.StreamResponse:
     if segment is None or segment.camera != camera or segment.status == "missing":
         raise api_error(web.HTTPNotFound, "unknown_segment", f"no recording {segment_id} of {camera}")
     try:
-        path = segment_file(station.recording.root, segment.path)
+        path = await asyncio.to_thread(playable_file, station.recording.root, state, segment,
+                                       station.config.recordings.playback_cache_mb)
         layout = await asyncio.to_thread(state.layouts.get, segment, path)
         size = (await asyncio.to_thread(path.stat)).st_size
     except (OSError, StorageError, hls.LayoutError) as exc:

@@ -303,6 +303,9 @@ class Recordings(_Model):
     checkpoint_seconds: Annotated[
         float, Field(ge=1, le=86400, description="How often the station signs a checkpoint of its chain heads")
     ] = 300
+    playback_cache_mb: Annotated[
+        float, Field(gt=0, le=1 << 30, description="Fragmented copies of uploaded files made for HLS playback, in MB")
+    ] = 10240
 
     @field_validator("exports_path")
     @classmethod
