@@ -31,7 +31,7 @@ from recorder.export import ExportRequest, build_package  # noqa: E402
 from recorder.index import NewSegment, SegmentIndex  # noqa: E402
 from recorder.keys import StationKey  # noqa: E402
 from recorder.search import search  # noqa: E402
-from recorder.segment_writer import SegmentWriter  # noqa: E402
+from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter, Template  # noqa: E402
 from recorder.storage import segment_relpath  # noqa: E402
 from streams import bitstream  # noqa: E402
 from streams.media import TrackInfo, TrackKind  # noqa: E402
@@ -48,14 +48,18 @@ def one_minute_segment(root: Path, start: float) -> tuple[str, int, int]:
     params = bitstream.parameter_sets("h264", units[0][0])
     video = TrackInfo(kind=TrackKind.VIDEO, codec="h264", time_base=Fraction(1, 90000), extradata=params,
                       width=1920, height=1080)
-    writer = SegmentWriter(root, "cam-00", start, video, None, units[0][0])
+    template = Template(video, units[0][0])
+    disk = DiskWriter("cam-00", threaded=False)
+    writer = SegmentWriter(root, "cam-00", start, video, None, template, disk)
     fps = 25
     for n in range(60 * fps):
         data, key = units[n % len(units)]
         tick = n * 90000 // fps
         writer.write_video(data, tick, tick, key if n % len(units) else True, Fraction(1, 90000))
-    closed = writer.close(start)
-    return closed.relpath, closed.bytes, writer.frames
+    closed: list[ClosedSegment] = []
+    writer.close(start, closed.append)
+    template.close()
+    return closed[0].relpath, closed[0].bytes, writer.frames
 
 
 def main() -> None:

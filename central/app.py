@@ -40,7 +40,7 @@ from nvr.identity.authdb import AuthDatabase
 from nvr.identity.roles import Role
 from web import access, openapi, sse
 from web.access import ACCESS, audit, identity, may_see, station_camera
-from web.console import _CSP, STATIC_DIR
+from web.console import STATIC_DIR, TIMEZONE, serve_page
 from web.http import api_error, error_response, json_errors, read_body
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
 
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_OFFER_BYTES + 1024)
     app[RUNTIME] = runtime
+    # The fleet spans stations that may keep different zones: its pages show UTC (and say so).
+    app[TIMEZONE] = "UTC"
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
@@ -89,11 +91,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__, "console": runtime.config.console.id})
 
 
-async def index(_request: web.Request) -> web.FileResponse:
-
-    return web.FileResponse(STATIC_DIR / "fleet.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-    })
+async def index(request: web.Request) -> web.Response:
+    return await serve_page(request, "fleet.html")
 
 
 def _who(request: web.Request) -> Any:

@@ -54,11 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reason", required=True, help="why this evidence is exported")
     export.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
 
-    from nvr import archive_cli
+    from nvr import archive_cli, bodycam_cli
     from nvr.identity import accounts_cli
 
     accounts_cli.add_parsers(commands, _add_config)
     archive_cli.add_parsers(commands, _add_config)
+    bodycam_cli.add_parsers(commands, _add_config)
 
     console = commands.add_parser("console", help="run the central monitoring console for many stations")
     _add_config(console)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
-    from nvr import archive_cli
+    from nvr import archive_cli, bodycam_cli
     from nvr.identity import accounts_cli
 
     if args.command in archive_cli.COMMANDS:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if _is_console_file(args.config):
             return accounts_cli.run(args, _load_console_or_exit(args.config))
         return accounts_cli.run(args, load_config_or_exit(args.config))
-    if args.command in ("key", "verify-storage", "export"):
+    if args.command in ("key", "verify-storage", "export", *bodycam_cli.COMMANDS):
         config = load_config_or_exit(args.config)
         return _storage_command(args, config)
     if args.command == "run":
@@ -254,6 +255,10 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
         return 0
     index = SegmentIndex(root / INDEX_FILE)
     try:
+        if args.command == "bodycam":
+            from nvr import bodycam_cli
+
+            return bodycam_cli.run(args, config, index)
         if args.command == "verify-storage":
             witnessed = None
             if args.checkpoints:
@@ -273,7 +278,7 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
             print("OK: storage verified" if report.ok else f"FAILED: {len(report.failures)} problem(s)")
             return 0 if report.ok else 1
         # export
-        unknown = [c for c in args.camera if config.camera(c) is None]
+        unknown = [c for c in args.camera if not config.is_source(c)]  # cameras and body cameras
         if unknown:
             print(f"--camera: unknown camera(s): {', '.join(unknown)}", file=sys.stderr)
             return 2

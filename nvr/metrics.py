@@ -22,6 +22,7 @@ from nvr.health.alarms import CAMERA_ALARMS, STORAGE_ALARMS
 from nvr.health.monitor import HealthMonitor
 from nvr.recording import RecordingService
 from recorder.archive import ArchiveCollector
+from recorder.bodycam import BodycamCollector
 from streams.camera import CameraStreams
 from streams.rtsp_source import SourceState
 
@@ -180,6 +181,8 @@ class StationCollector(Collector):
         yield started
         if recorded.archiver is not None:
             yield from ArchiveCollector(recorded.archiver).collect()
+        if recorded.bodycams is not None:
+            yield from BodycamCollector(recorded.bodycams).collect()
 
 
 def build_registry(station: Measured) -> CollectorRegistry:

@@ -31,6 +31,8 @@ from nvr.identity.audit import AuditLog
 from nvr.supervisor import Phase, Supervisor
 from recorder import checkpoint as checkpoints
 from recorder.archive import Archiver, archived_and_verified
+from recorder.bodycam import BodycamIngest
+from recorder.bodycam_inbox import BodycamInboxWatcher, Quarantined
 from recorder.export import package_identity
 from recorder.export_jobs import ExportLimits, ExportQueue
 from recorder.index import SegmentIndex, SegmentRecord
@@ -39,6 +41,7 @@ from recorder.reconcile import reconcile
 from recorder.recorder import Recorder
 from recorder.retention import Retention
 from recorder.storage import INDEX_FILE, StorageError, check_storage
+from recorder.thumbnails import ThumbnailStore
 from streams.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,8 @@ class RecordingService:
         self.exports: ExportQueue | None = None
         self.recorders: dict[str, Recorder] = {}
         self.archiver: Archiver | None = None  # the off-site archive (recorder/archive.py), when configured
+        self.bodycams: BodycamIngest | None = None  # body-camera uploads (recorder/bodycam.py), once storage is up
+        self.inbox: BodycamInboxWatcher | None = None  # the dock's inbox folder (recorder/bodycam_inbox.py)
         self.alarms = alarms
         self.error: str | None = None
         self._checkpoint_lock = asyncio.Lock()
@@ -92,7 +97,8 @@ class RecordingService:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if any(c.record for c in self.cameras) and not await self._start_recording():
+        wanted = any(c.record for c in self.cameras) or bool(self.config.bodycams)
+        if wanted and not await self._start_recording():
             self.supervisor.spawn("storage-check", self._wait_for_storage)
 
     async def _wait_for_storage(self) -> None:
@@ -126,6 +132,7 @@ class RecordingService:
         # A connection and thread of its own: a long sweep never delays a recorder's segment close.
         retention = Retention(self.root, storage, SegmentIndex(self.root / INDEX_FILE, name="retention"),
                               on_delete=self._audit_deletion)
+        retention.thumbnails = ThumbnailStore(self.root)  # the health layer keeps them; they go with the footage
         self.retention = retention
         if self.config.archive is not None:
             await self._start_archive(retention)
@@ -151,6 +158,8 @@ class RecordingService:
         if self.archiver is not None:
             self.exports.archive = self.archiver.reader
         self.supervisor.spawn("exports", self.exports.run)
+        if self.config.bodycams:
+            await self._start_bodycams(index)
         self.supervisor.spawn("checkpoints", self._checkpoint_loop)
         loop = asyncio.get_running_loop()
 
@@ -164,6 +173,36 @@ class RecordingService:
                 self.supervisor.spawn(f"recorder:{camera.id}", recorder.run, Phase.FINISH)
         log.info("recording into %s", self.root)
         return True
+
+    async def _start_bodycams(self, index: SegmentIndex) -> None:
+        """Uploads from docks (web/bodycams.py) and, when configured, the inbox folder (recorder/bodycam_inbox.py)."""
+        storage = self.config.storage
+        ingest = BodycamIngest(self.root, index, self.config.bodycam_uploads, storage.min_free_percent,
+                               storage.retention_days * 86400)
+        left = await asyncio.to_thread(ingest.store.prepare)
+        if left:
+            log.warning("removed %d unfinished body-camera upload(s) left by an earlier run", left)
+        await index.call(ingest.store.ensure_schema)
+        self.bodycams = ingest
+        inbox = self.config.bodycams_inbox
+        if inbox is not None:
+            self.inbox = BodycamInboxWatcher(inbox, ingest, [b.id for b in self.config.bodycams],
+                                             on_quarantine=self._quarantined, on_taken=self._inbox_taken)
+            self.supervisor.spawn("bodycam-inbox", self.inbox.run)
+
+    def _quarantined(self, item: Quarantined) -> None:
+        self.audit.record("bodycam.inbox", actor="system", camera=item.device, outcome="rejected", file=item.name,
+                          error=item.code, reason=item.message, quarantined_as=item.path.name)
+        if self.alarms is not None:
+            self.alarms.open(item.device, AlarmType.BODYCAM_QUARANTINED, Severity.WARNING,
+                             {"file": item.name, "error": item.code, "message": item.message,
+                              "quarantined_as": str(item.path)})
+
+    def _inbox_taken(self, device: str, record: SegmentRecord, created: bool, name: str) -> None:
+        self.audit.record("bodycam.inbox", actor="system", camera=device, file=name, segment_id=record.id,
+                          sha256=record.sha256, start=iso(record.start), end=iso(record.end), duplicate=not created)
+        if self.alarms is not None:
+            self.alarms.close(device, AlarmType.BODYCAM_QUARANTINED, {"cleared_by": name})
 
     async def _start_archive(self, retention: Retention) -> None:
         """Upload closed segments to the archive, and let retention delete archived copies first under pressure."""
@@ -194,6 +233,8 @@ class RecordingService:
             self.retention.stop()
         if self.archiver is not None:
             self.archiver.stop()
+        if self.inbox is not None:
+            self.inbox.stop()
 
     async def close(self, stop_entry: Awaitable[Any] | None = None) -> None:
         """After the supervisor stopped: the stop checkpoint (witnessing ``stop_entry``), then the databases."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -164,9 +165,12 @@ def _extradata(seg: SegmentRecord) -> str:
 
 
 def _keyframe_at_or_before(path: Path, seg: SegmentRecord, start: float) -> float | None:
-    """Wall time of the last keyframe at or before ``start`` in this segment (its start if none)."""
+    """Wall time of the last keyframe at or before ``start`` in this segment (its start if none).
+
+    From the segment's start: its first keyframe, wherever it is (an uploaded body-camera MP4 with
+    B-frames decodes its first frame at a negative time, a little before the time it shows)."""
     if start <= seg.start:
-        return seg.start
+        return -math.inf
     best = seg.start
     with av.open(str(path)) as container:
         stream = container.streams.video[0]

@@ -9,7 +9,13 @@ A package is one zip file:
   every segment with its SHA-256 and chain hash, every file's SHA-256, the
   exporting user and reason, the export time and the software version;
 - ``manifest.sig``: Ed25519 signature of ``manifest.json`` by the station key;
-- ``public_key.pem`` and ``VERIFY.txt`` (how to check it, offline).
+- ``public_key.pem`` and ``VERIFY.txt`` (how to check it, offline);
+- ``SUMMARY.txt``: the package for people to read and print: who exported
+  what, why and when, each camera's recorded spans and gaps with their causes,
+  every time as the station reads it (``station.timezone``, with its offset)
+  beside UTC.  VERIFY.txt opens with the same times.  Both are listed and
+  hashed in the manifest like every file, so they are signed; the manifest's
+  own fields stay ISO-8601 UTC.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from nvr import __version__
 from nvr.base.config import Config
-from nvr.base.timeutil import iso
+from nvr.base.timeutil import iso, local_and_utc, parse_iso
 from recorder.archive_store import ArchiveError
-from recorder.index import SegmentIndex, SegmentRecord, chain_hash, record_fields
+from recorder.index import SegmentIndex, SegmentRecord, chain_hash, decode_meta, record_fields
 from recorder.keys import StationKey
 from recorder.search import CauseSource, search
 from recorder.storage import StorageError, segment_file
@@ -42,6 +48,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "public_key.pem"
 VERIFY_NOTE = "VERIFY.txt"
+SUMMARY = "SUMMARY.txt"
 
 VERIFY_TEXT = """\
 How to verify this evidence package
@@ -86,6 +93,63 @@ raw 32-byte public key.
 Progress = Callable[[float], None]
 
 
+# -- the human-readable parts: times as the station reads them ---------------------------------------------------
+
+
+def _when(timestamp: float | str | None, zone: str) -> str:
+    """A time (seconds, or the manifest's ISO text) as the station reads it, beside UTC."""
+    return local_and_utc(parse_iso(timestamp) if isinstance(timestamp, str) else timestamp, zone)
+
+
+def verify_text(station: dict[str, str], request: ExportRequest, now: float, zone: str) -> str:
+    """VERIFY.txt: which package this is, in the station's time and UTC, then how to verify it."""
+    head = (f"Evidence package of station {station.get('name', '')} ({station.get('id', '')})\n"
+            f"Exported:  {_when(now, zone)} by {request.user}\n"
+            f"Range:     {_when(request.start, zone)}\n"
+            f"      to   {_when(request.end, zone)}\n"
+            f"Times are the station's ({zone}) with their UTC offset, then UTC; manifest.json keeps UTC only.\n"
+            "SUMMARY.txt lists what the package holds.\n\n")
+    return head + VERIFY_TEXT
+
+
+def summary_text(station: dict[str, str], request: ExportRequest, now: float, zone: str, fingerprint: str,
+                 cameras: list[dict[str, Any]]) -> str:
+    """SUMMARY.txt: the package as a printable page: request, then each camera's spans and gaps."""
+    lines = [
+        "Evidence export summary",
+        "=======================",
+        "",
+        f"Station:      {station.get('name', '')} ({station.get('id', '')})",
+        f"Time zone:    {zone} (each time: the station's local time with its UTC offset = UTC)",
+        f"Exported:     {_when(now, zone)}",
+        f"Exported by:  {request.user}",
+        f"Reason:       {request.reason}",
+        f"Requested:    {_when(request.start, zone)}",
+        f"         to   {_when(request.end, zone)}",
+        f"Station key:  {fingerprint} (check it against the station's, see VERIFY.txt)",
+        "",
+    ]
+    for camera in cameras:
+        title = f"Camera {camera['id']}" + (f": {camera['name']}" if camera.get("name") else "")
+        lines += [title, "-" * len(title)]
+        actual = camera.get("actual")
+        if actual is None:
+            lines += ["Nothing recorded in the range.", ""]
+            continue
+        lines += [f"Recorded:     {camera['recorded_seconds']:.1f} s in {len(camera['spans'])} span(s), "
+                  f"{len(camera['segments'])} file(s)",
+                  f"First frame:  {_when(actual['start'], zone)}",
+                  f"Last frame:   {_when(actual['end'], zone)}", "", "Recorded spans:"]
+        lines += [f"  {_when(s['start'], zone)}\n    to {_when(s['end'], zone)}"
+                  for s in camera["spans"]] or ["  none"]
+        lines.append("Gaps (nothing recorded):")
+        lines += [f"  {_when(g['start'], zone)}\n    to {_when(g['end'], zone)}"
+                  f"\n    cause: {g['cause']}" + (f" ({g['reason']})" if g.get("reason") else "")
+                  for g in camera["gaps"]] or ["  none"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 class ExportError(Exception):
     """An export that cannot be made as asked; the message names the segment or the limit, never a path
     outside the package."""
@@ -93,8 +157,13 @@ class ExportError(Exception):
 
 def package_identity(config: Config) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """(station, camera_info) as a package's manifest names them: the daemon's queue and `nvr export` alike."""
-    return ({"id": config.station.id, "name": config.station.name},
-            {c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras})
+    return ({"id": config.station.id, "name": config.station.name, "timezone": config.station.timezone},
+            {**{c.id: {"name": c.name, "zone": c.zone.value} for c in config.cameras}, **bodycam_info(config)})
+
+
+def bodycam_info(config: Config) -> dict[str, dict[str, str]]:
+    """Body cameras as a manifest names them (issue 15): ``kind: bodycam`` beside a fixed camera's zone."""
+    return {b.id: {"name": b.name, "kind": "bodycam"} for b in config.bodycams}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +173,32 @@ class ExportRequest:
     end: float
     reason: str
     user: str
+    # An incident case's package (recorder/cases.py): its own range per item instead of [start, end) for
+    # every camera, and the case itself in the manifest.
+    ranges: tuple[tuple[str, float, float], ...] = ()
+    case: dict[str, Any] | None = None
+
+
+def export_ranges(index: SegmentIndex, request: ExportRequest) -> list[tuple[str, float, float]]:
+    """The (camera, start, end) entries of a package: each camera over the request's range, or a case's
+    ranges merged per camera, where ranges that overlap or share a segment file become one entry (a file
+    is shipped once, and the segments of one entry follow each other in the camera's chain)."""
+    if not request.ranges:
+        return [(camera, request.start, request.end) for camera in request.cameras]
+    entries: list[tuple[str, float, float]] = []
+    for camera in request.cameras:
+        joined: list[tuple[float, float]] = []
+        files: set[int] = set()
+        for start, end in sorted((s, e) for c, s, e in request.ranges if c == camera):
+            ids = {seg.id for seg in index.segments(camera, start, end) if seg.status != "missing"}
+            if joined and (start <= joined[-1][1] or ids & files):
+                joined[-1] = (joined[-1][0], max(joined[-1][1], end))
+                files |= ids
+            else:
+                joined.append((start, end))
+                files = ids
+        entries += [(camera, start, end) for start, end in joined]
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,21 +242,21 @@ def build_package(
     cameras_out = []
     files: list[dict[str, Any]] = []
     plan: list[PlannedFile] = []
-    for camera in request.cameras:
+    for camera, start, end in export_ranges(index, request):
         # Segments deleted locally after they were archived come from the archive (recorder/archive_read.py).
         reader = archive_reader
-        archived = reader.find_blocking(camera, request.start, request.end) if reader is not None else []
+        archived = reader.find_blocking(camera, start, end) if reader is not None else []
         if archived:
             from recorder.archive_read import search_with_archive
 
-            result = search_with_archive(index, camera, request.start, request.end, causes, archived)
+            result = search_with_archive(index, camera, start, end, causes, archived)
             try:
                 cached = reader.fetch_blocking(archived) if reader is not None else {}
             except ArchiveError as exc:
                 raise ExportError(f"camera {camera}: {len(archived)} segment(s) of the range are only in the "
                                   f"archive, which cannot be read: {exc}; not exported") from None
         else:
-            result = search(index, camera, request.start, request.end, causes)
+            result = search(index, camera, start, end, causes)
             cached = {}
         segments = result.segments  # the playable ones; a missing file is a gap with its cause
         entries = []
@@ -185,9 +280,11 @@ def build_package(
                 "params": seg.params, "status": seg.status, "stored_path": seg.path,
                 "prev_chain": seg.prev_chain, "chain_hash": seg.chain_hash,
                 "copy": "archive" if seg.id in cached else "local",
+                **({"meta": decode_meta(seg.meta)} if seg.meta != "{}" else {}),
             })
         cameras_out.append({
             "id": camera, **camera_info.get(camera, {}),
+            **({"requested": {"start": iso(start), "end": iso(end)}} if request.ranges else {}),
             "actual": {"start": iso(segments[0].start), "end": iso(segments[-1].end)} if segments else None,
             "recorded_seconds": round(result.recorded_seconds, 3),
             "spans": [{"start": iso(s.start), "end": iso(s.end)} for s in result.spans],
@@ -226,9 +323,13 @@ def build_package(
                         f"{planned.record.sha256[:16]}…): modified after it was written; not exported "
                         "(run nvr verify-storage)")
                 files.append({"path": planned.arcname, "sha256": planned.record.sha256, "bytes": size})
-            archive.writestr(VERIFY_NOTE, VERIFY_TEXT)
-            files.append({"path": VERIFY_NOTE, "sha256": hashlib.sha256(VERIFY_TEXT.encode()).hexdigest(),
-                          "bytes": len(VERIFY_TEXT.encode())})
+            zone = station.get("timezone") or "UTC"
+            notes = {VERIFY_NOTE: verify_text(station, request, now, zone),
+                     SUMMARY: summary_text(station, request, now, zone, key.fingerprint, cameras_out)}
+            for name, text in notes.items():
+                data = text.encode()
+                archive.writestr(name, data)
+                files.append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
             manifest = {
                 "format": FORMAT,
                 "station": station,
@@ -239,6 +340,7 @@ def build_package(
                 "requested": {"start": iso(request.start), "end": iso(request.end)},
                 "key_fingerprint": key.fingerprint,
                 "checkpoint": checkpoint,
+                **({"case": request.case} if request.case is not None else {}),
                 "cameras": cameras_out,
                 "files": files,
             }

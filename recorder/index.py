@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS segments (
     status TEXT NOT NULL DEFAULT 'ok',
     prev_chain TEXT NOT NULL,
     chain_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS segments_camera_start ON segments(camera, start);
 CREATE INDEX IF NOT EXISTS segments_start ON segments(start);
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS storage_events (
 """
 
 _COLUMNS = (
-    "id, camera, start, end, frames, bytes, sha256, codec, width, height, params, path, status, prev_chain, chain_hash"
+    "id, camera, start, end, frames, bytes, sha256, codec, width, height, params, path, status, prev_chain, chain_hash,"
+    " meta"
 )
 
 # A segment is protected while an active hold for its camera (or all cameras) overlaps it.
@@ -107,6 +110,22 @@ class NewSegment:
     params: str  # JSON: codec parameters (extradata, audio)
     path: str  # relative to the storage root
     status: str = "ok"
+    # Canonical JSON (encode_meta) of what a segment carries beyond the media fields: where it came
+    # from (an upload, a backfill from the camera's card), the camera's clock offset.  Chained when not
+    # empty, so rows written before the column existed keep their links.
+    meta: str = "{}"
+
+
+def encode_meta(meta: dict[str, Any]) -> str:
+    """The one encoding of ``meta`` that is chained: sorted keys, no spaces."""
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def decode_meta(meta: str) -> dict[str, Any]:
+    value = json.loads(meta)
+    if not isinstance(value, dict):
+        raise ValueError("segment meta must be a JSON object")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,7 @@ class SegmentRecord:
     status: str
     prev_chain: str
     chain_hash: str
+    meta: str = "{}"
 
     @property
     def duration(self) -> float:
@@ -148,6 +168,8 @@ def chain_hash(prev_chain: str, segment: NewSegment) -> str:
     """The chain link of a row: its own fields and the previous link, canonically encoded."""
     fields = asdict(segment)
     fields.pop("status")  # status may change (flagged missing); the evidence fields may not
+    if fields["meta"] == "{}":
+        fields.pop("meta")  # rows from before the column hash as they always did
     fields["start"] = f"{segment.start:.6f}"
     fields["end"] = f"{segment.end:.6f}"
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -158,18 +180,20 @@ def record_fields(record: SegmentRecord) -> NewSegment:
     return NewSegment(
         camera=record.camera, start=record.start, end=record.end, frames=record.frames, bytes=record.bytes,
         sha256=record.sha256, codec=record.codec, width=record.width, height=record.height, params=record.params,
-        path=record.path, status=record.status,
+        path=record.path, status=record.status, meta=record.meta,
     )
 
 
 class SegmentIndex(SqliteWorker):
     def __init__(self, path: Path, name: str = "index") -> None:
         self.path = path
-        super().__init__(name, lambda: connect(path, _SCHEMA, foreign_keys=True))
+        super().__init__(name, lambda: _migrated(connect(path, _SCHEMA, foreign_keys=True)))
 
     # -- segments -------------------------------------------------------------------------
 
     def add_segment(self, segment: NewSegment) -> SegmentRecord:
+        if encode_meta(decode_meta(segment.meta)) != segment.meta:
+            raise ValueError("segment meta is not in its canonical encoding (recorder.index.encode_meta)")
         with self.transaction() as db:
             row = db.execute(
                 "SELECT chain_hash FROM segments WHERE camera = ? ORDER BY id DESC LIMIT 1", (segment.camera,)
@@ -183,15 +207,15 @@ class SegmentIndex(SqliteWorker):
             link = chain_hash(prev, segment)
             cursor = db.execute(
                 "INSERT INTO segments (camera, start, end, frames, bytes, sha256, codec, width, height, params,"
-                " path, status, prev_chain, chain_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " path, status, prev_chain, chain_hash, created_at, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     segment.camera, segment.start, segment.end, segment.frames, segment.bytes, segment.sha256,
                     segment.codec, segment.width, segment.height, segment.params, segment.path, segment.status,
-                    prev, link, time.time(),
+                    prev, link, time.time(), segment.meta,
                 ),
             )
         assert cursor.lastrowid is not None
-        return SegmentRecord(cursor.lastrowid, *_fields_tuple(segment), prev, link)  # type: ignore[call-arg]
+        return SegmentRecord(cursor.lastrowid, *_fields_tuple(segment), prev, link, segment.meta)  # type: ignore[call-arg]
 
     def segments(self, camera: str, start: float, end: float) -> list[SegmentRecord]:
         """Segments of ``camera`` overlapping [start, end), oldest first."""
@@ -210,6 +234,10 @@ class SegmentIndex(SqliteWorker):
 
     def by_path(self, path: str) -> SegmentRecord | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE path = ?", (path,)).fetchone()
+        return SegmentRecord(*row) if row else None
+
+    def segment(self, segment_id: int) -> SegmentRecord | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE id = ?", (segment_id,)).fetchone()
         return SegmentRecord(*row) if row else None
 
     def all_segments(self, camera: str | None = None) -> list[SegmentRecord]:
@@ -350,3 +378,11 @@ def _fields_tuple(segment: NewSegment) -> tuple[Any, ...]:
         segment.camera, segment.start, segment.end, segment.frames, segment.bytes, segment.sha256, segment.codec,
         segment.width, segment.height, segment.params, segment.path, segment.status,
     )
+
+
+def _migrated(db: sqlite3.Connection) -> sqlite3.Connection:
+    """Bring an index written by an older version up to this schema (columns added since)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
+    if "meta" not in columns:
+        db.execute("ALTER TABLE segments ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
+    return db

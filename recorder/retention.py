@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nvr.base.config import Storage
+from recorder import playback_copy
 from recorder.index import SegmentIndex, SegmentRecord
 from recorder.storage import StorageError, free_space, segment_file
+from recorder.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class Retention:
         self.free_other = free_other
         # Told about every deletion (on retention's thread), e.g. for the audit log.
         self.on_delete = on_delete
+        # The thumbnails of the footage (issue 16): deleted with it.
+        self.thumbnails: ThumbnailStore | None = None
         self.storage = storage
         self.index = index
         self.disk_full = False
@@ -89,6 +93,8 @@ class Retention:
         while batch := self.index.expired(cutoff):
             for record in batch:
                 by_age += self._delete(record, f"retention: older than {self.storage.retention_days} days")
+        if self.thumbnails is not None:
+            self._expire_thumbnails(cutoff)
         by_pressure = 0
         free = self.free_percent()
         if free < self.storage.min_free_percent and self.free_other is not None:
@@ -131,6 +137,18 @@ class Retention:
             log.info("retention deleted %d segment(s) by age and %d by disk pressure", by_age, by_pressure)
         return SweepResult(by_age, by_pressure, free, full)
 
+    def _expire_thumbnails(self, cutoff: float) -> None:
+        """Thumbnails outside any footage (recording had failed while the camera was watched) by age."""
+        assert self.thumbnails is not None
+
+        def has_footage(camera: str, start: float, end: float) -> bool:
+            return bool(self.index.segments(camera, start, end))
+
+        try:
+            self.thumbnails.expire(cutoff, has_footage)
+        except OSError:
+            log.warning("expiring thumbnails failed", exc_info=True)
+
     def _delete(self, record: SegmentRecord, reason: str) -> bool:
         if self.index.is_protected(record.id):
             # A hold was added (by another process: `nvr export`) since the batch was selected.
@@ -146,6 +164,15 @@ class Retention:
                 path.unlink()
             except FileNotFoundError:
                 reason += " (file was already gone)"
+        try:
+            playback_copy.remove(self.root, record)  # an uploaded file's HLS copy goes with it
+        except OSError:
+            log.warning("deleting the playback copy of segment %d failed", record.id, exc_info=True)
+        if self.thumbnails is not None:
+            try:
+                self.thumbnails.delete_between(record.camera, record.start, record.end)
+            except (OSError, ValueError):
+                log.warning("deleting the thumbnails of segment %d failed", record.id, exc_info=True)
         self.index.record_deletion(record, reason)
         self.deleted_total += 1
         if self.on_delete is not None:

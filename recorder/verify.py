@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recorder.checkpoint import Witnessed, check_segments
 from recorder.export import FORMAT, MANIFEST, MAX_MANIFEST_BYTES, PUBLIC_KEY, SIGNATURE, VERIFY_NOTE
-from recorder.index import GENESIS, NewSegment, SegmentIndex, SegmentRecord, chain_hash, record_fields
+from recorder.index import GENESIS, NewSegment, SegmentIndex, SegmentRecord, chain_hash, encode_meta, record_fields
 from recorder.keys import fingerprint, fingerprint_matches, load_public
 from recorder.storage import RECORDINGS, sha256_file
 from recorder.trust import TrustAnchor, TrustedKey
@@ -115,12 +116,16 @@ class _Segment(_Strict):
     chain_hash: str
     # "archive": fetched back from the off-site archive (recorder/archive_read.py); older packages say nothing.
     stored_copy: str = Field(default="local", alias="copy")
+    # Provenance beyond the media fields (recorder/index.py NewSegment.meta); chained when present.
+    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class _Camera(_Strict):
     id: str
     name: str | None = None
     zone: str | None = None
+    kind: str | None = None  # "bodycam": a body camera's uploaded files (issue 15)
+    requested: _Range | None = None  # an incident case's package: this entry's own range (issue 15)
     actual: _Range | None
     recorded_seconds: float
     spans: list[_Range]
@@ -137,6 +142,7 @@ class _File(_Strict):
 class _Station(_Strict):
     id: str
     name: str
+    timezone: str | None = None  # the zone SUMMARY.txt shows times in (older packages: none)
 
 
 class _Software(_Strict):
@@ -154,6 +160,7 @@ class Manifest(_Strict):
     requested: _Range
     key_fingerprint: str
     checkpoint: dict[str, object] | None = None
+    case: dict[str, object] | None = None  # the incident case a package was made of (recorder/cases.py)
     cameras: list[_Camera]
     files: list[_File]
 
@@ -424,12 +431,17 @@ def _check_files(archive: zipfile.ZipFile, manifest: Manifest, entries: dict[str
 def _check_chain(camera: _Camera, report: Report) -> None:
     previous: _Segment | None = None
     for seg in camera.segments:
+        where = f"camera {camera.id} segment {seg.start}"
+        try:
+            meta = encode_meta(seg.meta)
+        except ValueError:
+            report.fail(f"{where}: its meta is not valid JSON (NaN or infinity)")
+            continue
         fields = NewSegment(
             camera=camera.id, start=seg.start_epoch, end=seg.end_epoch, frames=seg.frames, bytes=seg.bytes,
             sha256=seg.sha256, codec=seg.codec, width=seg.width, height=seg.height, params=seg.params,
-            path=seg.stored_path, status=seg.status,
+            path=seg.stored_path, status=seg.status, meta=meta,
         )
-        where = f"camera {camera.id} segment {seg.start}"
         if chain_hash(seg.prev_chain, fields) != seg.chain_hash:
             report.fail(f"{where}: chain hash does not match the segment's fields (edited)")
         if previous is not None and seg.prev_chain != previous.chain_hash:
@@ -486,7 +498,9 @@ def verify_storage(root: Path, index: SegmentIndex, camera: str | None = None,
         for dirpath, _dirs, names in os.walk(base):
             for name in names:
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                if name.endswith(".mp4") and rel not in known and (camera is None or f"/{camera}/" in f"/{rel}"):
+                # .mkv: a body camera's Matroska file as it was uploaded (issue 15)
+                if name.endswith((".mp4", ".mkv")) and rel not in known and (
+                        camera is None or f"/{camera}/" in f"/{rel}"):
                     report.fail(f"{rel}: file not in the index (inserted)")
     report.notes.append(f"{checked} segment file(s) re-hashed, {len(by_camera)} chain(s) walked")
     return report

@@ -36,6 +36,7 @@ import av
 import av.error
 import cv2
 import numpy as np
+from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
 
 from nvr.base.config import PictureChecks
@@ -78,15 +79,12 @@ class Findings:
         }
 
 
-def decode_keyframe(codec: str, extradata: bytes, data: bytes, width: int,
-                    reformatter: VideoReformatter | None = None) -> np.ndarray | None:
-    """Decode one keyframe on a fresh decoder; return its luma downscaled to ``width`` (or None).
+def decode_frame(codec: str, extradata: bytes, data: bytes) -> VideoFrame | None:
+    """Decode one keyframe on a fresh decoder (or None).
 
     A fresh decoder per keyframe costs well under a millisecond and means no
     decoder state (reference frames, threads waiting for more input) is ever
-    carried between the sparse keyframes we feed.  A ``reformatter`` kept by
-    the caller keeps FFmpeg's scaler set up between keyframes of one camera
-    (setting it up for a 1080p source costs a good part of the downscale).
+    carried between the sparse keyframes we feed.
     """
     try:
         decoder: Any = av.CodecContext.create(codec, "r")  # a VideoCodecContext; the stubs say CodecContext
@@ -101,13 +99,30 @@ def decode_keyframe(codec: str, extradata: bytes, data: bytes, width: int,
         return None
     if not frames:
         return None
-    frame = frames[-1]
+    frame: VideoFrame = frames[-1]
+    return frame
+
+
+def gray_of(frame: VideoFrame, width: int, reformatter: VideoReformatter | None = None) -> np.ndarray:
+    """The frame's luma downscaled to ``width``.
+
+    A ``reformatter`` kept by the caller keeps FFmpeg's scaler set up between
+    keyframes of one camera (setting it up for a 1080p source costs a good
+    part of the downscale).
+    """
     height = max(2, round(frame.height * width / frame.width))
     if reformatter is not None:
         gray = reformatter.reformat(frame, width=width, height=height, format="gray").to_ndarray()
     else:
         gray = frame.reformat(width=width, height=height, format="gray").to_ndarray()
     return np.ascontiguousarray(gray)
+
+
+def decode_keyframe(codec: str, extradata: bytes, data: bytes, width: int,
+                    reformatter: VideoReformatter | None = None) -> np.ndarray | None:
+    """Decode one keyframe on a fresh decoder; return its luma downscaled to ``width`` (or None)."""
+    frame = decode_frame(codec, extradata, data)
+    return gray_of(frame, width, reformatter) if frame is not None else None
 
 
 class PictureCheck:

@@ -20,10 +20,25 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
+    from recorder.index import SegmentIndex
     from sim.client import SimCamera
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Path, SegmentIndex]]:
+    """An initialised storage root and its open segment index."""
+    from recorder.index import SegmentIndex
+    from recorder.storage import init_storage
+
+    root = tmp_path / "storage"
+    init_storage(root, "st-test")
+    index = SegmentIndex(root / "index.sqlite3")
+    index.open()
+    yield root, index
+    index.close()
 
 
 def free_port() -> int:

@@ -30,16 +30,6 @@ def ffprobe_frames(path: Path) -> list[dict[str, str]]:
     return json.loads(out.stdout)["frames"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> tuple[Path, SegmentIndex]:
-    root = tmp_path / "storage"
-    init_storage(root, "st-test")
-    index = SegmentIndex(root / "index.sqlite3")
-    index.open()
-    yield root, index
-    index.close()
-
-
 def core_for(root: Path, index: SegmentIndex, segment_seconds: int = 4) -> RecorderCore:
     return RecorderCore("cam", root, Storage(path=root, segment_seconds=segment_seconds), index.add_segment)
 

@@ -19,8 +19,10 @@
   (:mod:`web.identity_watch`).
 - **Redirects**: the page to return to after sign-in is checked here
   (:func:`safe_next`), so it never leaves the site.
-- Login, logout, ``/api/me``, the login page, ``GET /api/audit`` and
-  ``GET /api/openapi.json`` (:mod:`web.openapi`).
+- Login, logout, ``/api/me`` (with the station's time zone and the page
+  language), ``PUT /api/me/preferences`` (the user's language), the login page
+  (in the request's language, :func:`web.console.serve_page`), ``GET
+  /api/audit`` and ``GET /api/openapi.json`` (:mod:`web.openapi`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from nvr.base.timeutil import iso
 from nvr.identity.audit import AuditQuery
 from nvr.identity.authdb import AuthDatabase
 from nvr.identity.roles import Identity, Permission, Role
-from web import params
-from web.console import _CSP, STATIC_DIR
+from web import i18n, params
+from web.console import PREFERENCES, TIMEZONE, language, serve_page
 from web.http import api_error, json_body
 from web.identity_watch import IdentityWatch, session_key
 from web.login_throttle import LoginThrottle
@@ -61,6 +63,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/api/login"): P.PUBLIC,
     ("POST", "/api/logout"): P.PUBLIC,  # ends the cookie's session if there is one
     ("GET", "/api/me"): P.SELF,
+    ("PUT", "/api/me/preferences"): P.SELF,
     ("GET", "/api/openapi.json"): P.SELF,
     ("GET", "/"): P.SELF,
     ("GET", "/api/cameras"): P.CAMERAS,
@@ -78,6 +81,10 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/playback"): P.RECORDINGS,
     ("GET", "/api/recordings"): P.RECORDINGS,
     ("GET", "/api/recordings/{camera_id}/clip.mp4"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/index.m3u8"): P.RECORDINGS,  # HLS playback (issue 16)
+    ("GET", "/api/recordings/{camera_id}/hls/{segment_id}.m4s"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/thumbnail.jpg"): P.RECORDINGS,
+    ("GET", "/api/recordings/{camera_id}/thumbnails"): P.RECORDINGS,
     ("GET", "/api/key"): P.RECORDINGS,
     ("GET", "/api/checkpoints"): P.CHECKPOINTS,
     ("POST", "/api/exports"): P.EXPORTS,
@@ -96,9 +103,26 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
     ("GET", "/api/stations/{station_id}/checkpoints"): P.AUDIT,  # what the console witnessed (issue 11)
     ("GET", "/api/keyring"): P.AUDIT,
+    # Body-worn cameras (issue 15, web/bodycams.py).
+    ("GET", "/api/bodycams"): P.CAMERAS,
+    ("GET", "/api/bodycams/{camera_id}/recordings"): P.RECORDINGS,
+    ("POST", "/api/bodycams/{camera_id}/recordings"): P.UPLOAD,
+    ("GET", "/api/bodycams/{camera_id}/assignments"): P.RECORDINGS,
+    ("POST", "/api/bodycams/{camera_id}/assignments"): P.ASSIGNMENTS,
+    # Incident cases (issue 15, web/cases.py).
+    ("GET", "/cases/{case_id}"): P.CASES,
+    ("GET", "/api/cases"): P.CASES,
+    ("POST", "/api/cases"): P.CASES,
+    ("GET", "/api/cases/{case_id}"): P.CASES,
+    ("POST", "/api/cases/{case_id}/items"): P.CASES,
+    ("POST", "/api/cases/{case_id}/bookmarks"): P.CASES,
+    ("POST", "/api/cases/{case_id}/export"): P.CASES,
+    ("POST", "/api/cases/{case_id}/close"): P.CASES,
+    ("GET", "/api/cases/{case_id}/history"): P.CASES,
+    ("GET", "/api/bookmarks"): P.RECORDINGS,
 }
 # Browser pages: without a session they redirect to the login page instead of answering 401.
-PAGES = {"/", "/playback"}
+PAGES = {"/", "/playback", "/cases/{case_id}"}
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _MAX_AUDIT_ENTRIES = 10_000
 _MAX_CACHE = 10_000
@@ -233,6 +257,7 @@ ACCESS = web.AppKey("access", Access)
 def setup(app: web.Application, host: AccessPort) -> None:
     """Install the access-control middleware and mount the login, logout, me and audit routes."""
     app[ACCESS] = Access(host)
+    app[PREFERENCES] = host.auth
     app.middlewares.append(access_control)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_session_purger)
@@ -241,6 +266,7 @@ def setup(app: web.Application, host: AccessPort) -> None:
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/me", me)
+    app.router.add_put("/api/me/preferences", set_preferences)
     app.router.add_get("/api/audit", read_audit)
     app.on_startup.append(_check_table)
 
@@ -466,13 +492,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # -- login, logout, me ----------------------------------------------------------------------
 
 
-async def login_page(_request: web.Request) -> web.FileResponse:
-
-    return web.FileResponse(STATIC_DIR / "login.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-    })
-
-
+async def login_page(request: web.Request) -> web.Response:
+    return await serve_page(request, "login.html")
 
 
 def limit_error(limit: LimitReached) -> web.HTTPException:
@@ -574,7 +595,37 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     who = identity(request)
     assert who is not None
-    return web.json_response(identity_json(who))
+    return web.json_response(await _me_json(request, who))
+
+
+async def _me_json(request: web.Request, who: Identity) -> dict[str, Any]:
+    access = request.app[ACCESS]
+    stored = await access.db.call(access.db.language, who.name) if who.kind == "session" else None
+    return {**identity_json(who), "timezone": request.app.get(TIMEZONE, "UTC"), "lang": await language(request),
+            "preferences": {"lang": stored}}
+
+
+async def set_preferences(request: web.Request) -> web.Response:
+    """``PUT /api/me/preferences`` ``{"lang": "fa"}``: the signed-in user's language (null: the browser's)."""
+    access = request.app[ACCESS]
+    who = identity(request)
+    assert who is not None
+    body = await json_body(request)
+    unknown = sorted(set(body) - {"lang"})
+    if unknown:
+        raise api_error(web.HTTPBadRequest, "invalid_preferences", f"unknown preference {unknown[0][:64]!r}")
+    if "lang" not in body:
+        raise api_error(web.HTTPBadRequest, "invalid_lang", "lang: required (a language code, or null)")
+    lang = body["lang"]
+    if lang is not None and (not isinstance(lang, str) or lang not in i18n.LANGUAGES):
+        raise api_error(web.HTTPBadRequest, "invalid_lang",
+                        f"lang: one of {', '.join(i18n.LANGUAGES)}, or null for the browser's language")
+    if who.kind != "session":
+        raise api_error(web.HTTPConflict, "not_a_user", "only signed-in users have preferences (this is a token)")
+    previous = await access.db.call(access.db.language, who.name)
+    await access.db.call(access.db.set_language, who.name, lang)
+    audit(request, "user.preferences", lang=lang, previous_lang=previous)
+    return web.json_response(await _me_json(request, who))
 
 
 # -- the audit log --------------------------------------------------------------------------

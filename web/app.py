@@ -20,7 +20,19 @@ from nvr.base.timeutil import iso
 from recorder.recorder import Recorder
 from streams.camera import CameraStreams
 from streams.rtsp_source import RtspSource
-from web import access, archive_api, console, health_api, openapi, recordings, whep
+from web import (
+    access,
+    archive_api,
+    bodycams,
+    cases,
+    console,
+    health_api,
+    hls,
+    openapi,
+    recordings,
+    thumbnails_api,
+    whep,
+)
 from web.http import MAX_BODY_BYTES, STATION, find_camera, json_errors
 from web.limits_metrics import LimitsCollector
 from web.ports import StationPort
@@ -39,6 +51,10 @@ def create_app(station: StationPort) -> web.Application:
     console.add_routes(app)
     health_api.add_routes(app)
     recordings.setup(app)
+    hls.setup(app)
+    thumbnails_api.setup(app)
+    bodycams.add_routes(app)
+    cases.add_routes(app)
     archive_api.add_routes(app)
     openapi.add_routes(app)
     access.setup(app, station)  # last: its middleware runs inside json_errors

@@ -346,6 +346,9 @@ class _SummaryLog:
         self._last = time.monotonic()
 
 
+LONG_BODY = "streams_long_body"  # set on a handler that enforces its own body timeouts
+
+
 def body_deadline(limiter: ConnectionLimiter) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Middleware: a request whose body is not in ``body_timeout_seconds`` after its headers gets 408."""
     timeout = limiter.limits.body_timeout_seconds
@@ -353,7 +356,9 @@ def body_deadline(limiter: ConnectionLimiter) -> Callable[..., Awaitable[web.Str
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         content = request.content
-        if content.is_eof():
+        # A route that streams large bodies (a body-camera upload) bounds its own reads: a stall
+        # timeout per read and a total limit (web/bodycams.py), not this one deadline.
+        if content.is_eof() or getattr(request.match_info.handler, LONG_BODY, False):
             response: web.StreamResponse = await handler(request)
             return response
 

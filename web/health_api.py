@@ -56,7 +56,8 @@ def _health(request: web.Request) -> HealthMonitor:
 
 def _camera_param(request: web.Request) -> str | None:
     camera = request.query.get("camera") or None
-    if camera is not None and camera not in request.app[STATION].cameras:
+    station = request.app[STATION]
+    if camera is not None and camera not in station.cameras and station.config.bodycam(camera) is None:
         raise api_error(web.HTTPNotFound, "unknown_camera", f"no camera with id {camera!r}")
     return camera
 
@@ -123,10 +124,15 @@ async def get_coverage(request: web.Request) -> web.Response:
     now = time.time()
     runs = await store.runs(start, end)
     alarms = await store.query(None, None, start, end, False, 1_000_000)
-    cameras = [camera] if camera else [c for c in station.cameras if visible(request, c)]
+    devices = [d.id for d in station.config.bodycams]
+    cameras = [camera] if camera else [c for c in [*station.cameras, *devices] if visible(request, c)]
     report = []
     for camera_id in cameras:
         segments = await index.call(index.segments, camera_id, start, end)
+        if camera_id in devices:  # a body camera: its recorded spans, not an uptime promise (issue 15)
+            device = await asyncio.to_thread(coverage.for_device, camera_id, start, end, segments, now)
+            report.append({**device.json(), "kind": "bodycam"})
+            continue
         recorder = station.recording.recorders.get(camera_id)
         in_progress = None
         if recorder is not None and recorder.recording:

@@ -63,8 +63,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def find_camera(request: web.Request) -> CameraStreams:
     camera_id = request.match_info["camera_id"]
-    runtime = request.app[STATION].cameras.get(camera_id)
+    station = request.app[STATION]
+    runtime = station.cameras.get(camera_id)
     if runtime is None:
+        if station.config.bodycam(camera_id) is not None:
+            raise api_error(web.HTTPNotFound, "not_a_live_camera", f"{camera_id!r} is a body camera: it has "
+                            f"uploaded recordings (GET /api/bodycams/{camera_id}/recordings), no live stream")
         raise api_error(web.HTTPNotFound, "unknown_camera", f"no camera with id {camera_id!r}")
     return runtime
 

@@ -50,6 +50,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         next={"type": "string", "description": "page to return to; answered back only if it is on this site"})),
     ("POST", "/api/logout"): Operation("End the cookie's session and its streams"),
     ("GET", "/api/me"): Operation("Who am I"),
+    ("PUT", "/api/me/preferences"): Operation(
+        "The signed-in user's page language (null: the browser's)",
+        json_body=_object(["lang"], lang={"type": ["string", "null"], "enum": ["en", "fa", None]})),
     ("GET", "/api/openapi.json"): Operation("This description"),
     ("GET", "/"): Operation("The monitoring console"),
     ("GET", "/api/cameras"): Operation("Every camera the caller may see"),
@@ -70,7 +73,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/playback"): Operation("The playback page"),
     ("GET", "/api/recordings"): Operation("Spans, gaps and segments of one camera",
                                           query={"camera": _ID, **_RANGE}),
-    ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation("An MP4 clip, streamed", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/clip.mp4"): Operation(
+        "An MP4 clip, streamed; answers a single-range Range request (206, 416)", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/index.m3u8"): Operation(
+        "HLS VOD playlist (fMP4, byte ranges) of a range; audited once as recordings.play", query=_RANGE),
+    ("GET", "/api/recordings/{camera_id}/hls/{segment_id}.m4s"): Operation(
+        "A stored segment as a playlist names it (Range answered); only with the playlist's signature", query={
+            "shift": {"type": "integer"}, "exp": {"type": "integer"}, "sig": {"type": "string"}}),
+    ("GET", "/api/recordings/{camera_id}/thumbnail.jpg"): Operation(
+        "The stored thumbnail nearest to at (X-Thumbnail-At), 404 nothing_recorded if none is near",
+        query={"at": _TIME}),
+    ("GET", "/api/recordings/{camera_id}/thumbnails"): Operation(
+        "Thumbnails of a range, thinned evenly in time to at most limit", query={
+            **_RANGE, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
     ("GET", "/api/key"): Operation("The station's public key"),
     ("GET", "/api/checkpoints"): Operation("The station's signed checkpoints, for a witness", query={
         "after": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
@@ -88,6 +103,35 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/audit"): Operation("The audit log", query={
         "user": {"type": "string"}, "action": {"type": "string"}, "since": _TIME, "until": _TIME,
         "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}),
+    # Body-worn cameras and incident cases (issue 15).
+    ("GET", "/api/bodycams"): Operation("Body cameras the caller may see, with their last recording and wearer"),
+    ("GET", "/api/bodycams/{camera_id}/recordings"): Operation("A body camera's uploaded items", query=_RANGE),
+    ("POST", "/api/bodycams/{camera_id}/recordings"): Operation(
+        "Upload a body-camera file (the raw body): 201 stored, 200 already stored", body_type="video/mp4",
+        query={"sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}, "start": _TIME, "device_time": _TIME,
+               "name": {"type": "string", "maxLength": 255}}),
+    ("GET", "/api/bodycams/{camera_id}/assignments"): Operation("Who wore the body camera when"),
+    ("POST", "/api/bodycams/{camera_id}/assignments"): Operation("Assign the body camera to an officer",
+                                                                 json_body=_object(
+        ["officer"], officer={"type": "string", "minLength": 1, "maxLength": 100}, start=_TIME, end=_TIME,
+        note={"type": "string", "maxLength": 1000})),
+    ("GET", "/cases/{case_id}"): Operation("The case page"),
+    ("GET", "/api/cases"): Operation("Incident cases"),
+    ("POST", "/api/cases"): Operation("Open an incident case", json_body=_object(
+        ["number", "title"], number={"type": "string", "minLength": 1, "maxLength": 64},
+        title={"type": "string", "minLength": 1, "maxLength": 200}, description={"type": "string"})),
+    ("GET", "/api/cases/{case_id}"): Operation("A case with its ranges, bookmarks and packages"),
+    ("POST", "/api/cases/{case_id}/items"): Operation("Add a held range of a camera or body camera", json_body=_object(
+        ["camera", "start", "end"], camera=_ID, start=_TIME, end=_TIME, note={"type": "string"})),
+    ("POST", "/api/cases/{case_id}/bookmarks"): Operation("Bookmark a moment", json_body=_object(
+        ["camera", "at"], camera=_ID, at=_TIME, note={"type": "string"})),
+    ("POST", "/api/cases/{case_id}/export"): Operation("One signed package of the whole case", json_body=_object(
+        ["reason"], reason={"type": "string", "minLength": 1})),
+    ("POST", "/api/cases/{case_id}/close"): Operation("Close the case (holds released only when asked)",
+                                                      json_body=_object(["reason"], reason={"type": "string"},
+                                                                        release_holds={"type": "boolean"})),
+    ("GET", "/api/cases/{case_id}/history"): Operation("The case's custody history from the audit log"),
+    ("GET", "/api/bookmarks"): Operation("Bookmarks of one camera in a range", query={"camera": _ID, **_RANGE}),
     ("GET", "/api/fleet"): Operation("Stations, their cameras and counts"),
     ("GET", "/api/fleet/alarms"): Operation("Open alarms of every station, most urgent first"),
     ("GET", "/api/fleet/stream"): Operation("Fleet feed (Server-Sent Events)"),

@@ -16,6 +16,7 @@ from nvr.base.config import Auth, Config, Web
 from nvr.health.monitor import HealthMonitor
 from nvr.identity.audit import AuditLog
 from nvr.identity.authdb import AuthDatabase
+from recorder.bodycam import BodycamIngest
 from recorder.export_jobs import ExportQueue
 from recorder.index import SegmentIndex
 from recorder.keys import StationKey
@@ -72,6 +73,10 @@ class RecordingPort(Protocol):
 
     @property
     def archiver(self) -> Archiver | None: ...
+
+    @property
+    def bodycams(self) -> BodycamIngest | None:
+        """Body-camera uploads into this storage (issue 15); None while the storage is refused."""
 
 
 class StationPort(Protocol):

@@ -16,21 +16,25 @@ from aiohttp import web
 from nvr.base.timeutil import iso
 from nvr.health import coverage
 from recorder.archive_read import locator, search_with_archive
-from recorder.clip import ClipError, ClipStream
+from recorder.clip import ClipError, ClipStream, Locate
 from recorder.export import ExportRequest
 from recorder.export_jobs import ExportJob, JobState, QueueFull
-from recorder.index import Hold, SegmentIndex
+from recorder.index import Hold, SegmentIndex, SegmentRecord
 from recorder.search import CauseSource, search
 from recorder.timeline import Cause
-from web import archive_api, params
+from web import archive_api, byteranges, params
 from web.access import audit, require_camera, visible
-from web.console import _CSP, STATIC_DIR
+from web.console import serve_page
 from web.http import STATION, api_error, json_body
 
 log = logging.getLogger(__name__)
 
+# Lengths of clips built in full, for Range requests of them (by camera, range and the segments' hashes).
+CLIP_SIZES = web.AppKey("clip_sizes", byteranges.SizeCache)
+
 
 def setup(app: web.Application) -> None:
+    app[CLIP_SIZES] = byteranges.SizeCache()
     app.router.add_get("/api/recordings", search_recordings)
     app.router.add_get("/api/recordings/{camera_id}/clip.mp4", clip)
     app.router.add_post("/api/exports", create_export)
@@ -58,9 +62,14 @@ def known_camera(request: web.Request, camera_id: Any, field: str = "camera") ->
         raise params.invalid(field, "is required")
     # The allow-list first: a restricted user gets the same 403 for an unknown camera as for a forbidden one.
     require_camera(request, camera_id)  # a batch with one forbidden camera fails as a whole
-    if camera_id not in request.app[STATION].cameras:
+    if camera_id not in request.app[STATION].cameras and not is_device(request, camera_id):
         raise api_error(web.HTTPNotFound, "unknown_camera", f"{field}: no camera with id {camera_id!r}")
     return camera_id
+
+
+def is_device(request: web.Request, camera_id: str) -> bool:
+    """A body camera (issue 15): its uploaded files are searched, played, held and exported like a camera's."""
+    return request.app[STATION].config.bodycam(camera_id) is not None
 
 
 def require_index(request: web.Request) -> SegmentIndex:
@@ -89,6 +98,21 @@ async def cause_source(request: web.Request, start: float, end: float) -> CauseS
     return causes
 
 
+async def source_causes(request: web.Request, start: float, end: float) -> CauseSource | None:
+    """Causes for cameras (:func:`cause_source`) and body cameras alike: a body camera records when its
+    wearer switches it on, so what was not uploaded is ``not_recording``, never an outage."""
+    cameras = await cause_source(request, start, end)
+    config = request.app[STATION].config
+    now = time.time()
+
+    def causes(camera: str) -> list[Cause]:
+        if config.bodycam(camera) is not None:
+            return coverage.device_causes(start, end, now)
+        return list(cameras(camera)) if cameras is not None else []
+
+    return causes
+
+
 # -- search and clips ---------------------------------------------------------------------
 
 
@@ -97,7 +121,7 @@ async def search_recordings(request: web.Request) -> web.Response:
     start, end = params.required_range(request.query.get("start"), request.query.get("end"),
                                        request.app[STATION].config.recordings.max_search_hours * 3600)
     index = require_index(request)
-    causes = await cause_source(request, start, end)
+    causes = await source_causes(request, start, end)
     # Footage deleted locally after it was archived is still found (issue 19).
     archived = await archive_api.archive_only(request.app[STATION], camera, start, end)
     if archived:
@@ -121,12 +145,17 @@ async def search_recordings(request: web.Request) -> web.Response:
     })
 
 
-async def clip(request: web.Request) -> web.StreamResponse:
-    station = request.app[STATION]
+def footage_request(request: web.Request) -> tuple[str, float, float, SegmentIndex]:
+    """The camera of the path and the ``start``/``end`` of the query of a request for footage (clip, playlist)."""
     camera = known_camera(request, request.match_info["camera_id"])
     start, end = params.required_range(request.query.get("start"), request.query.get("end"),
-                                       station.config.recordings.max_range_hours * 3600)
-    index = require_index(request)
+                                       request.app[STATION].config.recordings.max_range_hours * 3600)
+    return camera, start, end, require_index(request)
+
+
+async def clip(request: web.Request) -> web.StreamResponse:
+    station = request.app[STATION]
+    camera, start, end, index = footage_request(request)
     segments = [s for s in await index.call(index.segments, camera, start, end) if s.status != "missing"]
     archived = await archive_api.archive_only(station, camera, start, end)
     local_count = len(segments)
@@ -136,34 +165,112 @@ async def clip(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPNotFound, "no_recordings", f"no recordings of {camera} between "
                         f"{iso(start)} and {iso(end)}")
     cached = await archive_api.fetch(station, archived)
+    locate = locator(station.recording.root, cached) if cached else None
+    copy = archive_api.copies(local_count, len(archived))
+    wanted = byteranges.parse(request.headers.get("Range"))
+    key = (camera, start, end, tuple((s.id, s.sha256) for s in segments))
+    size = request.app[CLIP_SIZES].get(key)
+    if request.method == "HEAD":  # the headers only: nothing is built, no footage is served
+        head = web.StreamResponse(headers={**clip_headers(camera, start, copy),
+                                           **({"Content-Length": str(size)} if size is not None else {})})
+        await head.prepare(request)
+        await head.write_eof()
+        return head
+    if wanted is not None and not (size is None and wanted.from_start):
+        return await clip_range(request, camera, start, end, segments, locate, copy, wanted, key)
     # Footage only in the archive is read from its cache (issue 19).
-    stream = ClipStream(station.recording.root, segments, start, end,
-                        locator(station.recording.root, cached) if cached else None)
+    stream = ClipStream(station.recording.root, segments, start, end, locate)
     stream.start()
+    first = await first_chunk(stream, camera)
+    audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
+          segment_ids=[s.id for s in segments], copy=copy)
+    response = web.StreamResponse(headers=clip_headers(camera, start, copy))
+    await response.prepare(request)
+    written = 0
+    try:
+        chunk: bytes | None = first
+        while chunk is not None:
+            await response.write(chunk)
+            written += len(chunk)
+            chunk = await asyncio.to_thread(stream.next_chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        stream.cancel()
+        raise
+    finally:
+        stream.cancel()
+    if stream.error is None:
+        request.app[CLIP_SIZES].put(key, written)  # later Range requests of this clip know its length
+    await response.write_eof()
+    return response
+
+
+def clip_headers(camera: str, start: float, copy: str) -> dict[str, str]:
+    return {
+        "X-NVR-Copy": copy,  # which copy the clip was made from: local, archive or local+archive
+        "Content-Type": "video/mp4",
+        "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
+        "Cache-Control": "no-store",
+        "Accept-Ranges": "bytes",
+    }
+
+
+async def first_chunk(stream: ClipStream, camera: str) -> bytes:
     first = await asyncio.to_thread(stream.next_chunk)
     if first is None:
         message = str(stream.error) if isinstance(stream.error, ClipError) else "the clip could not be built"
         if stream.error is not None and not isinstance(stream.error, ClipError):
             log.error("clip of %s failed", camera, exc_info=stream.error)
         raise api_error(web.HTTPNotFound, "no_recordings", message)
-    copy = archive_api.copies(local_count, len(archived))
+    return first
+
+
+# -- byte ranges of a clip -----------------------------------------------------------------------------------
+# A clip is remuxed as it is sent, and the remux is deterministic (the same segments and range give the same
+# bytes), so a range of it is the same remux with the bytes before the range skipped and the remux stopped
+# after it.  Its length is learned from a complete build and remembered (CLIP_SIZES); a Range request for a
+# clip whose length is not known yet first builds it once without sending it.
+
+
+async def clip_range(request: web.Request, camera: str, start: float, end: float, segments: list[SegmentRecord],
+                     locate: Locate | None, copy: str, wanted: byteranges.RangeRequest,
+                     key: tuple[object, ...]) -> web.StreamResponse:
+    station = request.app[STATION]
+    sizes = request.app[CLIP_SIZES]
+    size = sizes.get(key)
+    if size is None:
+        counting = ClipStream(station.recording.root, segments, start, end, locate)
+        counting.start()
+        try:
+            size = len(await first_chunk(counting, camera))
+            while (piece := await asyncio.to_thread(counting.next_chunk)) is not None:
+                size += len(piece)
+        finally:
+            counting.cancel()
+        if counting.error is not None:
+            log.error("clip of %s failed", camera, exc_info=counting.error)
+            raise api_error(web.HTTPNotFound, "no_recordings", "the clip could not be built")
+        sizes.put(key, size)
+    span = wanted.resolve(size)
+    if span is None:
+        raise byteranges.unsatisfiable(size)
+    begin, stop = span
+    stream = ClipStream(station.recording.root, segments, start, end, locate)
+    stream.start()
+    first = await first_chunk(stream, camera)
     audit(request, "recordings.clip", camera=camera, start=iso(start), end=iso(end),
-          segment_ids=[s.id for s in segments], copy=copy)
-    response = web.StreamResponse(headers={
-        "X-NVR-Copy": copy,  # which copy the clip was made from: local, archive or local+archive
-        "Content-Type": "video/mp4",
-        "Content-Disposition": f'inline; filename="{camera}_{iso(start)}.mp4"'.replace(":", ""),
-        "Cache-Control": "no-store",
-    })
+          segment_ids=[s.id for s in segments], copy=copy, bytes=f"{begin}-{stop - 1}/{size}")
+    response = web.StreamResponse(status=206, headers={**clip_headers(camera, start, copy),
+                                                       **byteranges.partial_headers(begin, stop, size)})
     await response.prepare(request)
+    at = 0  # offset of ``chunk`` in the clip
     try:
         chunk: bytes | None = first
-        while chunk is not None:
-            await response.write(chunk)
-            chunk = await asyncio.to_thread(stream.next_chunk)
-    except (ConnectionResetError, asyncio.CancelledError):
-        stream.cancel()
-        raise
+        while chunk is not None and at < stop:
+            lo, hi = max(begin - at, 0), min(stop - at, len(chunk))
+            if lo < hi:
+                await response.write(chunk[lo:hi])
+            at += len(chunk)
+            chunk = await asyncio.to_thread(stream.next_chunk) if at < stop else None
     finally:
         stream.cancel()
     await response.write_eof()
@@ -207,7 +314,7 @@ async def create_export(request: web.Request) -> web.Response:
     require_index(request)
     if station.recording.exports is None:
         raise api_error(web.HTTPServiceUnavailable, "storage_unavailable", "exports need the recording storage")
-    causes = await cause_source(request, start, end)
+    causes = await source_causes(request, start, end)
     try:
         request_ = ExportRequest(cameras, start, end, reason.strip(), current_user(request))
         job = await station.recording.exports.submit(request_, causes)
@@ -235,6 +342,11 @@ def find_job(request: web.Request) -> ExportJob:
     return job
 
 
+def case_of(job: ExportJob) -> dict[str, Any]:
+    """``{"case_id": id}`` for a case's package (its downloads are part of the case's custody history)."""
+    return {"case_id": job.request.case["id"]} if job.request.case is not None else {}
+
+
 async def get_export(request: web.Request) -> web.Response:
     return web.json_response(job_json(find_job(request)))
 
@@ -247,7 +359,8 @@ async def download_export(request: web.Request) -> web.StreamResponse:
         raise api_error(web.HTTPConflict, "export_not_ready", f"the export is {job.state.value}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(job.created_at))
     audit_cameras(request, "export.download", job.request.cameras, export_id=job.id,
-                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason)
+                  start=iso(job.request.start), end=iso(job.request.end), reason=job.request.reason,
+                  **case_of(job))
     if (exports := request.app[STATION].recording.exports) is not None:
         exports.mark_downloaded(job)
     return web.FileResponse(job.path, headers={
@@ -332,8 +445,5 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     })
 
 
-async def playback_page(_request: web.Request) -> web.FileResponse:
-
-    return web.FileResponse(STATIC_DIR / "playback.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-    })
+async def playback_page(request: web.Request) -> web.Response:
+    return await serve_page(request, "playback.html")

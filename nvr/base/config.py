@@ -381,6 +381,9 @@ class Recordings(_Model):
     checkpoint_seconds: Annotated[
         float, Field(ge=1, le=86400, description="How often the station signs a checkpoint of its chain heads")
     ] = 300
+    playback_cache_mb: Annotated[
+        float, Field(gt=0, le=1 << 30, description="Fragmented copies of uploaded files made for HLS playback, in MB")
+    ] = 10240
 
     @field_validator("exports_path")
     @classmethod
@@ -451,6 +454,66 @@ class Camera(_Model):
     @property
     def display_url(self) -> str:
         return secrets.redact_url(self.url)
+
+
+# -- body-worn cameras (issue 15) ---------------------------------------------------------
+
+
+class Bodycam(_Model):
+    """A body-worn camera: its files are uploaded from a dock, never streamed (recorder/bodycam.py)."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=64,
+                             description="Device id; shares the camera id namespace")]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class BodycamUploads(_Model):
+    """How uploaded body-camera files are taken (``bodycam_uploads``)."""
+
+    max_file_mb: Annotated[
+        float, Field(gt=0, le=1 << 22, description="Largest file one upload may bring, in MB; larger: 413")
+    ] = 8192
+    max_duration_hours: Annotated[
+        float, Field(gt=0, le=4, description="Longest recording one file may hold (the index bounds segments)")
+    ] = 4
+    clock_tolerance_seconds: Annotated[
+        float, Field(ge=0, le=86400 * 365, description="A device clock further than this from the dock's receipt "
+                                                       "time (beyond the recording's length) is flagged")
+    ] = 120
+    stall_seconds: Annotated[
+        float, Field(gt=0, le=600, description="An upload whose body sends nothing for this long is aborted (408)")
+    ] = 30
+    max_upload_seconds: Annotated[
+        float, Field(gt=0, le=86400, description="An upload must be complete within this long; else 408")
+    ] = 3600
+    max_concurrent: Annotated[
+        int, Field(ge=1, le=256, description="Uploads (API and inbox) taken at once; more answer 503")
+    ] = 4
+
+
+class BodycamInbox(_Model):
+    """A folder docks copy files into: ``<device>_<anything>.mp4`` / ``.mkv`` (``bodycams_inbox``)."""
+
+    path: Path = Field(description="The folder watched (absolute path)")
+    quarantine: Path = Field(description="Files that fail go here, with a .reason.json beside them (absolute)")
+    scan_seconds: Annotated[float, Field(gt=0, le=3600, description="How often the folder is looked at")] = 5
+    stable_seconds: Annotated[
+        float, Field(ge=0, le=3600, description="A file is taken only once its size and mtime stayed the same "
+                                                "this long (a dock still copying it is waited for)")
+    ] = 10
+
+    @field_validator("path", "quarantine")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _apart(self) -> BodycamInbox:
+        if self.quarantine == self.path or self.quarantine.is_relative_to(self.path):
+            raise ValueError("quarantine must not be the inbox or inside it")
+        return self
 
 
 class LockMode(StrEnum):
@@ -528,6 +591,33 @@ class Config(_Model):
     log: Log = Log()
     archive: Archive | None = None
     cameras: list[Camera] = Field(default_factory=list)
+    bodycams: list[Bodycam] = Field(default_factory=list, description="Body-worn cameras (uploaded files)")
+    bodycams_inbox: BodycamInbox | None = None
+    bodycam_uploads: BodycamUploads = BodycamUploads()
+
+    @field_validator("bodycams")
+    @classmethod
+    def _unique_bodycam_ids(cls, bodycams: list[Bodycam]) -> list[Bodycam]:
+        duplicate = first_duplicate([b.id for b in bodycams])
+        if duplicate is not None:
+            raise ValueError(f"duplicate body camera id {duplicate!r}")
+        return bodycams
+
+    @model_validator(mode="after")
+    def _one_id_namespace(self) -> Config:
+        cameras = {c.id for c in self.cameras}
+        clash = [b.id for b in self.bodycams if b.id in cameras]
+        if clash:
+            raise ValueError(f"body camera id(s) {', '.join(map(repr, clash))} are also camera ids: "
+                             "cameras and body cameras share one id namespace")
+        return self
+
+    def bodycam(self, device_id: str) -> Bodycam | None:
+        return next((b for b in self.bodycams if b.id == device_id), None)
+
+    def is_source(self, source_id: str) -> bool:
+        """A fixed camera or a body camera: anything with recordings under this id."""
+        return self.camera(source_id) is not None or self.bodycam(source_id) is not None
 
     @field_validator("cameras")
     @classmethod
@@ -634,6 +724,7 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
     problems += _literal_archive_keys(data, source, lines)
     data = _substitute(data, (), environ, problems, source, lines)
     problems += _duplicate_camera_ids(data, source, lines)
+    problems += _bodycam_id_clashes(data, source, lines)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -665,6 +756,31 @@ def _duplicate_camera_ids(data: dict[str, Any], source: str, lines: dict[tuple[s
             path = ("cameras", index, "id")
             problems.append(f"{_where(source, lines, path)}: {format_path(path)}: duplicate camera id {camera_id!r}")
         seen.add(camera_id)
+    return problems
+
+
+def _bodycam_id_clashes(data: dict[str, Any], source: str, lines: Lines) -> list[str]:
+    """A body camera whose id is a camera's (or another body camera's), naming both places."""
+    cameras, bodycams = data.get("cameras"), data.get("bodycams")
+    if not isinstance(bodycams, list):
+        return []
+    seen: dict[str, tuple[str | int, ...]] = {}
+    for index, camera in enumerate(cameras if isinstance(cameras, list) else []):
+        if isinstance(camera, dict) and isinstance(camera.get("id"), str):
+            seen.setdefault(camera["id"], ("cameras", index, "id"))
+    problems = []
+    for index, device in enumerate(bodycams):
+        device_id = device.get("id") if isinstance(device, dict) else None
+        if not isinstance(device_id, str):
+            continue
+        path = ("bodycams", index, "id")
+        if device_id in seen:
+            other = seen[device_id]
+            problems.append(f"{_where(source, lines, path)}: {format_path(path)}: id {device_id!r} is already "
+                            f"{format_path(other)} ({_where(source, lines, other)}): cameras and body cameras "
+                            "share one id namespace")
+        else:
+            seen[device_id] = path
     return problems
 
 

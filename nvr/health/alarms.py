@@ -83,10 +83,14 @@ class AlarmType(StrEnum):
     RECORDING_STALLED = "recording_stalled"
     DISK_FULL = "disk_full"
     ARCHIVE_BACKLOG = "archive_backlog"  # segments wait for the off-site archive too long (recorder/archive.py)
+    # A body-camera file from the inbox was refused and quarantined (recorder/bodycam_inbox.py); it closes when
+    # the next file of that device is taken.
+    BODYCAM_QUARANTINED = "bodycam_quarantined"
 
 
 STORAGE_ALARMS = (AlarmType.DISK_FULL, AlarmType.ARCHIVE_BACKLOG)
-CAMERA_ALARMS = tuple(t for t in AlarmType if t not in STORAGE_ALARMS)
+DEVICE_ALARMS = (AlarmType.BODYCAM_QUARANTINED,)  # body cameras' (issue 15), not a fixed camera's
+CAMERA_ALARMS = tuple(t for t in AlarmType if t not in STORAGE_ALARMS and t not in DEVICE_ALARMS)
 
 
 class Severity(StrEnum):

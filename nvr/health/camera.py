@@ -26,13 +26,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
 
 from nvr.base.config import Health, PictureChecks
 from nvr.health.alarms import LAST_PACKET_AT, AlarmStore, AlarmType, Severity
 from streams.hub import Hub, HubReader, ReaderClosed
 from streams.media import MediaPacket, SessionEnded, TrackKind
-from streams.picture_check import Condition, Findings, PictureCheck, decode_keyframe
+from streams.picture_check import Condition, Findings, PictureCheck, decode_frame, gray_of
 from streams.rtsp_source import OfflineReason, RtspSource, SourceState
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class CameraHealth:
         executor: Executor,
         record: bool = False,
         last_write: Callable[[], float | None] | None = None,
+        thumbnail: Callable[[float, VideoFrame], None] | None = None,
     ) -> None:
         self.camera = camera
         self.severity = severity
@@ -82,6 +84,10 @@ class CameraHealth:
         self.executor = executor
         self.record = record
         self.last_write = last_write or (lambda: None)
+        # Given each decoded keyframe of a recorded camera with its arrival time (worker thread): thumbnails.
+        self.thumbnail = thumbnail if record else None
+        self.thumbnail_seconds = 0.0  # CPU (thread time) spent on thumbnails, within analysis_seconds
+        self._thumbnail_failing = False
         self.check = PictureCheck(thresholds)
         self._reformatter = VideoReformatter()  # one analysis at a time per camera: only _analyse uses it
         self.last_findings: Findings | None = None
@@ -180,9 +186,20 @@ class CameraHealth:
         started = time.thread_time()
         video = packet.session.video
         assert video is not None
-        gray = decode_keyframe(video.codec, video.extradata, packet.data, self.thresholds.analysis_width,
-                               self._reformatter)
-        findings = self.check.analyse(gray) if gray is not None else None
+        frame = decode_frame(video.codec, video.extradata, packet.data)
+        findings = None
+        if frame is not None:
+            findings = self.check.analyse(gray_of(frame, self.thresholds.analysis_width, self._reformatter))
+            if self.thumbnail is not None:
+                thumbnail_started = time.thread_time()
+                try:
+                    self.thumbnail(packet.received_at, frame)
+                    self._thumbnail_failing = False
+                except Exception:  # a thumbnail is never worth a picture check; said once, not every keyframe
+                    log.log(logging.DEBUG if self._thumbnail_failing else logging.WARNING,
+                            "[%s] thumbnail not kept", self.camera, exc_info=True)
+                    self._thumbnail_failing = True
+                self.thumbnail_seconds += time.thread_time() - thumbnail_started
         self.analysis_seconds += time.thread_time() - started
         self.analyses += 1
         return findings

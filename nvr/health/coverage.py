@@ -117,3 +117,21 @@ def causes(
     if end > now:
         found.append(Cause(now, end, 0, "future"))
     return found
+
+
+DEVICE_NOT_RECORDING = "not_recording"
+
+
+def device_causes(start: float, end: float, now: float) -> list[Cause]:
+    """A body camera's gaps (issue 15): it records when its wearer switches it on and its files arrive when
+    it is docked, so coverage is its recorded spans and every gap is ``not_recording``, not an outage."""
+    found = [Cause(start, end, 9, DEVICE_NOT_RECORDING)]
+    if end > now:
+        found.append(Cause(now, end, 0, "future"))
+    return found
+
+
+def for_device(device: str, start: float, end: float, segments: Sequence[SegmentRecord], now: float
+               ) -> CameraCoverage:
+    """Coverage of a body camera: the spans of its uploaded files, nothing promised in between."""
+    return CameraCoverage.of(build(device, start, end, segments, device_causes(start, end, now)))

@@ -18,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from av.video.frame import VideoFrame
+
 from nvr.base.config import Config
 from nvr.health.alarms import ALARMS_FILE, AlarmStore, AlarmType, severity_for
 from nvr.health.camera import CameraHealth
 from nvr.health.webhooks import WebhookSender
 from recorder.storage import free_space
+from recorder.thumbnails import ThumbnailStore, jpeg_of
 from streams.camera import CameraStreams
 from streams.hub import HubReader
 
@@ -60,6 +63,7 @@ class HealthMonitor:
             self.alarms.listeners.append(sender.submit)
         self._stopping = False
         self._wake = asyncio.Event()
+        self.thumbnails: ThumbnailStore | None = None  # on the storage, once it is accepted
         for camera_id, runtime in cameras.items():
             camera = runtime.config
             self.cameras[camera_id] = CameraHealth(
@@ -73,6 +77,7 @@ class HealthMonitor:
                 self.executor,
                 record=camera.record,
                 last_write=_last_write_of(last_write, camera_id),
+                thumbnail=self._thumbnail_of(camera_id),
             )
             for hub in (runtime.hub, runtime.live_hub):
                 if hub is not None:
@@ -80,6 +85,14 @@ class HealthMonitor:
             # The long-lived reader has a series from the start; viewers appear when they drop. (The recorder
             # is a sink on the camera's thread, not a reader: its losses are the recorder core's own count.)
             self.reader_drops[(camera_id, f"health:{camera_id}")] = 0
+
+    def _thumbnail_of(self, camera_id: str) -> Callable[[float, VideoFrame], None]:
+        def keep(at: float, frame: VideoFrame) -> None:
+            """Worker thread: a thumbnail of the keyframe just analysed, unless the disk is refused or full."""
+            state = self.storage()
+            if self.thumbnails is not None and state is not None and not state.disk_full:
+                self.thumbnails.put(camera_id, at, jpeg_of(frame))
+        return keep
 
     def _count_drop(self, reader: HubReader) -> None:
         camera = reader.hub.name.split("/", 1)[0]
@@ -103,7 +116,8 @@ class HealthMonitor:
         return True
 
     async def storage_ready(self, root: Path) -> None:
-        """The storage was accepted: keep alarms on it from now on."""
+        """The storage was accepted: keep alarms and thumbnails on it from now on."""
+        self.thumbnails = ThumbnailStore(root)
         try:
             await self.alarms.attach(root / ALARMS_FILE)
         except Exception:

@@ -126,7 +126,9 @@ def _record(db: AuthDatabase, actor: str, action: str, **details: object) -> Non
 
 def _cameras(text: str | None, config: Config) -> frozenset[str] | None:
     cameras = parse_cameras(text)
-    unknown = sorted(c for c in cameras or () if config.camera(c) is None)
+    # A station's body cameras are in the allow-lists' namespace too (the central console has none).
+    known = getattr(config, "is_source", config.camera)
+    unknown = sorted(c for c in cameras or () if not known(c))
     if unknown:
         raise AuthError(f"--cameras: unknown camera(s): {', '.join(unknown)}")
     return cameras

@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_seen REAL NOT NULL,
     address TEXT
 );
+-- A table of its own (not a column of users) so that databases made before it need no migration.
+CREATE TABLE IF NOT EXISTS user_preferences (
+    user TEXT PRIMARY KEY REFERENCES users(name) ON DELETE CASCADE,
+    lang TEXT
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -164,6 +169,18 @@ class AuthDatabase(SqliteWorker):
             db.execute("DELETE FROM sessions WHERE user = ?", (name,))
         if not changed:
             raise AuthError(f"no user {name!r}")
+
+    def language(self, name: str) -> str | None:
+        """The user's chosen language for the console, or None (then the browser's choice applies)."""
+        row = self.db.execute("SELECT lang FROM user_preferences WHERE user = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_language(self, name: str, lang: str | None) -> None:
+        """Store (or, with None, forget) the user's language; the caller checks that it is supported."""
+        if not self.db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+            raise AuthError(f"no user {name!r}")
+        self.db.execute("INSERT INTO user_preferences (user, lang) VALUES (?, ?) "
+                        "ON CONFLICT(user) DO UPDATE SET lang = excluded.lang", (name, lang))
 
     def password_record(self, name: str) -> tuple[User, str] | None:
         """The user and their password hash (database thread); verify with :meth:`verify_password`."""

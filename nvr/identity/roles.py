@@ -19,6 +19,8 @@ class Role(StrEnum):
     # A central console's token (issue 8): a monitor that may say which central user it acts for
     # (X-NVR-Via-Console / X-NVR-Central-User, honoured for tokens of this role only; web/access.py).
     CENTRAL = "central"
+    # A docking station's token (issue 15): uploads body-camera files, and nothing else.
+    DOCK = "dock"
 
 
 class Permission(StrEnum):
@@ -37,6 +39,9 @@ class Permission(StrEnum):
     AUDIT = "audit"  # read the audit log
     CHECKPOINTS = "checkpoints"  # the station's signed checkpoints, collected by a witness (the console)
     ARCHIVE = "archive"  # the off-site archive's state and backlog
+    UPLOAD = "upload"  # POST a body-camera file (docks)
+    CASES = "cases"  # incident cases: create, add ranges and bookmarks, export, close, history
+    ASSIGNMENTS = "assignments"  # who wears which body camera when (admins)
 
 
 _ALL_SIGNED_IN = {Permission.SELF, Permission.CAMERAS, Permission.ALARMS}
@@ -49,10 +54,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AUDITOR: frozenset(
         _ALL_SIGNED_IN
         | {Permission.RECORDINGS, Permission.COVERAGE, Permission.EXPORTS, Permission.HOLDS, Permission.AUDIT,
-           Permission.CHECKPOINTS, Permission.ARCHIVE}
+           Permission.CHECKPOINTS, Permission.ARCHIVE, Permission.CASES}
     ),
     Role.ADMIN: frozenset(Permission),
     Role.CENTRAL: frozenset(_ALL_SIGNED_IN | {Permission.LIVE, Permission.CHECKPOINTS, Permission.ARCHIVE}),
+    # Not even SELF: a dock's token leaked from a docking station opens no page and reads nothing.
+    Role.DOCK: frozenset({Permission.UPLOAD}),
 }
 
 

@@ -2,13 +2,13 @@
 // Plain JavaScript, no dependencies: station networks are closed.
 "use strict";
 
+const { t } = window.nvrI18n;
 const POLL_MS = 2000;          // camera states and alarms
 const LAYOUTS = { 1: [1, 1], 4: [2, 2], 9: [3, 3], 16: [4, 4] };
-const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
-const REASONS = {
-  unreachable: "camera unreachable", auth_failed: "login refused", stalled: "stream stalled",
-  stream_error: "stream error", stopped: "stopped",
-};
+const { label } = window.nvrI18n;
+const zoneName = (zone) => label("zone", zone);
+const reasonText = (reason) => (reason ? label("reason", reason) : "");
+const stateText = (state) => label("state", state);
 
 /** The page: layout, pagination, tiles, health panel. */
 class Console {
@@ -53,7 +53,7 @@ class Console {
   async start() {
     fetch("/healthz").then((r) => r.json()).then((h) => {
       document.getElementById("station").textContent = h.station || "";
-      document.title = `${h.station} · NVR monitoring`;
+      document.title = t("console.page_title", { station: h.station });
     }).catch(() => {});
     await this.poll();
     setInterval(() => this.poll(), POLL_MS);
@@ -67,11 +67,11 @@ class Console {
       const cameras = await response.json();
       const changed = cameras.map((c) => c.id).join() !== this.cameras.map((c) => c.id).join();
       this.cameras = cameras;
-      status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      status.textContent = t("console.updated", { time: window.nvrI18n.time(Date.now()) });
       status.classList.remove("bad");
       if (changed) this.render(); else this.update();
     } catch (error) {
-      status.textContent = `Daemon unreachable (${error.message}); retrying`;
+      status.textContent = t("console.unreachable", { detail: error.message });
       status.classList.add("bad");
     }
     this.pollAlarms();
@@ -130,10 +130,16 @@ class Console {
     if (!this.cameras.length) {
       const empty = document.createElement("div");
       empty.className = "tile empty show-message";
-      empty.innerHTML = '<div class="tile-message"><span class="tile-message-title">No cameras configured</span></div>';
+      const message = document.createElement("div");
+      message.className = "tile-message";
+      const title = document.createElement("span");
+      title.className = "tile-message-title";
+      title.textContent = t("console.no_cameras");
+      message.append(title);
+      empty.append(message);
       this.wall.appendChild(empty);
     }
-    document.getElementById("page").textContent = `${this.page + 1} / ${this.pages()}`;
+    document.getElementById("page").textContent = t("console.page", { page: this.page + 1, pages: this.pages() });
     document.getElementById("prev").disabled = this.page === 0;
     document.getElementById("next").disabled = this.page >= this.pages() - 1;
     this.update();
@@ -144,7 +150,7 @@ class Console {
     tile.dataset.cameraId = camera.id;
     tile.classList.toggle("cell", camera.zone === "holding_cell");
     tile.querySelector(".tile-name").textContent = camera.name;
-    tile.querySelector(".tile-zone").textContent = ZONES[camera.zone] || camera.zone;
+    tile.querySelector(".tile-zone").textContent = zoneName(camera.zone);
     const video = tile.querySelector(".tile-video");
     tile.addEventListener("click", () => toggleFullscreen(tile));
     tile.addEventListener("keydown", (event) => { if (event.key === "Enter") toggleFullscreen(tile); });
@@ -153,7 +159,7 @@ class Console {
       event.stopPropagation();
       video.muted = !video.muted;
       audio.setAttribute("aria-pressed", String(!video.muted));
-      audio.title = video.muted ? "Unmute" : "Mute";
+      audio.title = video.muted ? t("console.unmute") : t("console.mute");
       audio.setAttribute("aria-label", audio.title);
     });
     const url = `/api/cameras/${encodeURIComponent(camera.id)}/whep`;
@@ -188,25 +194,27 @@ class Console {
     tile.classList.toggle("recording", Boolean(camera.recording));
     const badge = tile.querySelector(".badge");
     badge.dataset.state = state;
-    badge.textContent = state === "offline" && camera.state_reason ? `offline · ${camera.state_reason.replace("_", " ")}` : state;
+    badge.textContent = state === "offline" && camera.state_reason
+      ? t("console.offline_because", { reason: reasonText(camera.state_reason) }) : stateText(state);
     const live = camera.live || camera;
     const info = [];
-    if (live.width && live.height) info.push(`${live.width}×${live.height}`);
-    if (live.fps) info.push(`${Math.round(live.fps)} fps`);
-    tile.querySelector(".tile-info").textContent = info.join(" · ");
+    if (live.width && live.height) info.push(t("console.resolution", { width: live.width, height: live.height }));
+    if (live.fps) info.push(t("console.fps", { fps: Math.round(live.fps) }));
+    tile.querySelector(".tile-info").textContent = info.join(t("list.separator"));
     let title = "";
     let detail = "";
     if (state === "offline") {
-      title = "No signal";
-      detail = (REASONS[camera.state_reason] || camera.state_reason || "") +
-        (camera.last_packet_at ? ` · last picture ${since(camera.last_packet_at)}` : "");
+      title = t("console.no_signal");
+      detail = camera.last_packet_at
+        ? t("console.no_signal_detail", { reason: reasonText(camera.state_reason), ago: since(camera.last_packet_at) })
+        : reasonText(camera.state_reason);
     } else if (tile.dataset.playerError) {
-      title = "Live view unavailable";
+      title = t("console.live_unavailable");
       detail = tile.dataset.playerError;
     } else if (state === "connecting") {
-      title = "Connecting to camera…";
+      title = t("console.connecting");
     } else if (tile.dataset.player !== "playing") {
-      title = "Starting live view…";
+      title = t("console.starting");
     }
     tile.classList.toggle("show-message", Boolean(title));
     tile.querySelector(".tile-message-title").textContent = title;
@@ -225,10 +233,10 @@ class Console {
       const name = document.createElement("span");
       name.className = "name";
       name.textContent = camera.name;
-      name.title = `${camera.name} (${ZONES[camera.zone] || camera.zone})`;
+      name.title = t("console.camera_zone", { name: camera.name, zone: zoneName(camera.zone) });
       const state = document.createElement("span");
       state.className = "state";
-      state.textContent = camera.state === "offline" && camera.state_reason ? camera.state_reason.replace("_", " ") : camera.state;
+      state.textContent = camera.state === "offline" && camera.state_reason ? reasonText(camera.state_reason) : stateText(camera.state);
       item.append(dot, name, state);
       item.addEventListener("click", () => this.show(camera.id));
       return item;
@@ -237,9 +245,9 @@ class Console {
     const online = this.cameras.filter((c) => c.state === "online").length;
     const offline = this.cameras.filter((c) => c.state === "offline").length;
     const recording = this.cameras.filter((c) => c.recording).length;
-    document.getElementById("summary").innerHTML =
-      `<span><b>${online}</b> online</span><span class="${offline ? "bad" : ""}"><b>${offline}</b> offline</span>` +
-      `<span><b>${recording}</b> recording</span><span><b>${this.alarms.length}</b> open alarms</span>`;
+    document.getElementById("summary").replaceChildren(
+      summaryPart("console.summary_online", online), summaryPart("console.summary_offline", offline, offline > 0),
+      summaryPart("console.summary_recording", recording), summaryPart("console.summary_alarms", this.alarms.length));
   }
 
   renderAlarms() {
@@ -258,7 +266,10 @@ class Console {
     const list = document.getElementById("alarms");
     document.getElementById("alarm-count").textContent = String(this.alarms.length);
     if (!this.alarms.length) {
-      list.innerHTML = '<li class="empty">No open alarms</li>';
+      const empty = document.createElement("li");
+      empty.className = "empty";
+      empty.textContent = t("console.no_open_alarms");
+      list.replaceChildren(empty);
       return;
     }
     const names = Object.fromEntries(this.cameras.map((c) => [c.id, c.name]));
@@ -266,10 +277,10 @@ class Console {
       const item = document.createElement("li");
       item.classList.toggle("critical", a.severity === "critical");
       const camera = alarmCamera(a);
-      item.textContent = `${names[camera] || camera || "Station"}: ${alarmLabel(a)}`;
+      item.textContent = t("console.alarm_line", { where: names[camera] || camera || t("console.station"), alarm: alarmLabel(a) });
       const when = document.createElement("span");
       when.className = "when";
-      when.textContent = a.opened_at ? `since ${since(a.opened_at)}` : "";
+      when.textContent = a.opened_at ? t("console.since", { ago: since(a.opened_at) }) : "";
       item.appendChild(when);
       if (camera) item.addEventListener("click", () => this.show(camera));
       return item;
@@ -284,24 +295,30 @@ class Console {
   }
 
   tick() {
-    document.getElementById("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+    const clock = document.getElementById("clock");
+    const now = Date.now();
+    clock.textContent = window.nvrI18n.time(now);
+    clock.dateTime = window.nvrI18n.isoUtc(now);
+    clock.title = window.nvrI18n.hover(now);
   }
 }
 
 // Alarms as /api/events returns them: {id, camera, type, severity, opened_at, closed_at, open, details}.
 function alarmCamera(alarm) { return alarm.camera ?? alarm.camera_id ?? null; }
 
-function alarmLabel(alarm) {
-  const text = String(alarm.type || "alarm").replaceAll("_", " ");
-  return text.charAt(0).toUpperCase() + text.slice(1);
-}
+function alarmLabel(alarm) { return label("alarm", alarm.type || "alarm"); }
 
-function since(iso) {
-  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (!Number.isFinite(seconds)) return "";
-  if (seconds < 60) return `${seconds} s ago`;
-  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
-  return new Date(iso).toLocaleString();
+function since(iso) { return window.nvrI18n.ago(iso); }
+
+// "<b>3</b> online": the number in bold, the words around it from the catalogue ("{n}" marks where it goes).
+function summaryPart(key, value, bad = false) {
+  const span = document.createElement("span");
+  if (bad) span.className = "bad";
+  const [before, after] = t(key).split("{n}");
+  const number = document.createElement("b");
+  number.textContent = window.nvrI18n.number(value);
+  span.append(before || "", number, after || "");
+  return span;
 }
 
 function toggleFullscreen(tile) {

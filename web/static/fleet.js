@@ -4,12 +4,7 @@
 "use strict";
 
 const MAX_TILES = 4;
-const ZONES = { hall: "Hall", entrance: "Entrance", corridor: "Corridor", holding_cell: "Holding cell", other: "Other" };
-const REASONS = {
-  unauthorized: "token refused (401)", forbidden: "token lacks permission (403)", tls_error: "TLS / certificate error",
-  connection_refused: "connection refused", timeout: "timed out", unresolvable: "host name does not resolve",
-  network_error: "network error", bad_response: "not an nvr answer", http_error: "HTTP error",
-};
+const { t, label } = window.nvrI18n;
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -18,13 +13,7 @@ function el(tag, className, text) {
   return node;
 }
 
-function since(iso) {
-  if (!iso) return "";
-  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (seconds < 90) return `${Math.round(seconds)} s ago`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
-  return `${Math.round(seconds / 3600)} h ago`;
-}
+function since(iso) { return iso ? window.nvrI18n.ago(iso) : ""; }
 
 
 /** The page: station cards, the live wall, the merged alarm list. */
@@ -37,7 +26,13 @@ class Fleet {
   }
 
   start() {
-    const tick = () => { document.getElementById("clock").textContent = new Date().toLocaleTimeString(); };
+    const tick = () => {
+      const clock = document.getElementById("clock");
+      const now = Date.now();
+      clock.textContent = window.nvrI18n.time(now);
+      clock.dateTime = window.nvrI18n.isoUtc(now);
+      clock.title = window.nvrI18n.hover(now);
+    };
     tick();
     setInterval(tick, 1000);
     this.follow();
@@ -67,7 +62,7 @@ class Fleet {
     source.addEventListener("alarm.opened", onAlarm);
     source.addEventListener("alarm.closed", onAlarm);
     source.onerror = () => {
-      connection.textContent = "console connection lost; reconnecting";
+      connection.textContent = t("fleet.connection_lost");
       connection.classList.add("bad");
       if (source.readyState === EventSource.CLOSED) setTimeout(() => this.follow(), 3000);
     };
@@ -95,13 +90,14 @@ class Fleet {
     const online = stations.reduce((n, s) => n + s.counts.online, 0);
     const summary = document.getElementById("summary");
     summary.replaceChildren();
-    const part = (label, value, bad) => {
+    const part = (text, value, bad) => {
       const span = el("span", bad ? "bad" : "");
-      span.append(el("b", "", String(value)), ` ${label}`);
+      const [before, after] = text.split("{n}");  // the number in bold where the catalogue puts it
+      span.append(before || "", el("b", "", window.nvrI18n.number(value)), after || "");
       summary.append(span);
     };
-    part(`of ${stations.length} stations reachable`, reachable, reachable < stations.length);
-    part(`of ${cams} cameras online`, online, online < cams);
+    part(t("fleet.summary_stations", { total: stations.length }), reachable, reachable < stations.length);
+    part(t("fleet.summary_cameras", { total: cams }), online, online < cams);
     for (const [key, tile] of this.tiles) this.updateTile(key, tile);
   }
 
@@ -112,24 +108,26 @@ class Fleet {
     const head = el("header");
     head.append(el("span", "station-name", station.name));
     const counts = el("span", "station-counts");
-    counts.append(`${station.counts.online}/${station.counts.cameras} online`);
+    counts.append(t("fleet.station_online", { online: station.counts.online, total: station.counts.cameras }));
     if (station.counts.alarms_open) {
-      counts.append(" · ", el("span", station.counts.critical_open ? "bad" : "", `${station.counts.alarms_open} alarm(s)`));
+      counts.append(t("list.separator"), el("span", station.counts.critical_open ? "bad" : "",
+        t("fleet.station_alarms", { n: station.counts.alarms_open })));
     }
     const archive = station.archive;
     if (archive && archive.enabled && archive.backlog) {
       // The off-site archive's backlog (issue 19): segments waiting, and since when.
       const b = archive.backlog;
       const late = archive.state !== "ok" || (b.alarm_after_seconds && b.oldest_age_seconds > b.alarm_after_seconds);
-      counts.append(" · ", el("span", late ? "bad" : "",
-        `archive ${b.segments} waiting (${(b.bytes / 1e6).toFixed(0)} MB, oldest ${Math.round(b.oldest_age_seconds)} s)` +
-        (archive.state !== "ok" && archive.reason ? `: ${archive.reason}` : "")));
+      const backlog = t("fleet.archive_backlog", { segments: b.segments, mb: Math.round(b.bytes / 1e6),
+        oldest: window.nvrI18n.duration(b.oldest_age_seconds) });
+      counts.append(t("list.separator"), el("span", late ? "bad" : "", archive.state !== "ok" && archive.reason
+        ? t("fleet.archive_backlog_reason", { backlog, reason: archive.reason }) : backlog));
     }
-    head.append(counts, el("span", "badge", station.state));
+    head.append(counts, el("span", "badge", label("state", station.state)));
     head.lastChild.dataset.state = station.reachable ? "online" : station.state === "connecting" ? "connecting" : "offline";
     card.append(head);
-    const reason = el("div", "station-reason",
-      `${REASONS[station.reason] || station.reason || ""}: ${station.message || ""} (since ${since(station.since)})`);
+    const reason = el("div", "station-reason", t("fleet.station_reason", {
+      reason: station.reason ? label("link", station.reason) : "", message: station.message || "", ago: since(station.since) }));
     card.append(reason);
     const list = el("ul", "camera-list");
     for (const camera of station.cameras) {
@@ -138,16 +136,17 @@ class Fleet {
       li.dataset.cameraId = camera.id;
       if (camera.zone === "holding_cell") li.classList.add("cell");
       li.append(el("span", "dot"), el("span", "name", camera.name),
-        el("span", "state", station.reachable ? camera.state : `${camera.state}?`));
+        el("span", "state", station.reachable ? label("state", camera.state)
+          : t("fleet.state_stale", { state: label("state", camera.state) })));
       const key = `${station.id}/${camera.id}`;
-      const button = el("button", "live-button", "Live");
+      const button = el("button", "live-button", t("fleet.live"));
       button.type = "button";
       button.setAttribute("aria-pressed", this.tiles.has(key) ? "true" : "false");
       button.addEventListener("click", () => this.toggleLive(station.id, camera.id));
       li.append(button);
       if (camera.open_alarms.length) {
         const alarms = el("span", "alarms");
-        for (const a of camera.open_alarms) alarms.append(el("span", a.severity, a.type));
+        for (const a of camera.open_alarms) alarms.append(el("span", a.severity, label("alarm", a.type)));
         li.append(alarms);
       }
       list.append(li);
@@ -157,18 +156,18 @@ class Fleet {
   }
 
   renderAlarms(alarms) {
-    document.getElementById("alarm-count").textContent = String(alarms.length);
+    document.getElementById("alarm-count").textContent = window.nvrI18n.number(alarms.length);
     const list = document.getElementById("alarms");
-    if (!alarms.length) { list.replaceChildren(el("li", "empty", "No open alarms")); return; }
+    if (!alarms.length) { list.replaceChildren(el("li", "empty", t("console.no_open_alarms"))); return; }
     list.replaceChildren(...alarms.map((a) => {
       const li = el("li", a.severity);
       if (a.type === "station_unreachable") li.classList.add("unreachable");
       li.dataset.station = a.station;
       li.dataset.type = a.type;
-      const where = a.camera ? `${a.station_name} · ${a.camera_name || a.camera}` : a.station_name;
-      li.append(el("span", "where", where), a.type.replace("_", " "));
-      if (a.details && a.details.message) li.append(` — ${a.details.message}`);
-      li.append(el("span", "when", `${a.severity}, ${since(a.opened_at)}`));
+      const where = a.camera ? t("fleet.where", { station: a.station_name, camera: a.camera_name || a.camera }) : a.station_name;
+      li.append(el("span", "where", where), a.details && a.details.message
+        ? t("fleet.alarm_message", { alarm: label("alarm", a.type), message: a.details.message }) : label("alarm", a.type));
+      li.append(el("span", "when", t("fleet.alarm_when", { severity: label("severity", a.severity), ago: since(a.opened_at) })));
       return li;
     }));
   }
@@ -201,7 +200,8 @@ class Fleet {
     const url = `/api/stations/${encodeURIComponent(stationId)}/cameras/${encodeURIComponent(cameraId)}/whep`;
     const player = new LivePlayer(url, tile.querySelector("video"), (kind, why) => {
       tile.classList.toggle("show-message", kind !== "playing");
-      title.textContent = kind === "playing" ? "" : LIVE_TEXT[kind === "error" ? "unavailable" : kind] || LIVE_TEXT.reconnecting;
+      title.textContent = kind === "playing" ? "" : kind === "error" ? t("console.live_unavailable")
+        : kind === "connecting" ? t("fleet.connecting") : t("fleet.reconnecting");
       detail.textContent = why || "";
     });
     this.players[key] = player;
@@ -225,15 +225,16 @@ class Fleet {
     const [stationId, cameraId] = key.split("/");
     const station = this.stations.get(stationId);
     const camera = this.camera(stationId, cameraId);
-    tile.querySelector(".tile-name").textContent = `${station ? station.name : stationId} · ${camera ? camera.name : cameraId}`;
-    tile.querySelector(".tile-zone").textContent = camera ? ZONES[camera.zone] || camera.zone : "";
+    tile.querySelector(".tile-name").textContent = t("fleet.where", { station: station ? station.name : stationId,
+      camera: camera ? camera.name : cameraId });
+    tile.querySelector(".tile-zone").textContent = camera ? label("zone", camera.zone) : "";
     tile.classList.toggle("cell", !!camera && camera.zone === "holding_cell");
     const state = station && !station.reachable ? "unreachable" : camera ? camera.state : "unknown";
     const badge = tile.querySelector(".badge");
-    badge.textContent = state;
+    badge.textContent = label("state", state);
     badge.dataset.state = state === "unreachable" ? "offline" : state;
     const alarms = tile.querySelector(".tile-alarms");
-    alarms.replaceChildren(...(camera ? camera.open_alarms : []).map((a) => el("li", a.severity, a.type)));
+    alarms.replaceChildren(...(camera ? camera.open_alarms : []).map((a) => el("li", a.severity, label("alarm", a.type))));
     tile.classList.toggle("alarm", !!camera && camera.open_alarms.length > 0);
   }
 }

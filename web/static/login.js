@@ -43,10 +43,10 @@
         return;
       }
       const body = await response.json().catch(() => ({}));
-      error.textContent = body.message || `Sign-in failed (${response.status})`;
+      error.textContent = body.message || nvrI18n.t("login.failed", { status: response.status });
       document.getElementById("password").value = "";
     } catch (err) {
-      error.textContent = "The server cannot be reached.";
+      error.textContent = nvrI18n.t("login.unreachable");
     } finally {
       submit.disabled = false;
     }

@@ -2,12 +2,10 @@
 // Plain JavaScript, no dependencies: station networks are closed.
 "use strict";
 
-// Every sentence a tile shows about its live view, keyed by the station's error code (the i18n catalogue can
-// take them over as they are). A code missing here shows the station's own message.
+// Every sentence a tile shows about why its live view is refused, keyed by the station's error code (English
+// only so far: the i18n catalogue can take them over as they are). A code missing here shows the station's
+// own message.
 const LIVE_TEXT = {
-  unavailable: "Live view unavailable",
-  connecting: "Connecting…",
-  reconnecting: "Reconnecting…",
   h265_needs_transcode: "This camera's live stream is H.265, which browsers cannot play. To watch it here, " +
     "set live.transcode: h264 in the station's configuration (for all cameras, or for this one under " +
     "live.cameras), or give the camera an H.264 substream as live_url.",
