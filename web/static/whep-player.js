@@ -5,29 +5,28 @@
 // Every sentence a tile shows about why its live view is refused, keyed by the station's error code (English
 // only so far: the i18n catalogue can take them over as they are). A code missing here shows the station's
 // own message.
-const LIVE_TEXT = {
-  h265_needs_transcode: "This camera's live stream is H.265, which browsers cannot play. To watch it here, " +
-    "set live.transcode: h264 in the station's configuration (for all cameras, or for this one under " +
-    "live.cameras), or give the camera an H.264 substream as live_url.",
-  codec_unsupported: "This camera's live stream is in a format browsers cannot play. " +
-    "Give the camera an H.264 substream as live_url.",
-  profile_unsupported: "This camera's H.264 profile cannot be played by browsers. " +
-    "Set the camera (or its live_url substream) to Main or High profile.",
-  profile_not_offered: "This browser cannot decode this camera's H.264 profile. " +
-    "Use a browser with full H.264 support, or give the camera a Main-profile substream as live_url.",
-  level_not_offered: "This browser cannot decode this camera's H.264 level. " +
-    "Lower the camera's resolution or frame rate, or give it a smaller substream as live_url.",
-  no_common_codec: "This browser offers no H.264 video, which live view needs.",
-  no_udp_candidates: "This computer can reach the station only over TCP. Live view needs UDP, or a TURN " +
-    "server in the station's live.ice_servers.",
-  too_many_transcodes: "The station is already converting as many H.265 cameras as it may " +
-    "(live.max_transcodes). Trying again shortly.",
-  too_many_sessions: "The station is serving as many live views as it may. Trying again shortly.",
-  too_many_sessions_per_user: "You have as many live views open as allowed. Close one to watch this camera.",
-};
+/** The tile's words for a refusal the daemon names by code (strings in the i18n catalogues); null for others. */
+function liveRefusal(code) {
+  const { t } = window.nvrI18n;
+  const substream = "live_url";
+  switch (code) {
+    case "h265_needs_transcode":
+      return t("live.error.h265_needs_transcode", { setting: "live.transcode: h264", per_camera: "live.cameras", substream });
+    case "codec_unsupported": return t("live.error.codec_unsupported", { substream });
+    case "profile_unsupported": return t("live.error.profile_unsupported", { substream, profiles: "Main / High" });
+    case "profile_not_offered": return t("live.error.profile_not_offered", { substream, profile: "Main" });
+    case "level_not_offered": return t("live.error.level_not_offered", { substream });
+    case "no_common_codec": return t("live.error.no_common_codec");
+    case "no_udp_candidates": return t("live.error.no_udp_candidates", { setting: "live.ice_servers" });
+    case "too_many_transcodes": return t("live.error.too_many_transcodes", { setting: "live.max_transcodes" });
+    case "too_many_sessions": return t("live.error.too_many_sessions");
+    case "too_many_sessions_per_user": return t("live.error.too_many_sessions_per_user");
+    default: return null;
+  }
+}
 
-const STALL_MS = 8000;
-const ICE_SERVERS = new Map();  // WHEP endpoint -> the STUN/TURN servers its Link headers named (RFC 9725 4.6)         // no new decoded frame for this long while the camera is online: reconnect
+const STALL_MS = 8000;           // no new decoded frame for this long while the camera is online: reconnect
+const ICE_SERVERS = new Map();  // WHEP endpoint -> the STUN/TURN servers its Link headers named (RFC 9725 4.6)
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 
 /** One tile's WHEP session: connects, watches for stalls, reconnects with backoff. */
@@ -72,7 +71,7 @@ class LivePlayer {
     };
     pc.onconnectionstatechange = () => {
       if (this.pc !== pc) return;
-      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.retry("connection lost");
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.retry(window.nvrI18n.t("live.reason.connection_lost"));
     };
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -84,7 +83,7 @@ class LivePlayer {
       if (response.status !== 201) {
         const body = await response.json().catch(() => ({}));
         this.errorCode = body.error || null;
-        const error = new Error(LIVE_TEXT[body.error] || body.message || `HTTP ${response.status}`);
+        const error = new Error(liveRefusal(body.error) || body.message || `HTTP ${response.status}`);
         error.permanent = response.status === 409 || response.status === 400;
         throw error;
       }
@@ -149,7 +148,7 @@ class LivePlayer {
     // While the camera is offline the session stays open and resumes by itself when it returns;
     // a stall with the camera online means our session is dead: start a new one.
     if (!this.cameraOnline) { this.lastProgress = now; return; }
-    if (now - this.lastProgress > STALL_MS) this.retry("no picture");
+    if (now - this.lastProgress > STALL_MS) this.retry(window.nvrI18n.t("live.reason.no_picture"));
   }
 
   setCameraOnline(online) {
