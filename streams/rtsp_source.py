@@ -233,31 +233,34 @@ class RtspSource:
             self._set_state(SourceState.OFFLINE, reason, message)
             level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(level, "[%s] offline (%s): %s; retrying in %.1f s", self.name, reason.value, message, backoff)
-            await self._back_off(backoff, probe=reason in _PROBED_REASONS)
-            backoff = min(backoff * 2, self.ingest.backoff_max_seconds)
+            if await self._back_off(backoff):
+                # It came back: should its first set-up fail (a camera still booting), retry soon again.
+                backoff = self.ingest.backoff_initial_seconds
+            else:
+                backoff = min(backoff * 2, self.ingest.backoff_max_seconds)
             self.reconnects += 1
         self._set_state(SourceState.OFFLINE, OfflineReason.STOPPED, "stopped")
 
-    async def _back_off(self, delay: float, *, probe: bool) -> None:
+    async def _back_off(self, delay: float) -> bool:
         """Wait ``delay`` before the next set-up, or less if a cheap probe sees the camera come back.
 
-        Only a camera seen *not* answering and then answering ends the wait early: one that
-        answers the probe all along (it rejects the set-up, or answers but sends nothing) waits
-        the whole backoff, so it is not hammered with set-ups once a probe interval.
+        Only a camera seen *not* answering and then answering ends the wait early (and says so):
+        one that answers the probe all along (it rejects the set-up, or answers but sends nothing)
+        waits the whole backoff, so it is not hammered with set-ups once a probe interval.
         """
         deadline = time.monotonic() + delay
         seen_down = False
         while not self._stopping:
             now = time.monotonic()
             if now >= deadline:
-                return
+                return False
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=min(
-                    deadline - now, self.ingest.probe_interval_seconds) if probe else deadline - now)
+                await asyncio.wait_for(self._wake.wait(), timeout=min(deadline - now,
+                                                                      self.ingest.probe_interval_seconds))
             except TimeoutError:
                 pass
-            if not probe or self._stopping or time.monotonic() >= deadline:
+            if self._stopping or time.monotonic() >= deadline:
                 continue
             answering = await probe_rtsp(self._url, self.ingest.probe_timeout_seconds)
             self.probes += 1
@@ -265,7 +268,8 @@ class RtspSource:
                 seen_down = True
             elif seen_down:
                 log.info("[%s] the camera answers again; reconnecting now", self.name)
-                return
+                return True
+        return False
 
     # -- one session ----------------------------------------------------------------------
 
@@ -461,11 +465,6 @@ class RtspSource:
             self.last_packet_mono = time.monotonic()
         if self.on_state is not None:
             self.on_state(self)
-
-
-# Set-up failures after which the camera may simply be away: probed, so its return is seen within
-# a probe interval. Auth failures and stream errors come from a camera that answers: backoff only.
-_PROBED_REASONS = frozenset({OfflineReason.UNREACHABLE, OfflineReason.STALLED})
 
 
 async def probe_rtsp(url: str, timeout: float) -> bool:

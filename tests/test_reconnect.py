@@ -127,3 +127,16 @@ def test_probe_counts_only_an_rtsp_answer_and_is_bounded() -> None:
                 server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_camera_that_answers_but_refuses_us_is_not_hammered(cameras, daemon_factory
+                                                               ) -> None:  # type: ignore[no-untyped-def]
+    # It answers the probe all along, so the probe never cuts its backoff short.
+    secure = cameras("secure", user="viewer", password="right")
+    daemon = daemon_factory([entry("bad", f"rtsp://viewer:${{BAD_PASS}}@127.0.0.1:{secure.port}/stream")], env={"BAD_PASS": "wrong"},
+                            ingest=INGEST)
+    daemon.wait_state("bad", "offline", reason="auth_failed", timeout=15)
+    first = daemon.camera("bad")["reconnects"]
+    time.sleep(8)
+    assert daemon.camera("bad")["reconnects"] - first <= scheduled_attempts(8) + 1
+    assert "answers again" not in daemon.log()

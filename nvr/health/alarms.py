@@ -83,6 +83,11 @@ class AlarmType(StrEnum):
     RECORDING_STALLED = "recording_stalled"
     DISK_FULL = "disk_full"
     ARCHIVE_BACKLOG = "archive_backlog"  # segments wait for the off-site archive too long (recorder/archive.py)
+    # From the camera's ONVIF link (nvr/health/onvif_health.py): its clock, and events the camera raises itself.
+    CLOCK_DRIFT = "clock_drift"
+    CAMERA_TAMPER = "camera_tamper"
+    CAMERA_VIDEO_LOSS = "camera_video_loss"
+    CAMERA_INPUT = "camera_input"
 
 
 STORAGE_ALARMS = (AlarmType.DISK_FULL, AlarmType.ARCHIVE_BACKLOG)

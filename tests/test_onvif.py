@@ -1,0 +1,237 @@
+"""A camera as it really is: its ONVIF clock and its own events, against the simulated ONVIF camera.
+
+The daemon runs for real (``StationProcess``) in front of a camsim RTSP stream and
+:class:`sim.onvif_camera.OnvifCamera`; hostile device services (junk, faults) are
+plain loopback HTTP servers of the test's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from nvr.base.config import Backoff, Onvif
+from recorder.index import decode_meta
+from sim.onvif_camera import DIGITAL_INPUT, MOTION, TAMPER, OnvifCamera
+from streams.onvif import EventKind, LinkReason, LinkState, OnvifLink
+from tests.conftest import wait_until
+from tests.test_recording import rows
+
+PASSWORD = "0nv1f@pa:ss%2F!"
+
+
+@pytest.fixture
+def onvif_cameras() -> Iterator[Any]:
+    made: list[OnvifCamera] = []
+
+    def make(**kwargs: Any) -> OnvifCamera:
+        cam = OnvifCamera(**kwargs).start()
+        made.append(cam)
+        return cam
+
+    yield make
+    for cam in made:
+        cam.stop()
+
+
+def entry(cam_id: str, url: str, onvif_url: str, **onvif: Any) -> dict[str, Any]:
+    return {"id": cam_id, "name": cam_id, "zone": "holding_cell", "url": url,
+            "onvif": {"url": onvif_url, "clock_check_seconds": 5, **onvif}}
+
+
+def alarms(daemon: Any, camera: str, kind: str, open_only: bool = False) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"camera": camera, "type": kind, **({"open": "true"} if open_only else {})})
+    status, body = daemon.get(f"/api/events?{query}")
+    assert status == 200, body
+    return body["events"]  # type: ignore[no-any-return]
+
+
+def test_a_camera_clock_90_s_off_opens_clock_drift_shows_the_offset_and_closes_when_set_right(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("cell", fps=15, gop=15)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, clock_offset=90)
+    daemon = daemon_factory([entry("cell", rtsp.url, onvif.url_with("admin", "${ONVIF_PASS}"))],
+                            env={"ONVIF_PASS": PASSWORD}, storage={"segment_seconds": 3})
+    daemon.wait_state("cell", "online")
+
+    def measured() -> dict[str, Any] | None:
+        cam = daemon.camera("cell")
+        return cam if cam["clock_offset_seconds"] is not None else None
+
+    cam = wait_until(measured, 20, "the camera's clock was never read")
+    assert 88.5 <= cam["clock_offset_seconds"] <= 91.5, cam["clock_offset_seconds"]
+    assert cam["onvif"]["state"] == "online" and cam["onvif"]["clock_checked_at"].endswith("Z")
+    drift = wait_until(lambda: alarms(daemon, "cell", "clock_drift", open_only=True), 10, "no clock_drift alarm")
+    assert drift[0]["severity"] == "critical" and 88.5 <= drift[0]["details"]["clock_offset_seconds"] <= 91.5
+    assert drift[0]["details"]["tolerance_seconds"] == 2.0
+    status, metrics = daemon.get("/metrics")
+    found = re.search(r'^nvr_camera_clock_offset_seconds\{camera="cell"\} (\S+)$', metrics.decode(), re.M)
+    assert status == 200 and found and 88.5 <= float(found.group(1)) <= 91.5
+    # Each segment written meanwhile carries the offset in its (chained) index row.
+    wait_until(lambda: any("clock_offset_seconds" in decode_meta(s.meta) for s in rows(daemon.storage, "cell")),
+               20, "no segment carries the clock offset")
+
+    onvif.clock_offset = 0.0  # a technician sets the camera's clock right
+    wait_until(lambda: not alarms(daemon, "cell", "clock_drift", open_only=True), 15, "clock_drift never closed")
+    assert abs(daemon.camera("cell")["clock_offset_seconds"]) <= 1.0
+    assert daemon.camera("cell")["state"] == "online"  # recording went on throughout
+    assert daemon.stop() == 0
+    metas = [decode_meta(s.meta) for s in rows(daemon.storage, "cell")]
+    offsets = [m["clock_offset_seconds"] for m in metas if "clock_offset_seconds" in m]
+    assert any(o > 88 for o in offsets) and abs(offsets[-1]) <= 1.0
+    text = daemon.log()
+    for form in (PASSWORD, urllib.parse.quote(PASSWORD, safe="")):
+        assert form not in text
+
+
+def test_tamper_raised_by_the_camera_becomes_an_alarm_and_events_resume_after_a_reboot(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("door", fps=15, gop=15)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD)
+    daemon = daemon_factory([entry("door", rtsp.url, onvif.url_with("admin", "${ONVIF_PASS}"))],
+                            env={"ONVIF_PASS": PASSWORD}, ingest={"backoff_initial_seconds": 0.5,
+                                                                  "backoff_max_seconds": 2})
+    daemon.wait_state("door", "online")
+    wait_until(lambda: daemon.camera("door")["onvif"]["events_subscribed"], 20, "never subscribed")
+    onvif.raise_event(TAMPER, True)
+    tamper = wait_until(lambda: alarms(daemon, "door", "camera_tamper", open_only=True), 10, "no tamper alarm")
+    # In the camera's own words.
+    assert tamper[0]["details"]["topic"] == TAMPER
+    assert tamper[0]["details"]["data"] == {"State": "true"}
+    assert tamper[0]["details"]["source"] == {"VideoSourceConfigurationToken": "vsconf0"}
+    onvif.raise_event(TAMPER, False)
+    wait_until(lambda: not alarms(daemon, "door", "camera_tamper", open_only=True), 10, "tamper never closed")
+    onvif.raise_event(MOTION, True)  # counted, not an alarm
+    onvif.raise_event(DIGITAL_INPUT, True, ("InputToken", "DI_1"))
+    wait_until(lambda: alarms(daemon, "door", "camera_input", open_only=True), 10, "no input alarm")
+
+    # The camera reboots: its subscriptions are gone. The link notices and subscribes again.
+    onvif.reboot(down_seconds=2)
+    wait_until(lambda: onvif.subscriptions() == 1 and daemon.camera("door")["onvif"]["events_subscribed"], 30,
+               "never subscribed again after the reboot")
+    onvif.raise_event(TAMPER, True)
+    again = wait_until(lambda: alarms(daemon, "door", "camera_tamper", open_only=True), 10,
+                       "a tamper after the reboot was not heard")
+    assert again[0]["id"] != tamper[0]["id"]
+    assert daemon.camera("door")["state"] == "online"
+    status, metrics = daemon.get("/metrics")
+    assert 'nvr_camera_onvif_events_total{camera="door",kind="motion"} 1.0' in metrics.decode()
+
+
+def test_wrong_onvif_credentials_are_reported_and_recording_goes_on(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("hall", fps=15, gop=15)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD)
+    wrong = "Wr0ng@pass:%41!"
+    daemon = daemon_factory([entry("hall", rtsp.url, onvif.url_with("admin", "${ONVIF_PASS}"))],
+                            env={"ONVIF_PASS": wrong}, storage={"segment_seconds": 2})
+    daemon.wait_state("hall", "online")
+    cam = wait_until(lambda: (c := daemon.camera("hall"))["onvif"]["state_reason"] == "auth_failed" and c, 20,
+                     "wrong credentials never reported")
+    assert cam["onvif"]["state"] == "offline" and cam["onvif"]["state_message"] == "the camera rejected the credentials"
+    wait_until(lambda: len(rows(daemon.storage, "hall")) >= 2, 20, "recording did not go on")
+    _, listing = daemon.get("/api/cameras")
+    daemon.stop()
+    for form in (wrong, urllib.parse.quote(wrong, safe="")):
+        assert form not in daemon.log() and form not in json.dumps(listing)
+
+
+# -- the link alone, against hostile device services ---------------------------------------------------
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    answer: bytes = b""
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/soap+xml")
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(answer: bytes, status: int = 200) -> tuple[ThreadingHTTPServer, int]:
+    handler = type("H", (_Hostile,), {"answer": answer, "status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+_FAULT = (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><s:Fault>'
+          b"<s:Code><s:Value>s:Receiver</s:Value></s:Code><s:Reason><s:Text xml:lang=\"en\">Internal camera error"
+          b"</s:Text></s:Reason></s:Fault></s:Body></s:Envelope>")
+
+
+def _link_outcome(url: str, seconds: float = 8.0) -> tuple[OnvifLink, list[tuple[LinkReason | None, str | None]]]:
+    """Run a link until it first goes offline; what it said when it did."""
+    link = OnvifLink("x", Onvif(url=url, timeout_seconds=2), Backoff(backoff_initial_seconds=0.5,
+                                                                     backoff_max_seconds=1))
+    said: list[tuple[LinkReason | None, str | None]] = []
+    link.on_state = lambda lk: said.append((lk.reason, lk.message)) if lk.state is LinkState.OFFLINE else None
+
+    async def go() -> None:
+        task = asyncio.create_task(link.run())
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and link.state is not LinkState.OFFLINE:
+            await asyncio.sleep(0.05)
+        link.stop()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(go())
+    return link, said
+
+
+@pytest.mark.parametrize(("answer", "status", "reason"), [
+    (b"\x00\xffthis is not XML <<<", 200, LinkReason.BAD_ANSWER),
+    (b"<html><body>Welcome to the router</body></html>", 200, LinkReason.BAD_ANSWER),
+    (_FAULT, 500, LinkReason.SOAP_FAULT),
+    (b"", 503, LinkReason.UNREACHABLE),
+])
+def test_a_device_service_that_answers_junk_or_faults_is_reported_with_a_reason(answer: bytes, status: int,
+                                                                                reason: LinkReason) -> None:
+    server, port = _serve(answer, status)
+    try:
+        link, said = _link_outcome(f"http://admin:{PASSWORD}@127.0.0.1:{port}/onvif/device_service")
+    finally:
+        server.shutdown()
+    assert said and said[0][0] is reason, said
+    assert said[0][1] and PASSWORD not in said[0][1] and link.clock_offset_seconds is None
+
+
+def test_nothing_listening_is_unreachable_and_parsed_events_keep_the_cameras_words(onvif_cameras) -> None:
+    link, said = _link_outcome("http://127.0.0.1:9/onvif/device_service")
+    assert said[0][0] is LinkReason.UNREACHABLE and link.clock_offset_seconds is None
+    cam = onvif_cameras(rtsp_url="rtsp://127.0.0.1:1/x", user=None, password=None, clock_offset=-30)
+    heard = []
+    link = OnvifLink("y", Onvif(url=cam.device_url, timeout_seconds=2), Backoff())
+    link.on_event = lambda _link, event: heard.append(event)
+
+    async def go() -> None:
+        task = asyncio.create_task(link.run())
+        while not link.events_subscribed:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(cam.raise_event, DIGITAL_INPUT, True, ("InputToken", "DI_3"))
+        while not heard:
+            await asyncio.sleep(0.05)
+        link.stop()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    assert -31.5 <= (link.clock_offset_seconds or 0) <= -28.5
+    event = heard[0]
+    assert event.kind is EventKind.DIGITAL_INPUT and event.active is True
+    assert event.source == {"InputToken": "DI_3"} and event.data == {"LogicalState": "true"}
