@@ -95,6 +95,7 @@ class OnvifCamera:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._down = False
+        self._publisher: Any = None
 
     # -- control, from any thread ----------------------------------------------------------
 
@@ -113,7 +114,38 @@ class OnvifCamera:
             raise RuntimeError("the ONVIF simulator did not start")
         return self
 
+    def announce(self) -> OnvifCamera:
+        """Answer WS-Discovery probes (multicast 239.255.255.250:3702, and unicast) as an ONVIF camera does."""
+        import socket
+
+        from wsdiscovery import QName, Scope
+        from wsdiscovery.publishing import ThreadedWSPublishing
+        from wsdiscovery.threaded import AddressMonitorThread, NetworkingThreadIPv4
+
+        class V4Publishing(ThreadedWSPublishing):  # type: ignore[misc]
+            # The library's IPv6 thread dies answering an IPv4 prober; the simulated camera is IPv4 only.
+            def _startThreads(self) -> None:
+                if self._networkingThread_v4 is None:
+                    self._networkingThread_v4 = NetworkingThreadIPv4(self)
+                    self._networkingThread_v4.start()
+                    self._addrsMonitorThread_v4 = AddressMonitorThread(self, socket.AF_INET)
+                    self._addrsMonitorThread_v4.start()
+
+        publisher = V4Publishing()
+        publisher.start()
+        publisher.publishService(
+            types=[QName("http://www.onvif.org/ver10/network/wsdl", "NetworkVideoTransmitter", "dn")],
+            scopes=[Scope(f"onvif://www.onvif.org/{part}") for part in (
+                "type/video_encoder", "Profile/Streaming", f"name/{self.manufacturer.replace(' ', '_')}",
+                f"hardware/{self.model.replace(' ', '_')}", "location/station")],
+            xAddrs=[self.device_url])
+        self._publisher = publisher
+        return self
+
     def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
         if self._loop is not None and self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -206,7 +206,7 @@ class OnvifLink:
             except _LinkFailed as exc:
                 reason, message = exc.reason, exc.message
             except Exception as exc:  # noqa: BLE001 - a link failure never ends the supervisor's task
-                reason, message = _classify(exc)
+                reason, message = classify(exc)
                 if reason is LinkReason.BAD_ANSWER:
                     log.debug("[%s] ONVIF session failed", self.name, exc_info=True)
             self.events_subscribed = False
@@ -339,7 +339,7 @@ def _text(obj: Any, name: str) -> str:
     return secrets.redact(str(value))[:100] if value is not None else "?"
 
 
-def _classify(exc: BaseException) -> tuple[LinkReason, str]:
+def classify(exc: BaseException) -> tuple[LinkReason, str]:
     """An exception from onvif-zeep-async, zeep or aiohttp as a reason and a message without secrets."""
     import aiohttp
     import zeep.exceptions
