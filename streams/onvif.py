@@ -42,6 +42,7 @@ _EVENTS_NS = "http://www.onvif.org/ver10/events/wsdl"
 _SUBSCRIPTION_SECONDS = 120  # asked for; renewed at half-life
 _PULL_SECONDS = 5  # one long poll
 _MESSAGE_LIMIT = 100
+_MAX_MESSAGES = 1000  # read of one answer, whatever the camera sends despite the limit
 # ONVIF clocks tick in whole seconds: the camera's true time lies in [s, s+1).
 _CLOCK_RESOLUTION = 1.0
 
@@ -316,12 +317,17 @@ class OnvifLink:
         async with asyncio.timeout(_PULL_SECONDS + self.config.timeout_seconds):
             answer = await pullpoint.PullMessages(
                 {"Timeout": dt.timedelta(seconds=_PULL_SECONDS), "MessageLimit": _MESSAGE_LIMIT})
-        for message in getattr(answer, "NotificationMessage", None) or []:
+        latest: dict[tuple[str, tuple[tuple[str, str], ...]], CameraEvent] = {}
+        for message in (getattr(answer, "NotificationMessage", None) or [])[:_MAX_MESSAGES]:
             event = parse_event(message)
             if event is None:
                 log.debug("[%s] an event message that does not parse was skipped", self.name)
                 continue
             self.events_received += 1
+            # A flapping input or a flood: per thing, only its last state in this batch counts (in order).
+            latest.pop(event.key, None)
+            latest[event.key] = event
+        for event in latest.values():
             if self.on_event is not None:
                 self.on_event(self, event)
 

@@ -114,6 +114,18 @@ def test_tamper_raised_by_the_camera_becomes_an_alarm_and_events_resume_after_a_
     onvif.raise_event(DIGITAL_INPUT, True, ("InputToken", "DI_1"))
     wait_until(lambda: alarms(daemon, "door", "camera_input", open_only=True), 10, "no input alarm")
 
+    # A flapping tamper contact: 300 changes in a burst end in one open alarm, and the API stays prompt.
+    before = len(alarms(daemon, "door", "camera_tamper"))
+    for index in range(300):
+        onvif.raise_event(TAMPER, index % 2 == 1)
+    flood = wait_until(lambda: alarms(daemon, "door", "camera_tamper", open_only=True), 10, "flood lost the state")
+    started = time.monotonic()
+    assert daemon.camera("door")["state"] == "online" and time.monotonic() - started < 1.0
+    assert len(alarms(daemon, "door", "camera_tamper")) - before <= 150
+    onvif.raise_event(TAMPER, False)
+    wait_until(lambda: not alarms(daemon, "door", "camera_tamper", open_only=True), 10, "tamper never closed")
+    assert flood[0]["details"]["data"] == {"State": "true"}
+
     # The camera reboots: its subscriptions are gone. The link notices and subscribes again.
     onvif.reboot(down_seconds=2)
     wait_until(lambda: onvif.subscriptions() == 1 and daemon.camera("door")["onvif"]["events_subscribed"], 30,
