@@ -96,6 +96,7 @@ class OnvifCamera:
         self._ready = threading.Event()
         self._down = False
         self._publisher: Any = None
+        self._polls: set[asyncio.Event] = set()  # wake-ups of PullMessages waiting for events
 
     # -- control, from any thread ----------------------------------------------------------
 
@@ -147,6 +148,11 @@ class OnvifCamera:
             self._publisher.stop()
             self._publisher = None
         if self._loop is not None and self._runner is not None:
+            def end_polls() -> None:
+                for wake in self._polls:
+                    wake.set()
+                self._subs.clear()
+            self._loop.call_soon_threadsafe(end_polls)  # pending PullMessages answer now, not at their timeout
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
@@ -169,6 +175,8 @@ class OnvifCamera:
         def go() -> None:
             self.reboots += 1
             self._subs.clear()
+            for wake in self._polls:
+                wake.set()  # a pending PullMessages ends (with a fault: its subscription is gone)
             self._down = True
             assert self._loop is not None
             self._loop.call_later(down_seconds, self._up)
@@ -373,10 +381,13 @@ class OnvifCamera:
         limit = int(op.findtext("tev:MessageLimit", "100", NS) or 100)
         if not sub.queue:
             sub.wake.clear()
+            self._polls.add(sub.wake)
             try:
                 await asyncio.wait_for(sub.wake.wait(), timeout)
             except TimeoutError:
                 pass
+            finally:
+                self._polls.discard(sub.wake)
         if sub.id not in self._subs:  # rebooted while waiting
             raise SoapFault("s:Sender", "ter:InvalidArgVal", "unknown or expired subscription")
         messages, sub.queue = sub.queue[:limit], sub.queue[limit:]
@@ -393,6 +404,7 @@ class OnvifCamera:
     async def _op_Unsubscribe(self, op: etree._Element, request: web.Request) -> str:
         sub = self._subscription(request)
         self._subs.pop(sub.id, None)
+        sub.wake.set()
         return "<wsnt:UnsubscribeResponse/>"
 
     async def _op_SetSynchronizationPoint(self, op: etree._Element, request: web.Request) -> str:

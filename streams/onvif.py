@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 import logging
 import time
 import urllib.parse
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 _PULLPOINT_NS = "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription"
 _EVENTS_NS = "http://www.onvif.org/ver10/events/wsdl"
 _SUBSCRIPTION_SECONDS = 120  # asked for; renewed at half-life
-_PULL_SECONDS = 5  # one long poll
+_PULL_SECONDS = 20  # one long poll
 _MESSAGE_LIMIT = 100
 _MAX_MESSAGES = 1000  # read of one answer, whatever the camera sends despite the limit
 # ONVIF clocks tick in whole seconds: the camera's true time lies in [s, s+1).
@@ -237,10 +238,11 @@ class OnvifLink:
     # -- one session ---------------------------------------------------------------------
 
     async def _session(self) -> None:
-        from onvif import ONVIFCamera  # heavy (zeep, lxml, WSDLs): loaded only for a camera that has ONVIF
-
+        # Heavy (zeep, lxml): imported off the loop, and only for a camera that has ONVIF.
+        onvif = await asyncio.to_thread(importlib.import_module, "onvif")
         self.sessions += 1
-        camera = ONVIFCamera(self._host, self._port, self._user, self._password, no_cache=True, adjust_time=True)
+        camera = onvif.ONVIFCamera(self._host, self._port, self._user, self._password, no_cache=True,
+                                   adjust_time=True)
         try:
             await self._bounded(camera.update_xaddrs())
             device = await camera.create_devicemgmt_service()
@@ -266,7 +268,7 @@ class OnvifLink:
                 if subscription is not None and time.monotonic() >= renew_at:
                     await self._bounded(subscription.Renew({"TerminationTime": f"PT{_SUBSCRIPTION_SECONDS}S"}))
                     renew_at = time.monotonic() + _SUBSCRIPTION_SECONDS / 2
-                await self._pull(pullpoint)
+                await self._pull(pullpoint, min(_PULL_SECONDS, max(next_clock - time.monotonic(), 1.0)))
         finally:
             if self.events_subscribed and subscription is not None:
                 try:
@@ -313,10 +315,24 @@ class OnvifLink:
         log.info("[%s] subscribed to the camera's events", self.name)
         return pullpoint, subscription
 
-    async def _pull(self, pullpoint: Any) -> None:
-        async with asyncio.timeout(_PULL_SECONDS + self.config.timeout_seconds):
-            answer = await pullpoint.PullMessages(
-                {"Timeout": dt.timedelta(seconds=_PULL_SECONDS), "MessageLimit": _MESSAGE_LIMIT})
+    async def _pull(self, pullpoint: Any, seconds: float) -> None:
+        # A long poll (cheap while nothing happens), no longer than until the next clock reading, that
+        # stop() cuts short.
+        pull = asyncio.ensure_future(pullpoint.PullMessages(
+            {"Timeout": dt.timedelta(seconds=round(seconds)), "MessageLimit": _MESSAGE_LIMIT}))
+        stopped = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((pull, stopped), timeout=seconds + self.config.timeout_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not pull.done():
+                pull.cancel()
+        if not pull.done() or pull.cancelled():
+            if self._stopping:
+                return
+            raise TimeoutError
+        answer = pull.result()
         latest: dict[tuple[str, tuple[tuple[str, str], ...]], CameraEvent] = {}
         for message in (getattr(answer, "NotificationMessage", None) or [])[:_MAX_MESSAGES]:
             event = parse_event(message)
