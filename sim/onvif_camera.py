@@ -79,7 +79,8 @@ class OnvifCamera:
     def __init__(self, *, rtsp_url: str, user: str | None = "admin", password: str | None = "admin",
                  clock_offset: float = 0.0, host: str = "127.0.0.1", port: int = 0,
                  manufacturer: str = "NVR-Sim", model: str = "SimCam 2000", firmware: str = "1.4.2",
-                 serial: str | None = None, substream_url: str | None = None) -> None:
+                 serial: str | None = None, substream_url: str | None = None, events: bool = True) -> None:
+        self.events = events  # False: a camera without an event service (older or cheaper models)
         self.rtsp_url, self.substream_url = rtsp_url, substream_url
         self.user, self.password = user, password
         self.clock_offset = clock_offset
@@ -299,8 +300,10 @@ class OnvifCamera:
 
     def _services(self) -> list[tuple[str, str]]:
         base = f"http://{self.host}:{self.port}/onvif"
-        return [(NS["tds"], f"{base}/device_service"), (NS["trt"], f"{base}/media_service"),
-                (NS["tev"], f"{base}/event_service")]
+        services = [(NS["tds"], f"{base}/device_service"), (NS["trt"], f"{base}/media_service")]
+        if self.events:
+            services.append((NS["tev"], f"{base}/event_service"))
+        return services
 
     async def _op_GetServices(self, op: etree._Element, request: web.Request) -> str:
         services = "".join(
@@ -311,13 +314,14 @@ class OnvifCamera:
 
     async def _op_GetCapabilities(self, op: etree._Element, request: web.Request) -> str:
         xaddrs = dict(self._services())
-        return (
-            "<tds:GetCapabilitiesResponse><tds:Capabilities>"
-            f"<tt:Device><tt:XAddr>{xaddrs[NS['tds']]}</tt:XAddr></tt:Device>"
+        events = (
             f"<tt:Events><tt:XAddr>{xaddrs[NS['tev']]}</tt:XAddr><tt:WSSubscriptionPolicySupport>false"
             "</tt:WSSubscriptionPolicySupport><tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
             "<tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>"
-            "</tt:Events>"
+            "</tt:Events>") if self.events else ""
+        return (
+            "<tds:GetCapabilitiesResponse><tds:Capabilities>"
+            f"<tt:Device><tt:XAddr>{xaddrs[NS['tds']]}</tt:XAddr></tt:Device>{events}"
             f"<tt:Media><tt:XAddr>{xaddrs[NS['trt']]}</tt:XAddr><tt:StreamingCapabilities>"
             "<tt:RTPMulticast>false</tt:RTPMulticast><tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true"
             "</tt:RTP_RTSP_TCP></tt:StreamingCapabilities></tt:Media>"
@@ -352,6 +356,8 @@ class OnvifCamera:
     # -- events ----------------------------------------------------------------------------
 
     async def _op_CreatePullPointSubscription(self, op: etree._Element, request: web.Request) -> str:
+        if not self.events:
+            raise SoapFault("s:Receiver", "ter:ActionNotSupported", "CreatePullPointSubscription is not supported")
         seconds = _duration(op.findtext("tev:InitialTerminationTime", "", NS), self.now(), 60.0)
         sub = _Subscription(uuid.uuid4().hex, time.time() + seconds)
         self._subs[sub.id] = sub

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import yaml
 
 from nvr.base.config import Backoff, Onvif
 from recorder.index import decode_meta
@@ -247,3 +248,86 @@ def test_nothing_listening_is_unreachable_and_parsed_events_keep_the_cameras_wor
     event = heard[0]
     assert event.kind is EventKind.DIGITAL_INPUT and event.active is True
     assert event.source == {"InputToken": "DI_3"} and event.data == {"LogicalState": "true"}
+
+
+def test_a_camera_without_events_is_online_with_its_clock_read_and_says_so(onvif_cameras) -> None:  # type: ignore[no-untyped-def]
+    cam = onvif_cameras(rtsp_url="rtsp://127.0.0.1:1/x", user="admin", password=PASSWORD, events=False)
+    link = OnvifLink("z", Onvif(url=cam.url_with("admin", urllib.parse.quote(PASSWORD, safe="")), timeout_seconds=2),
+                     Backoff())
+
+    async def go() -> None:
+        task = asyncio.create_task(link.run())
+        while link.state is not LinkState.ONLINE:
+            await asyncio.sleep(0.05)
+        link.stop()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    assert link.clock_offset_seconds is not None and abs(link.clock_offset_seconds) <= 1.0
+    assert "CreatePullPointSubscription" not in cam.requests and cam.auth_failures == 0
+    assert link.sessions == 1  # no reconnect loop for a camera that simply has no events
+
+
+def test_one_input_going_quiet_does_not_close_the_alarm_while_another_is_still_active() -> None:
+    from nvr.health.alarms import AlarmStore, AlarmType, Severity
+    from nvr.health.onvif_health import OnvifHealth
+    from streams.onvif import CameraEvent
+
+    async def scenario() -> None:
+        store = AlarmStore()
+        link = OnvifLink("gate", Onvif(url="http://127.0.0.1:9/onvif/device_service"), Backoff())
+        health = OnvifHealth("gate", link, store, Severity.WARNING, 2.0)
+
+        def input_event(token: str, active: bool) -> CameraEvent:
+            return CameraEvent(DIGITAL_INPUT, EventKind.DIGITAL_INPUT, active, {"InputToken": token},
+                               {"LogicalState": str(active).lower()})
+
+        health.event(link, input_event("DI_1", True))
+        health.event(link, input_event("DI_2", True))
+        health.event(link, input_event("DI_1", False))
+        assert store.is_open("gate", AlarmType.CAMERA_INPUT)
+        health.event(link, input_event("DI_2", False))
+        assert not store.is_open("gate", AlarmType.CAMERA_INPUT)
+        # The clock: over the tolerance opens, back within closes; what segments carry follows the last reading.
+        link.clock_offset_seconds, link.clock_checked_at = -3.5, time.time()
+        health.clock_read(link)
+        assert store.is_open("gate", AlarmType.CLOCK_DRIFT) and health.segment_meta()["clock_offset_seconds"] == -3.5
+        link.clock_offset_seconds = 1.9
+        health.clock_read(link)
+        assert not store.is_open("gate", AlarmType.CLOCK_DRIFT)
+        await store.shutdown()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://admin:secret@10.0.0.5/onvif/device_service", "a literal password is not allowed"),
+    ("ftp://10.0.0.5/onvif/device_service", "must be an http:// or https:// URL"),
+    ("http://10.0.0.5/cgi-bin/onvif", "/onvif/device_service"),
+    ("http://10.0.0.5:70000/onvif/device_service", "out of range"),
+])
+def test_the_onvif_url_is_checked_and_takes_a_password_only_by_reference(url: str, message: str) -> None:
+    from nvr.base import config as configmod
+
+    document = yaml.safe_dump({"station": {"id": "s", "name": "S"}, "cameras": [
+        {"id": "c", "name": "C", "url": "rtsp://127.0.0.1/x", "onvif": {"url": url}}]})
+    with pytest.raises(configmod.ConfigError) as raised:
+        configmod.parse(document, environ={})
+    assert any("cameras[0].onvif.url" in p and message in p for p in raised.value.problems), raised.value.problems
+    assert all("secret" not in p for p in raised.value.problems)
+
+
+def test_the_onvif_password_is_percent_encoded_and_redacted() -> None:
+    from nvr.base import config as configmod
+    from nvr.base import secrets
+
+    document = yaml.safe_dump({"station": {"id": "s", "name": "S"}, "cameras": [
+        {"id": "c", "name": "C", "url": "rtsp://127.0.0.1/x",
+         "onvif": {"url": "http://admin:${ONVIF_PASS}@10.0.0.5/onvif/device_service"}}]})
+    config = configmod.parse(document, environ={"ONVIF_PASS": PASSWORD})
+    onvif = config.cameras[0].onvif
+    assert onvif is not None and urllib.parse.quote(PASSWORD, safe="") in onvif.url
+    assert PASSWORD not in onvif.display_url and urllib.parse.quote(PASSWORD, safe="") not in onvif.display_url
+    assert PASSWORD not in secrets.redact(f"failed: {PASSWORD} / {onvif.url}")
+    link = OnvifLink("c", onvif, Backoff())
+    assert link._password == PASSWORD  # decoded for WS-Security, as typed
