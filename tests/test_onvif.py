@@ -164,9 +164,11 @@ def test_wrong_onvif_credentials_are_reported_and_recording_goes_on(
 class _Hostile(BaseHTTPRequestHandler):
     answer: bytes = b""
     status = 200
+    stall = 0.0  # seconds to say nothing after the request (a hung device service)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(self.stall)
         self.send_response(self.status)
         self.send_header("Content-Type", "application/soap+xml")
         self.send_header("Content-Length", str(len(self.answer)))
@@ -177,9 +179,10 @@ class _Hostile(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(answer: bytes, status: int = 200) -> tuple[ThreadingHTTPServer, int]:
-    handler = type("H", (_Hostile,), {"answer": answer, "status": status})
+def _serve(answer: bytes, status: int = 200, stall: float = 0.0) -> tuple[ThreadingHTTPServer, int]:
+    handler = type("H", (_Hostile,), {"answer": answer, "status": status, "stall": stall})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads, server.block_on_close = True, False  # a stalled handler does not hold the test
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
 
@@ -223,6 +226,18 @@ def test_a_device_service_that_answers_junk_or_faults_is_reported_with_a_reason(
         server.shutdown()
     assert said and said[0][0] is reason, said
     assert said[0][1] and PASSWORD not in said[0][1] and link.clock_offset_seconds is None
+
+
+def test_a_device_service_that_never_answers_is_given_up_on_within_its_timeout() -> None:
+    server, port = _serve(b"", 200, stall=30)
+    started = time.monotonic()
+    try:
+        _, said = _link_outcome(f"http://127.0.0.1:{port}/onvif/device_service", seconds=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert said and said[0] == (LinkReason.UNREACHABLE, "timed out"), said
+    assert time.monotonic() - started < 2 + 4  # timeout_seconds (2) and slack
 
 
 def test_nothing_listening_is_unreachable_and_parsed_events_keep_the_cameras_words(onvif_cameras) -> None:
