@@ -10,7 +10,7 @@ Phases (each prints one JSON line, also appended to bench/results/results.jsonl)
 - ``reconnect``: one camera, backoff grown to 30 s, down for ``--outage`` seconds,
   then back; the time from the camera's RTSP server answering again to the first
   recorded frame (the first segment's start), with the cheap probe
-  (``ingest.probe_interval_seconds: 1``) and without it (probe interval 60 s,
+  (``ingest.probe_interval_seconds: 0.5``, the default) and without it (probe interval 60 s,
   longer than any backoff wait: the capped backoff alone), ``--runs`` times each.
 
     python bench/bench_onvif.py [--cameras 8] [--seconds 60] [--outage 20] [--runs 3]
@@ -81,7 +81,7 @@ def cpu_phase(workdir: Path, cams: list[SimCamera], with_onvif: bool, seconds: f
 def reconnect_phase(workdir: Path, probe: bool, outage: float) -> float:
     cam = SimCamera("rc", gop=15)
     cam.start()
-    interval = 1.0 if probe else 60.0
+    interval = 0.5 if probe else 60.0
     daemon = StationProcess(workdir, [{"id": "rc", "name": "RC", "url": cam.url}], storage={"segment_seconds": 4},
                             ingest={"backoff_initial_seconds": 0.5, "backoff_max_seconds": 30,
                                     "probe_interval_seconds": interval}, log={"level": "info"})
@@ -108,34 +108,45 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--outage", type=float, default=20)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=("cpu", "reconnect"), help="run one phase")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-onvif-") as tmp:
         root = Path(tmp)
-        cams = [SimCamera(f"b{i}", gop=30) for i in range(args.cameras)]
-        for cam in cams:
-            cam.start()
-        try:
-            (root / "plain").mkdir()
-            (root / "onvif").mkdir()
-            plain = cpu_phase(root / "plain", cams, False, args.seconds)
-            onvif = cpu_phase(root / "onvif", cams, True, args.seconds)
-        finally:
-            for cam in cams:
-                cam.stop()
-        report("onvif_cpu", cameras=args.cameras, seconds=args.seconds,
-               recording_cpu_s_per_camera_min=round(plain, 3), with_onvif_cpu_s_per_camera_min=round(onvif, 3),
-               ratio=round(onvif / plain, 3) if plain else None)
-        results: dict[str, list[float]] = {"probe": [], "backoff_only": []}
-        for run in range(args.runs):
-            for kind in results:
-                workdir = root / f"rc-{kind}-{run}"
-                workdir.mkdir()
-                results[kind].append(reconnect_phase(workdir, kind == "probe", args.outage))
-        report("reconnect", outage_s=args.outage, runs=args.runs, backoff_max_s=30,
-               **{f"{kind}_first_frame_after_return_s_median": round(statistics.median(v), 3)
-                  for kind, v in results.items()},
-               **{f"{kind}_first_frame_after_return_s_max": round(max(v), 3) for kind, v in results.items()})
+        if args.only != "reconnect":
+            cpu(root, args)
+        if args.only != "cpu":
+            reconnect(root, args)
     return 0
+
+
+def cpu(root: Path, args: argparse.Namespace) -> None:
+    cams = [SimCamera(f"b{i}", gop=30) for i in range(args.cameras)]
+    for cam in cams:
+        cam.start()
+    try:
+        (root / "plain").mkdir()
+        (root / "onvif").mkdir()
+        plain = cpu_phase(root / "plain", cams, False, args.seconds)
+        onvif = cpu_phase(root / "onvif", cams, True, args.seconds)
+    finally:
+        for cam in cams:
+            cam.stop()
+    report("onvif_cpu", cameras=args.cameras, seconds=args.seconds,
+           recording_cpu_s_per_camera_min=round(plain, 3), with_onvif_cpu_s_per_camera_min=round(onvif, 3),
+           ratio=round(onvif / plain, 3) if plain else None)
+
+
+def reconnect(root: Path, args: argparse.Namespace) -> None:
+    results: dict[str, list[float]] = {"probe": [], "backoff_only": []}
+    for run in range(args.runs):
+        for kind in results:
+            workdir = root / f"rc-{kind}-{run}"
+            workdir.mkdir()
+            results[kind].append(reconnect_phase(workdir, kind == "probe", args.outage))
+    report("reconnect", outage_s=args.outage, runs=args.runs, backoff_max_s=30,
+           **{f"{kind}_first_frame_after_return_s_median": round(statistics.median(v), 3)
+              for kind, v in results.items()},
+           **{f"{kind}_first_frame_after_return_s_max": round(max(v), 3) for kind, v in results.items()})
 
 
 if __name__ == "__main__":

@@ -182,6 +182,7 @@ class RtspSource:
         self._stop_reason: str | None = None  # why the loop ended the current session, for the sinks
         self._abandoned: list[threading.Thread] = []  # session threads given up on, maybe still alive
         self.probes = 0
+        self._probe_down = False  # what the last probe found
 
     # -- public ---------------------------------------------------------------------------
 
@@ -229,6 +230,7 @@ class RtspSource:
             if streamed:
                 backoff = self.ingest.backoff_initial_seconds
                 failures = 0
+                self._probe_down = False
             failures += 1
             self._set_state(SourceState.OFFLINE, reason, message)
             level = logging.WARNING if failures == 1 else logging.DEBUG
@@ -246,29 +248,36 @@ class RtspSource:
 
         Only a camera seen *not* answering and then answering ends the wait early (and says so):
         one that answers the probe all along (it rejects the set-up, or answers but sends nothing)
-        waits the whole backoff, so it is not hammered with set-ups once a probe interval.
+        waits the whole backoff, so it is not hammered with set-ups once a probe interval, and is
+        not probed again during that wait either.
         """
         deadline = time.monotonic() + delay
-        seen_down = False
+        # Across waits: a camera whose last probe found it down and that then failed a set-up (it came
+        # back in between, not ready yet) is back now if this wait's first probe finds it answering.
+        seen_down = self._probe_down
+        probing = True
         while not self._stopping:
             now = time.monotonic()
             if now >= deadline:
                 return False
             self._wake.clear()
+            wait = min(deadline - now, self.ingest.probe_interval_seconds) if probing else deadline - now
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=min(deadline - now,
-                                                                      self.ingest.probe_interval_seconds))
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
-            if self._stopping or time.monotonic() >= deadline:
+            if not probing or self._stopping or time.monotonic() >= deadline:
                 continue
             answering = await probe_rtsp(self._url, self.ingest.probe_timeout_seconds)
             self.probes += 1
+            self._probe_down = not answering
             if not answering:
                 seen_down = True
             elif seen_down:
                 log.info("[%s] the camera answers again; reconnecting now", self.name)
                 return True
+            else:
+                probing = False  # it answers: the set-up's own failure is why we wait
         return False
 
     # -- one session ----------------------------------------------------------------------

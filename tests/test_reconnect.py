@@ -8,6 +8,8 @@ answering answers again.
 from __future__ import annotations
 
 import asyncio
+import socketserver
+import threading
 import time
 
 import pytest
@@ -18,8 +20,7 @@ from tests.test_recording import rows
 
 # The daemon's backoff grows to 30 s here, as in production: without the probe, a camera that returns
 # after a long outage waits up to that long for the next set-up.
-INGEST = {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 30, "probe_interval_seconds": 1.0,
-          "probe_timeout_seconds": 1.0}
+INGEST = {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 30}  # the probe at its defaults
 
 
 def entry(cam_id: str, url: str) -> dict[str, object]:
@@ -86,6 +87,57 @@ def test_camera_down_16_s_after_backoff_grew_is_recording_within_2_s_of_return(c
 def test_camera_down_90_s_is_recording_within_2_s_of_return(cameras, daemon_factory
                                                            ) -> None:  # type: ignore[no-untyped-def]
     _outage_then_back(cameras, daemon_factory, outage=90)
+
+
+class BootingCamera:
+    """What a camera's RTSP port says while it boots: it answers, but every request is 503."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), self.Handler, bind_and_activate=False)
+        self.server.allow_reuse_address = True
+        self.server.daemon_threads = True
+        self.server.server_bind()
+        self.server.server_activate()
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while True:
+                request = b""
+                while not request.endswith(b"\r\n\r\n"):
+                    chunk = self.rfile.readline()
+                    if not chunk:
+                        return
+                    request += chunk
+                cseq = next((line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                             if line.lower().startswith(b"cseq:")), b"1")
+                self.wfile.write(b"RTSP/1.0 503 Service Unavailable\r\nCSeq: " + cseq + b"\r\n\r\n")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.extended  # 20 s: kept out of the default suite's time budget
+def test_a_camera_still_booting_when_it_answers_again_is_retried_soon_not_after_the_grown_backoff(
+        cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    cell = cameras("cell", fps=15, gop=15)
+    daemon = daemon_factory([entry("cell", cell.url)], ingest=INGEST)
+    daemon.wait_state("cell", "online")
+    cell.stop()
+    daemon.wait_state("cell", "offline", timeout=6)
+    time.sleep(8)  # the set-up backoff has grown to 8 s, then 16 s
+    booting = BootingCamera(cell.port)
+    try:
+        daemon.wait_state("cell", "offline", reason="stream_error", timeout=4)  # tried at once: 503
+        time.sleep(2)
+    finally:
+        booting.stop()
+    cell.start()
+    returned = time.monotonic()
+    daemon.wait_state("cell", "online", timeout=15)
+    # The backoff started again from 0.5 s when the camera answered: back within its first few steps.
+    assert time.monotonic() - returned < 6.0
 
 
 # -- the probe on its own, against hostile listeners ---------------------------------------------------

@@ -263,7 +263,7 @@ class Ingest(Backoff):
     open_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     read_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     probe_interval_seconds: Annotated[float, Field(
-        ge=0.2, le=60, description="While a camera is unreachable, probe it (RTSP OPTIONS) this often")] = 1.0
+        ge=0.2, le=60, description="While a camera is unreachable, probe it (RTSP OPTIONS) this often")] = 0.5
     probe_timeout_seconds: Annotated[float, Field(gt=0, le=30, description="Bound of one probe")] = 1.0
     reader_queue_packets: Annotated[int, Field(ge=16, le=100_000)] = 600
     gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
