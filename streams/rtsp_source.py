@@ -12,7 +12,11 @@ supervisor on the loop bounds every phase from outside as well: a stream that
 stays connected but delivers nothing is declared ``stalled`` after
 ``health.stall_seconds`` without waiting for TCP, and the old session is torn
 down before a new one is opened, with capped exponential backoff between
-attempts.  A session thread that does not end in time is abandoned, at most
+attempts.  The backoff holds for the set-up only: while waiting, a cheap probe
+(:func:`probe_rtsp`, an RTSP ``OPTIONS`` bounded by
+``ingest.probe_timeout_seconds``) runs every ``ingest.probe_interval_seconds``,
+and a camera seen down and then answering is set up at once.  A session
+thread that does not end in time is abandoned, at most
 ``_MAX_ABANDONED_THREADS`` per camera.
 """
 
