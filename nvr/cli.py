@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from typing import Any
 
 from nvr import __version__
 from nvr.base import config as configmod
-from nvr.base import logsetup
+from nvr.base import logsetup, secrets
 
 EXIT_CONFIG = 2
 
@@ -65,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(console)
     console.add_argument("--check", action="store_true", help="validate the console config and exit")
 
+    discover = commands.add_parser(
+        "discover", help="find ONVIF cameras (WS-Discovery) and print ready-to-paste camera entries")
+    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers (default 3)")
+    discover.add_argument("--address", help="probe this one address (unicast) instead of multicast")
+    discover.add_argument("--port", type=int, default=3702, help="WS-Discovery port for --address (default 3702)")
+    discover.add_argument("--user", help="ONVIF user name, to read profiles and stream URIs")
+    discover.add_argument("--password-env", metavar="NAME",
+                          help="environment variable holding that user's password (printed as ${NAME})")
+
     verify = commands.add_parser(
         "verify", help="verify an evidence package offline (exit 0 OK, 1 FAILED, 3 intact but signer unknown)")
     verify.add_argument("package", help="PACKAGE.zip")
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
+    if args.command == "discover":
+        return _discover(args)
     from nvr import archive_cli, bodycam_cli
     from nvr.identity import accounts_cli
 
@@ -145,6 +157,55 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(service.run(station, lambda: create_app(station)))
         return 0
     return EXIT_CONFIG  # pragma: no cover - argparse rejects unknown commands
+
+
+def _discover(args: argparse.Namespace) -> int:
+    """Probe, describe with credentials, print the devices as YAML comments and the entries as YAML."""
+    import os
+
+    from streams import discovery
+
+    if args.timeout <= 0 or args.timeout > 60:
+        print("--timeout must be between 0 and 60 seconds", file=sys.stderr)
+        return EXIT_CONFIG
+    password = None
+    if args.user:
+        if not args.password_env or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.password_env):
+            print("--user needs --password-env NAME (an environment variable holding the password)", file=sys.stderr)
+            return EXIT_CONFIG
+        password = os.environ.get(args.password_env)
+        if password is None:
+            print(f"the environment variable {args.password_env} is not set", file=sys.stderr)
+            return EXIT_CONFIG
+        secrets.register(password)
+    try:
+        found = discovery.probe(args.timeout, args.address, args.port)
+    except OSError as exc:
+        print(f"cannot send the WS-Discovery probe: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.user and password is not None:
+        async def describe_all() -> None:
+            await asyncio.gather(*(discovery.describe(d, args.user, password) for d in found.devices))
+
+        asyncio.run(describe_all())
+    ignored = f" ({found.ignored} other answer(s) ignored: not ONVIF devices)" if found.ignored else ""
+    print(f"# {len(found.devices)} ONVIF device(s) answered{ignored}")
+    for device in found.devices:
+        what = " ".join(x for x in (device.manufacturer or device.scope("name"),
+                                    device.model or device.scope("hardware")) if x)
+        extra = "".join(f", {label} {value}" for label, value in (("firmware", device.firmware),
+                                                                   ("serial", device.serial)) if value)
+        print(f"# {device.device_url}: {what or 'unknown model'}{extra}")
+        for profile in device.profiles:
+            size = f" {profile.width}x{profile.height}" if profile.width else ""
+            print(f"#   profile {profile.token} ({profile.name}){size}: {profile.uri}")
+        if device.error:
+            print(f"#   not read: {device.error}")
+    if not args.user:
+        print("# give --user and --password-env to read profiles and stream URIs")
+        return 0
+    print(discovery.camera_entries(found.devices, args.user, args.password_env), end="")
+    return 0
 
 
 def _is_console_file(path: str) -> bool:

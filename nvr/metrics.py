@@ -179,10 +179,28 @@ class StationCollector(Collector):
         started = GaugeMetricFamily("nvr_start_time_seconds", "When the daemon started")
         started.add_metric([], station.started_at)
         yield started
+        yield from _onvif_metrics(health)
         if recorded.archiver is not None:
             yield from ArchiveCollector(recorded.archiver).collect()
         if recorded.bodycams is not None:
             yield from BodycamCollector(recorded.bodycams).collect()
+
+
+def _onvif_metrics(health: HealthMonitor) -> Iterator[Metric]:
+    """The cameras' ONVIF links: the camera's clock offset, link state, the events it raised."""
+    offset = GaugeMetricFamily("nvr_camera_clock_offset_seconds",
+                               "The camera's clock minus the station's (ONVIF), as last measured", labels=["camera"])
+    link_up = GaugeMetricFamily("nvr_camera_onvif_up", "1 while the camera's ONVIF link is online", labels=["camera"])
+    events = CounterMetricFamily("nvr_camera_onvif_events", "Events the camera raised, by kind",
+                                 labels=["camera", "kind"])
+    for camera_id, onvif in health.onvif.items():
+        status = onvif.link.status()
+        if status.clock_offset_seconds is not None:
+            offset.add_metric([camera_id], status.clock_offset_seconds)
+        link_up.add_metric([camera_id], 1.0 if status.state.value == "online" else 0.0)
+        for kind, count in onvif.events.items():
+            events.add_metric([camera_id, kind], count)
+    yield from (offset, link_up, events)
 
 
 def build_registry(station: Measured) -> CollectorRegistry:

@@ -68,6 +68,7 @@ class RecordedCamera:
     id: str
     record: bool
     hub: Hub
+    segment_meta: Callable[[], dict[str, Any]] | None = None  # extras for each segment's index row
 
 
 StorageReady = Callable[[Path], Awaitable[None]]
@@ -168,7 +169,8 @@ class RecordingService:
 
         for camera in self.cameras:
             if camera.record:
-                recorder = Recorder(camera.id, camera.hub, self.root, storage, index, on_error=on_write_error)
+                recorder = Recorder(camera.id, camera.hub, self.root, storage, index, on_error=on_write_error,
+                                    segment_meta=camera.segment_meta)
                 self.recorders[camera.id] = recorder
                 self.supervisor.spawn(f"recorder:{camera.id}", recorder.run, Phase.FINISH)
         log.info("recording into %s", self.root)

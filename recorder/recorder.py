@@ -30,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
 
 from nvr.base.config import Storage
-from recorder.index import NewSegment, SegmentIndex, SegmentRecord
+from recorder.index import NewSegment, SegmentIndex, SegmentRecord, encode_meta
 from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter, Template
 from streams.hub import Hub
 from streams.media import HubItem, MediaPacket, Session, SessionEnded, TrackKind
@@ -106,6 +107,9 @@ class RecorderCore:
         self.segments_written = 0  # these three are updated by the disk thread
         self.bytes_written = 0
         self.last_segment: SegmentRecord | None = None
+        # What a segment's index row carries beyond the media (e.g. the camera's clock offset), asked for on
+        # the disk thread as each segment is indexed; must be cheap and thread-safe.
+        self.segment_meta: Callable[[], dict[str, Any]] | None = None
         self._template: Template | None = None  # the current session's codec parameters
         self._time_base: Fraction = Fraction(1, 90000)
         self._seconds_per_tick = 1 / 90000  # float of _time_base: the per-packet arithmetic stays in floats
@@ -343,6 +347,7 @@ class RecorderCore:
                 height=video.height,
                 params=json.dumps(params, sort_keys=True),
                 path=closed.relpath,
+                meta=self._meta(),
             )
             try:
                 self.last_segment = self.commit(record)
@@ -380,6 +385,16 @@ class RecorderCore:
             self._template = None
 
 
+    def _meta(self) -> str:
+        if self.segment_meta is None:
+            return "{}"
+        try:
+            return encode_meta(self.segment_meta())
+        except Exception:  # noqa: BLE001 - provenance extras never cost a segment its index row
+            log.error("[%s] segment meta unavailable", self.camera, exc_info=True)
+            return "{}"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -401,12 +416,14 @@ class Recorder:
         storage: Storage,
         index: SegmentIndex,
         on_error: Callable[[str], None] | None = None,
+        segment_meta: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.camera = camera
         self.hub = hub
         self.index = index
         self.disk = DiskWriter(camera)
         self.core = RecorderCore(camera, root, storage, self._commit, on_error=on_error, disk=self.disk)
+        self.core.segment_meta = segment_meta
         self._stopped = asyncio.Event()
 
     def _commit(self, segment: NewSegment) -> SegmentRecord:

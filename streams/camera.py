@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from nvr.base.config import Camera, Health, Ingest
 from streams.hub import Hub
+from streams.onvif import OnvifLink
 from streams.rtsp_source import RtspSource
 
 
@@ -21,6 +22,7 @@ class CameraStreams:
     source: RtspSource
     live_hub: Hub | None = None
     live_source: RtspSource | None = None
+    onvif: OnvifLink | None = None  # the camera's ONVIF device service, when configured
 
     @property
     def view_hub(self) -> Hub:
@@ -42,6 +44,8 @@ class CameraStreams:
             streams.live_hub = Hub(name, reader_queue_packets=ingest.reader_queue_packets,
                                    gop_cache_packets=ingest.gop_cache_packets)
             streams.live_source = RtspSource(name, camera.live_url, streams.live_hub, ingest=ingest, health=health)
+        if camera.onvif is not None:
+            streams.onvif = OnvifLink(camera.id, camera.onvif, ingest)
         return streams
 
     def close(self) -> None:

@@ -12,7 +12,11 @@ supervisor on the loop bounds every phase from outside as well: a stream that
 stays connected but delivers nothing is declared ``stalled`` after
 ``health.stall_seconds`` without waiting for TCP, and the old session is torn
 down before a new one is opened, with capped exponential backoff between
-attempts.  A session thread that does not end in time is abandoned, at most
+attempts.  The backoff holds for the set-up only: while waiting, a cheap probe
+(:func:`probe_rtsp`, an RTSP ``OPTIONS`` bounded by
+``ingest.probe_timeout_seconds``) runs every ``ingest.probe_interval_seconds``,
+and a camera seen down and then answering is set up at once.  A session
+thread that does not end in time is abandoned, at most
 ``_MAX_ABANDONED_THREADS`` per camera.
 """
 
@@ -23,6 +27,7 @@ import errno
 import logging
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,6 +185,8 @@ class RtspSource:
         self._abandoned_threads = 0
         self._stop_reason: str | None = None  # why the loop ended the current session, for the sinks
         self._abandoned: list[threading.Thread] = []  # session threads given up on, maybe still alive
+        self.probes = 0
+        self._probe_down = False  # what the last probe found
 
     # -- public ---------------------------------------------------------------------------
 
@@ -227,18 +234,55 @@ class RtspSource:
             if streamed:
                 backoff = self.ingest.backoff_initial_seconds
                 failures = 0
+                self._probe_down = False
             failures += 1
             self._set_state(SourceState.OFFLINE, reason, message)
             level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(level, "[%s] offline (%s): %s; retrying in %.1f s", self.name, reason.value, message, backoff)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, self.ingest.backoff_max_seconds)
+            if await self._back_off(backoff):
+                # It came back: should its first set-up fail (a camera still booting), retry soon again.
+                backoff = self.ingest.backoff_initial_seconds
+            else:
+                backoff = min(backoff * 2, self.ingest.backoff_max_seconds)
             self.reconnects += 1
         self._set_state(SourceState.OFFLINE, OfflineReason.STOPPED, "stopped")
+
+    async def _back_off(self, delay: float) -> bool:
+        """Wait ``delay`` before the next set-up, or less if a cheap probe sees the camera come back.
+
+        Only a camera seen *not* answering and then answering ends the wait early (and says so):
+        one that answers the probe all along (it rejects the set-up, or answers but sends nothing)
+        waits the whole backoff, so it is not hammered with set-ups once a probe interval, and is
+        not probed again during that wait either.
+        """
+        deadline = time.monotonic() + delay
+        # Across waits: a camera whose last probe found it down and that then failed a set-up (it came
+        # back in between, not ready yet) is back now if this wait's first probe finds it answering.
+        seen_down = self._probe_down
+        probing = True
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self._wake.clear()
+            wait = min(deadline - now, self.ingest.probe_interval_seconds) if probing else deadline - now
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+            if not probing or self._stopping or time.monotonic() >= deadline:
+                continue
+            answering = await probe_rtsp(self._url, self.ingest.probe_timeout_seconds)
+            self.probes += 1
+            self._probe_down = not answering
+            if not answering:
+                seen_down = True
+            elif seen_down:
+                log.info("[%s] the camera answers again; reconnecting now", self.name)
+                return True
+            else:
+                probing = False  # it answers: the set-up's own failure is why we wait
+        return False
 
     # -- one session ----------------------------------------------------------------------
 
@@ -434,6 +478,40 @@ class RtspSource:
             self.last_packet_mono = time.monotonic()
         if self.on_state is not None:
             self.on_state(self)
+
+
+async def probe_rtsp(url: str, timeout: float) -> bool:
+    """Whether an RTSP server answers at ``url``'s host and port, within ``timeout`` seconds.
+
+    For ``rtsp://`` an ``OPTIONS`` request (without credentials) must draw any RTSP status line,
+    which an accepting-but-dead TCP stack or a port forward with nothing behind it does not;
+    for ``rtsps://`` a TCP connect (no TLS handshake, no certificate to judge) is the probe.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return False
+    try:
+        port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+    except ValueError:
+        return False
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            if parts.scheme == "rtsps":
+                return True
+            writer.write(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: nvr-probe\r\n\r\n".encode())
+            await writer.drain()
+            line = await reader.readline()
+            return line.startswith(b"RTSP/1.")
+    except (OSError, TimeoutError, ValueError, UnicodeError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _resolve(future: asyncio.Future[tuple[OfflineReason, str]], result: tuple[OfflineReason, str]) -> None:

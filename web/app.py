@@ -19,6 +19,7 @@ from nvr import __version__
 from nvr.base.timeutil import iso
 from recorder.recorder import Recorder
 from streams.camera import CameraStreams
+from streams.onvif import OnvifLink
 from streams.rtsp_source import RtspSource
 from web import (
     access,
@@ -36,7 +37,7 @@ from web import (
 from web.http import MAX_BODY_BYTES, STATION, find_camera, json_errors
 from web.limits_metrics import LimitsCollector
 from web.ports import StationPort
-from web.schema import CameraView, SourceView
+from web.schema import CameraView, OnvifView, SourceView
 
 log = logging.getLogger(__name__)
 
@@ -120,5 +121,17 @@ def camera_json(runtime: CameraStreams, recorder: Recorder | None) -> dict[str, 
         recording=recorder.recording if recorder is not None else False,
         recording_error=recorder.core.error if recorder is not None else None,
         last_segment_at=iso(recorder.last_segment_end) if recorder is not None else None,
+        **onvif_fields(runtime.onvif),
     )
     return view.model_dump()
+
+
+def onvif_fields(link: OnvifLink | None) -> dict[str, Any]:
+    if link is None:
+        return {}
+    status = link.status()
+    return {"clock_offset_seconds": status.clock_offset_seconds, "onvif": OnvifView(
+        state=status.state.value, state_reason=status.reason.value if status.reason else None,
+        state_message=status.message, clock_offset_seconds=status.clock_offset_seconds,
+        clock_round_trip_seconds=status.clock_rtt_seconds, clock_checked_at=iso(status.clock_checked_at),
+        events_subscribed=status.events_subscribed, events_received=status.events_received)}

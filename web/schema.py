@@ -34,6 +34,19 @@ class SourceView(_Model):
     invalid_packets: int = 0
 
 
+class OnvifView(_Model):
+    """A camera's ONVIF link: its state, the camera's clock, its event subscription."""
+
+    state: str
+    state_reason: str | None = None
+    state_message: str | None = None
+    clock_offset_seconds: float | None = None
+    clock_round_trip_seconds: float | None = None
+    clock_checked_at: str | None = None
+    events_subscribed: bool = False
+    events_received: int = 0
+
+
 class CameraView(SourceView):
     """``GET /api/cameras`` and ``GET /api/cameras/{id}``: the main stream's fields at the top level."""
 
@@ -45,6 +58,9 @@ class CameraView(SourceView):
     recording: bool = False
     recording_error: str | None = None
     last_segment_at: str | None = None
+    # The camera's clock minus ours (ONVIF), as last measured; None without an ONVIF link or before a reading.
+    clock_offset_seconds: float | None = None
+    onvif: OnvifView | None = None
 
 
 class AlarmView(_Model):

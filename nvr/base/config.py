@@ -198,6 +198,9 @@ class Health(PictureChecks):
     storage_free_warning_percent: Annotated[
         float, Field(ge=0, le=100, description="Exported for the 'disk nearly full' alert rule")
     ] = 10.0
+    clock_tolerance_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="A camera clock (ONVIF) further off than this: clock_drift")
+    ] = 2.0
 
     def for_camera(self, overrides: CameraHealth | None) -> PictureChecks:
         """The camera's effective thresholds: the global ones with its overrides applied."""
@@ -259,6 +262,9 @@ class Backoff(_Model):
 class Ingest(Backoff):
     open_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     read_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    probe_interval_seconds: Annotated[float, Field(
+        ge=0.2, le=60, description="While a camera is unreachable, probe it (RTSP OPTIONS) this often")] = 0.5
+    probe_timeout_seconds: Annotated[float, Field(gt=0, le=30, description="Bound of one probe")] = 1.0
     reader_queue_packets: Annotated[int, Field(ge=16, le=100_000)] = 600
     gop_cache_packets: Annotated[int, Field(ge=16, le=100_000)] = 1200
 
@@ -435,6 +441,35 @@ class Log(_Model):
     )
 
 
+class Onvif(_Model):
+    """A camera's ONVIF device service: its clock is checked and its own events become alarms."""
+
+    url: str = Field(description="http(s) URL of the device service, e.g. http://user:${PASS}@host/onvif/device_service")
+    clock_check_seconds: Annotated[float, Field(ge=5, le=86400, description="Read the camera's clock this often")] = 300
+    events: bool = Field(default=True, description="Subscribe (PullPoint) to the camera's own events")
+    timeout_seconds: Annotated[float, Field(gt=0, le=120, description="Bound of one request")] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _device_url(cls, value: str) -> str:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc.args[0].split(':')[0]})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("port must be between 1 and 65535")
+        if parts.path.rstrip("/") not in ("", "/onvif/device_service"):
+            raise ValueError("the device service must be at /onvif/device_service (the ONVIF default)")
+        return value
+
+    @property
+    def display_url(self) -> str:
+        return secrets.redact_url(self.url)
+
+
 class Camera(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=64)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -443,6 +478,7 @@ class Camera(_Model):
     live_url: str | None = Field(default=None, description="Optional RTSP substream for live view")
     record: bool = True
     health: CameraHealth | None = Field(default=None, description="Overrides of the global health thresholds")
+    onvif: Onvif | None = Field(default=None, description="The camera's ONVIF device service (clock, events)")
 
     @field_validator("url", "live_url")
     @classmethod
@@ -732,7 +768,7 @@ def parse(text: str, *, source: str = "<config>", environ: dict[str, str] | os._
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     for camera in config.cameras:
-        for url in (camera.url, camera.live_url):
+        for url in (camera.url, camera.live_url, camera.onvif.url if camera.onvif else None):
             if url:
                 _register_url_secret(url)
     if config.archive is not None:
@@ -796,8 +832,12 @@ def _literal_passwords(data: dict[str, Any], source: str, lines: dict[tuple[str 
     for index, camera in enumerate(cameras):
         if not isinstance(camera, dict):
             continue
-        for key in ("url", "live_url"):
-            value = camera.get(key)
+        onvif = camera.get("onvif")
+        urls: list[tuple[tuple[str | int, ...], Any]] = [
+            (("cameras", index, key), camera.get(key)) for key in ("url", "live_url")]
+        if isinstance(onvif, dict):
+            urls.append((("cameras", index, "onvif", "url"), onvif.get("url")))
+        for path, value in urls:
             if not isinstance(value, str) or "://" not in value:
                 continue
             start = value.find("://") + 3
@@ -806,7 +846,6 @@ def _literal_passwords(data: dict[str, Any], source: str, lines: dict[tuple[str 
                 continue
             _, sep, password = value[start:at].partition(":")
             if sep and password and not _ONLY_REFS.match(password):
-                path = ("cameras", index, key)
                 problems.append(
                     f"{_where(source, lines, path)}: {format_path(path)}: a literal password is not allowed; "
                     "write ${NAME} and provide NAME as an environment variable or a systemd credential"

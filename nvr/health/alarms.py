@@ -86,6 +86,11 @@ class AlarmType(StrEnum):
     # A body-camera file from the inbox was refused and quarantined (recorder/bodycam_inbox.py); it closes when
     # the next file of that device is taken.
     BODYCAM_QUARANTINED = "bodycam_quarantined"
+    # From the camera's ONVIF link (nvr/health/onvif_health.py): its clock, and events the camera raises itself.
+    CLOCK_DRIFT = "clock_drift"
+    CAMERA_TAMPER = "camera_tamper"
+    CAMERA_VIDEO_LOSS = "camera_video_loss"
+    CAMERA_INPUT = "camera_input"
 
 
 STORAGE_ALARMS = (AlarmType.DISK_FULL, AlarmType.ARCHIVE_BACKLOG)

@@ -17,12 +17,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from av.video.frame import VideoFrame
 
 from nvr.base.config import Config
 from nvr.health.alarms import ALARMS_FILE, AlarmStore, AlarmType, severity_for
 from nvr.health.camera import CameraHealth
+from nvr.health.onvif_health import OnvifHealth
 from nvr.health.webhooks import WebhookSender
 from recorder.storage import free_space
 from recorder.thumbnails import ThumbnailStore, jpeg_of
@@ -85,6 +87,21 @@ class HealthMonitor:
             # The long-lived reader has a series from the start; viewers appear when they drop. (The recorder
             # is a sink on the camera's thread, not a reader: its losses are the recorder core's own count.)
             self.reader_drops[(camera_id, f"health:{camera_id}")] = 0
+        self.onvif = self._onvif_health(config, cameras)
+
+    def _onvif_health(self, config: Config, cameras: Mapping[str, CameraStreams]) -> dict[str, OnvifHealth]:
+        """The cameras' ONVIF links, turned into alarms (clock drift, the camera's own events)."""
+        found = {}
+        for camera_id, runtime in cameras.items():
+            if runtime.onvif is not None:
+                found[camera_id] = OnvifHealth(camera_id, runtime.onvif, self.alarms, severity_for(runtime.config.zone),
+                                               config.health.clock_tolerance_seconds)
+        return found
+
+    def segment_meta_of(self, camera_id: str) -> Callable[[], dict[str, Any]] | None:
+        """What each new segment of the camera records of its ONVIF link (clock offset); None without one."""
+        onvif = self.onvif.get(camera_id)
+        return onvif.segment_meta if onvif is not None else None
 
     def _thumbnail_of(self, camera_id: str) -> Callable[[float, VideoFrame], None]:
         def keep(at: float, frame: VideoFrame) -> None:
@@ -107,6 +124,8 @@ class HealthMonitor:
             spawn(f"health:{camera_id}", camera_health.run)
         for index, sender in enumerate(self.webhooks):
             spawn(f"webhook:{index}", sender.run)
+        for camera_id, onvif in self.onvif.items():
+            spawn(f"onvif:{camera_id}", onvif.link.run)
 
     def relearn(self, camera_id: str) -> bool:
         camera_health = self.cameras.get(camera_id)
@@ -150,6 +169,8 @@ class HealthMonitor:
             camera_health.stop()
         for sender in self.webhooks:
             sender.stop()
+        for onvif in self.onvif.values():
+            onvif.link.stop()
         await self.alarms.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
