@@ -38,8 +38,11 @@ demo: venv
 demo-archive: venv
 	$(PY) sim/demo.py --archive $(DEMO_ARGS)
 
+# Two workers (the machine has 2 cores; most tests wait on real cameras and browsers), whole files per
+# worker so a module's daemon and cameras stay together.
+PYTEST_WORKERS ?= 2
 test: venv
-	tests/isolated.sh $(PY) -m pytest $(PYTEST_ARGS)
+	tests/isolated.sh $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Minutes-long system-level scenarios (network namespaces with a router, TURN, netem, long outages).
 test-extended: venv

@@ -191,6 +191,8 @@ def test_stream_that_stalls_with_the_connection_open_is_stalled(
     cam = cameras("hall", gop=15)
     daemon = daemon_factory([{"id": "hall-1", "name": "Hall", "zone": "hall", "url": cam.url}])
     daemon.wait_state("hall-1", "online", timeout=30)
+    # A blip while a loaded machine starts the camera is not this story's stall.
+    earlier = {e["id"] for e in events(daemon, camera="hall-1", type="offline")}
     cam.pause()
     paused = time.monotonic()
     daemon.wait_state("hall-1", "offline", reason="stalled", timeout=STALL + 2)
@@ -201,7 +203,7 @@ def test_stream_that_stalls_with_the_connection_open_is_stalled(
     daemon.wait_state("hall-1", "online", timeout=30)
     wait_until(lambda: open_alarm(daemon, "hall-1", "offline") is None, 5, "alarm not closed after resume")
     # One stall, one alarm: late packets of the dead session must not close and reopen it.
-    assert [e["id"] for e in events(daemon, camera="hall-1", type="offline")] == [alarm["id"]]
+    assert [e["id"] for e in events(daemon, camera="hall-1", type="offline") if e["id"] not in earlier] == [alarm["id"]]
 
 
 def test_picture_faults_raise_and_clear_alarms_and_a_normal_scene_raises_none(
