@@ -13,7 +13,7 @@
 #   --admin NAME    create the first console user NAME with the admin role; the password is asked
 #                   for, or read from standard input when that is not a terminal
 #   --wheels DIR    install the Python packages from DIR only, for a server without Internet access
-#                   (fill DIR elsewhere: pip download -d DIR -c constraints.txt . 'setuptools>=61' wheel)
+#                   (fill DIR elsewhere: pip wheel -w DIR -c constraints.txt . 'setuptools>=61' wheel)
 #   --no-start      install and enable the service, but do not (re)start it
 #   --print-packages  print the Debian packages this script installs, and exit
 #

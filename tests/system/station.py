@@ -130,8 +130,12 @@ def wheelhouse(logdir: Path) -> Path:
     final, partial = _replace_cached("wheels", key)
     started = time.monotonic()
     with (logdir / "pip-download.log").open("wb") as out:
-        run([sys.executable, "-m", "pip", "download", "-q", "-d", str(partial), "-c", str(REPO / "constraints.txt"),
-             "--only-binary=:all:", str(REPO), "setuptools>=61", "wheel"], out=out, timeout=900)
+        # `pip wheel`, not `pip download --only-binary`: a dependency published only as a source archive
+        # (WSDiscovery) is built into a wheel here, so the station installs with no build step and no index.
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--prefer-binary", "-w", str(partial),
+             "-c", str(REPO / "constraints.txt"), str(REPO), "setuptools>=61", "wheel"], out=out, timeout=900)
+    for own in partial.glob("nvr-*.whl"):
+        own.unlink()  # the station installs nvr from its source tree
     partial.rename(final)
     log.info("wheels: downloaded in %.0f s", time.monotonic() - started)
     return final
