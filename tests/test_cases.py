@@ -7,6 +7,7 @@ One daemon for the module: two simulated cameras and one body camera whose file 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -237,6 +238,19 @@ def test_the_case_page_shows_the_timeline_and_exports_from_a_click(station: Stat
         wait_until(lambda: page.locator("#exports li a").count() > before, 60, "no package link after the export")
         assert page.locator("#history tbody tr").count() >= 5
         assert "EDITED" not in page.inner_text("#history")
+    finally:
+        context.close()
+    # The same page for a Persian reader: right to left, its words and dates from the Persian catalogue.
+    context = browser.new_context(locale="fa-IR")
+    try:
+        context.set_extra_http_headers({"Authorization": f"Bearer {station.auditor}"})
+        page = context.new_page()
+        page.goto(f"{station.daemon.base_url}/cases/{incident['case']['id']}")
+        page.wait_for_selector("#timeline .row .item", timeout=20_000)
+        assert page.evaluate("[document.documentElement.lang, document.documentElement.dir]") == ["fa", "rtl"]
+        assert page.inner_text("#title").startswith("پروندهٔ ")
+        first_from = page.locator("#items tbody tr").first.locator("td").nth(1).inner_text()
+        assert re.search("۱۴[۰-۹]{2}/[۰-۹]{2}/[۰-۹]{2}", first_from), first_from  # Solar Hijri (14xx), Persian digits
     finally:
         context.close()
 

@@ -29,7 +29,7 @@ from web.app import create_app
 from web.console import CATALOGUES, STATIC_DIR
 
 PASSWORD = "correct horse battery"
-PAGES = ("index.html", "playback.html", "login.html", "fleet.html")
+PAGES = ("index.html", "playback.html", "login.html", "fleet.html", "case.html")
 
 
 # -- the choice, without a server -----------------------------------------------------------

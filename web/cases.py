@@ -29,7 +29,7 @@ from recorder.export import ExportRequest
 from recorder.export_jobs import QueueFull
 from web import params
 from web.access import ACCESS, audit, require_camera, visible
-from web.console import _CSP, STATIC_DIR
+from web.console import serve_page
 from web.http import STATION, api_error, json_body
 from web.recordings import audit_cameras, current_user, job_json, known_camera, require_index, source_causes
 
@@ -271,7 +271,5 @@ async def case_history(request: web.Request) -> web.Response:
     })
 
 
-async def case_page(_request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "case.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-    })
+async def case_page(request: web.Request) -> web.Response:
+    return await serve_page(request, "case.html")  # in the user's language and the station's time zone

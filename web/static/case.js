@@ -6,8 +6,15 @@
   const caseId = location.pathname.split("/").filter(Boolean).pop();
   const api = `/api/cases/${encodeURIComponent(caseId)}`;
   let bodycams = new Set();
+  const { t } = window.nvrI18n;
 
-  const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+  // In the station's zone and the page's calendar, UTC on hover (web/static/i18n.js).
+  const when = (iso) => (iso ? window.nvrI18n.dateTime(Date.parse(iso)) : "");
+  const whenCell = (row, iso) => {
+    const td = cell(row, when(iso));
+    if (iso) td.title = window.nvrI18n.hover(Date.parse(iso));
+    return td;
+  };
   const cell = (row, text, className) => {
     const td = document.createElement("td");
     td.textContent = text == null ? "" : String(text);
@@ -39,7 +46,7 @@
     const times = [...c.items.flatMap((i) => [i.start, i.end]), ...c.bookmarks.map((b) => b.at)]
       .map((t) => Date.parse(t));
     if (!times.length) {
-      box.textContent = "No ranges yet.";
+      box.textContent = t("case.no_ranges");
       $("axis").replaceChildren();
       return;
     }
@@ -60,7 +67,7 @@
         const bar = document.createElement("a");
         bar.className = bodycams.has(source) ? "item bodycam" : "item";
         bar.href = item.playback;
-        bar.title = `${source}: ${when(item.start)} – ${when(item.end)} ${item.note}`;
+        bar.title = t("case.item_title", { source, start: when(item.start), end: when(item.end), note: item.note || "" });
         bar.style.left = x(item.start);
         bar.style.width = `calc(${x(item.end)} - ${x(item.start)})`;
         row.appendChild(bar);
@@ -69,7 +76,7 @@
         const tick = document.createElement("a");
         tick.className = "mark";
         tick.href = mark.playback;
-        tick.title = `${when(mark.at)}: ${mark.note}`;
+        tick.title = t("case.mark_title", { at: when(mark.at), note: mark.note || "" });
         tick.style.left = x(mark.at);
         row.appendChild(tick);
       }
@@ -78,7 +85,7 @@
     const axis = $("axis");
     axis.replaceChildren(...[0, 0.25, 0.5, 0.75, 1].map((f) => {
       const span = document.createElement("span");
-      span.textContent = new Date(lo + f * (hi - lo)).toLocaleTimeString();
+      span.textContent = window.nvrI18n.time(lo + f * (hi - lo));
       return span;
     }));
   }
@@ -89,22 +96,22 @@
     for (const item of c.items) {
       const row = items.insertRow();
       cell(row, item.camera);
-      cell(row, when(item.start));
-      cell(row, when(item.end));
+      whenCell(row, item.start);
+      whenCell(row, item.end);
       cell(row, item.note);
-      cell(row, item.hold_active ? `held (#${item.hold_id})` : "released");
+      cell(row, item.hold_active ? t("case.held", { hold: item.hold_id }) : t("case.released"));
       cell(row, item.added_by);
-      cell(row, "").appendChild(link(item.playback, "Play"));
+      cell(row, "").appendChild(link(item.playback, t("case.play")));
     }
     const marks = $("bookmarks").tBodies[0];
     marks.replaceChildren();
     for (const mark of c.bookmarks) {
       const row = marks.insertRow();
       cell(row, mark.camera);
-      cell(row, when(mark.at));
+      whenCell(row, mark.at);
       cell(row, mark.note);
       cell(row, mark.created_by);
-      cell(row, "").appendChild(link(mark.playback, "Play"));
+      cell(row, "").appendChild(link(mark.playback, t("case.play")));
     }
   }
 
@@ -114,11 +121,11 @@
     for (const made of c.exports) {
       const li = document.createElement("li");
       li.id = `export-${made.export_id}`;
-      li.textContent = `${when(made.created_at)} by ${made.created_by} (${made.reason}): `;
+      li.textContent = t("case.package_line", { at: when(made.created_at), who: made.created_by, reason: made.reason });
       list.appendChild(li);
       try {
         const job = await getJson(`/api/exports/${made.export_id}`);
-        if (job.download) li.appendChild(link(job.download, "Download the signed package"));
+        if (job.download) li.appendChild(link(job.download, t("case.download")));
         else li.appendChild(document.createTextNode(job.error || job.state));
       } catch (err) {
         li.appendChild(document.createTextNode(err.message));
@@ -133,34 +140,35 @@
     for (const entry of history.entries) {
       const row = body.insertRow();
       cell(row, entry.id);
-      cell(row, when(entry.at));
+      whenCell(row, entry.at);
       cell(row, entry.actor);
       cell(row, entry.action);
       cell(row, entry.camera);
       const { case_id: _id, ...details } = entry.details;
       cell(row, Object.entries(details).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)
         .join(" "));
-      cell(row, entry.hash_ok ? entry.hash.slice(0, 12) : "EDITED", entry.hash_ok ? "" : "bad");
+      cell(row, entry.hash_ok ? entry.hash.slice(0, 12) : t("case.edited"), entry.hash_ok ? "" : "bad");
     }
   }
 
   async function load() {
     const c = await getJson(api);
-    document.title = `Case ${c.number}`;
-    $("title").textContent = `Case ${c.number}: ${c.title}`;
-    $("state").textContent = c.state;
+    document.title = t("case.document_title", { number: c.number });
+    $("title").textContent = t("case.heading_full", { number: c.number, title: c.title });
+    $("state").textContent = window.nvrI18n.label("case.state", c.state);
     $("state").className = c.state === "open" ? "state" : "state closed";
     $("description").textContent = c.description;
-    $("meta").textContent = `Opened ${when(c.created_at)} by ${c.created_by}` +
-      (c.closed_at ? `; closed ${when(c.closed_at)} by ${c.closed_by}: ${c.close_reason}` : "") +
-      (c.hidden_items ? `; ${c.hidden_items} range(s) of cameras you may not see are not shown` : "");
+    const facts = [t("case.opened", { at: when(c.created_at), who: c.created_by })];
+    if (c.closed_at) facts.push(t("case.closed", { at: when(c.closed_at), who: c.closed_by, reason: c.close_reason }));
+    if (c.hidden_items) facts.push(t("case.hidden", { n: c.hidden_items }));
+    $("meta").textContent = facts.join(t("list.separator"));
     if (c.playback) {
       $("play-all").href = c.playback;
       $("play-all").hidden = false;
     }
     drawTimeline(c);
     fillTables(c);
-    status(`${c.items.length} range(s), ${c.bookmarks.length} bookmark(s), ${c.exports.length} package(s)`);
+    status(t("case.summary", { items: c.items.length, bookmarks: c.bookmarks.length, exports: c.exports.length }));
     await showExports(c);
     await showHistory();
   }
@@ -173,7 +181,7 @@
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ reason: $("export-reason").value }),
       });
-      status(`Export ${job.id.slice(0, 8)} queued…`);
+      status(t("case.queued", { id: job.id.slice(0, 8) }));
       for (let i = 0; i < 600; i += 1) {
         const state = await getJson(`/api/exports/${job.id}`);
         if (state.state === "done" || state.state === "failed") break;
@@ -187,7 +195,7 @@
     }
   });
 
-  $("tz").textContent = "times in " + Intl.DateTimeFormat().resolvedOptions().timeZone;
+  $("tz").textContent = t("case.times_in", { zone: window.nvrI18n.timeZone });
   getJson("/api/bodycams").then((b) => { bodycams = new Set(b.bodycams.map((d) => d.id)); })
     .catch(() => {}).finally(() => load().catch((err) => status(err.message, true)));
 })();
