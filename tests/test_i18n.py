@@ -254,3 +254,11 @@ async def test_one_users_choice_is_not_anothers(desk: Desk) -> None:
     await desk.login("john")  # the same browser, another user
     resp = await desk.client.get("/", headers={"Accept-Language": "en"})
     assert first_tag(await resp.text()) == '<html lang="en" dir="ltr">'
+
+
+def test_every_alarm_type_has_a_name_in_both_languages() -> None:
+    from nvr.health.alarms import AlarmType
+
+    for lang in ("en", "fa"):
+        missing = [t.value for t in AlarmType if f"alarm.{t.value}" not in CATALOGUES.strings[lang]]
+        assert not missing, f"{lang}: alarm types the console would show as raw codes: {missing}"
