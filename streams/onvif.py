@@ -46,6 +46,9 @@ _MESSAGE_LIMIT = 100
 _MAX_MESSAGES = 1000  # read of one answer, whatever the camera sends despite the limit
 # ONVIF clocks tick in whole seconds: the camera's true time lies in [s, s+1).
 _CLOCK_RESOLUTION = 1.0
+# The largest answer read from a camera: a PullMessages answer of 1,000 events is a few hundred kB. The
+# library reads whole bodies with no limit, so without this a hostile device could exhaust memory.
+MAX_ANSWER_BYTES = 4 << 20
 
 
 # The link's states are the RTSP source's: connecting, online, offline.
@@ -241,8 +244,8 @@ class OnvifLink:
         # Heavy (zeep, lxml): imported off the loop, and only for a camera that has ONVIF.
         onvif = await asyncio.to_thread(importlib.import_module, "onvif")
         self.sessions += 1
-        camera = onvif.ONVIFCamera(self._host, self._port, self._user, self._password, no_cache=True,
-                                   adjust_time=True)
+        camera = _bounded_camera_class(onvif)(self._host, self._port, self._user, self._password, no_cache=True,
+                                              adjust_time=True)
         try:
             await self._bounded(camera.update_xaddrs())
             device = await camera.create_devicemgmt_service()
@@ -361,12 +364,63 @@ def _text(obj: Any, name: str) -> str:
     return secrets.redact(str(value))[:100] if value is not None else "?"
 
 
+class AnswerTooLarge(Exception):
+    """A camera's answer went over :data:`MAX_ANSWER_BYTES`; the connection was closed without reading on."""
+
+
+_BOUNDED: dict[str, type] = {}
+
+
+def _bounded_camera_class(onvif: Any) -> type:
+    """``onvif.ONVIFCamera`` whose every service reads at most :data:`MAX_ANSWER_BYTES` of an answer.
+
+    The library makes one aiohttp session per service and reads each answer whole; the bound is put
+    on each session's response class as the service is made (the only place it can go in).
+    """
+    if "camera" in _BOUNDED:
+        return _BOUNDED["camera"]
+    import aiohttp
+
+    class BoundedResponse(aiohttp.ClientResponse):
+        async def read(self) -> bytes:
+            if self._body is None:
+                if (self.content_length or 0) > MAX_ANSWER_BYTES:
+                    self.close()
+                    raise AnswerTooLarge(f"the camera announced a {self.content_length}-byte answer")
+                chunks, size = [], 0
+                try:
+                    async for chunk in self.content.iter_any():
+                        size += len(chunk)
+                        if size > MAX_ANSWER_BYTES:
+                            raise AnswerTooLarge(f"the camera's answer went over {MAX_ANSWER_BYTES >> 20} MB")
+                        chunks.append(chunk)
+                except BaseException:
+                    self.close()
+                    raise
+                self._body = b"".join(chunks)
+            return await super().read()
+
+    class BoundedCamera(onvif.ONVIFCamera):
+        async def create_onvif_service(self, *args: Any, **kwargs: Any) -> Any:
+            service = await super().create_onvif_service(*args, **kwargs)
+            session = getattr(service, "_session", None)
+            if session is None or not hasattr(session, "_response_class"):
+                raise RuntimeError("onvif-zeep-async changed: its services have no aiohttp session to bound")
+            session._response_class = BoundedResponse
+            return service
+
+    _BOUNDED["camera"] = BoundedCamera
+    return BoundedCamera
+
+
 def classify(exc: BaseException) -> tuple[LinkReason, str]:
     """An exception from onvif-zeep-async, zeep or aiohttp as a reason and a message without secrets."""
     import aiohttp
     import zeep.exceptions
     from onvif.exceptions import ONVIFError
 
+    if isinstance(exc, AnswerTooLarge):
+        return LinkReason.BAD_ANSWER, str(exc)
     if isinstance(exc, zeep.exceptions.Fault):
         text = f"{exc.message or ''} {exc.subcodes or ''} {exc.code or ''}".lower()
         if "notauthorized" in text.replace(" ", "") or "not authorized" in text or "unauthorized" in text:

@@ -228,6 +228,50 @@ def test_a_device_service_that_answers_junk_or_faults_is_reported_with_a_reason(
     assert said[0][1] and PASSWORD not in said[0][1] and link.clock_offset_seconds is None
 
 
+class _Flood(BaseHTTPRequestHandler):
+    """A device service that answers with an endless body (chunked, so no length announces it)."""
+
+    sent = 0
+    protocol_version = "HTTP/1.1"  # chunked bodies exist only in HTTP/1.1
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/soap+xml")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"<a>" + b"x" * 65536 + b"</a>"
+        try:
+            head = b'<?xml version="1.0"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">'
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(head), head))
+            for _ in range(100_000):  # 6.5 GB if anyone read it all
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                type(self).sent += len(chunk)
+        except OSError:
+            pass  # the client hung up: what it should do
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_device_service_that_floods_its_answer_is_cut_off_and_reported() -> None:
+    from streams.onvif import MAX_ANSWER_BYTES
+
+    handler = type("F", (_Flood,), {"sent": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads, server.block_on_close = True, False
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        link, said = _link_outcome(f"http://127.0.0.1:{server.server_address[1]}/onvif/device_service")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert said and said[0][0] is LinkReason.BAD_ANSWER and "MB" in (said[0][1] or ""), said
+    # Read no further than the bound (and what the socket buffers held when it hung up).
+    assert handler.sent < MAX_ANSWER_BYTES + (16 << 20), handler.sent
+    assert link.clock_offset_seconds is None
+
+
 def test_a_device_service_that_never_answers_is_given_up_on_within_its_timeout() -> None:
     server, port = _serve(b"", 200, stall=30)
     started = time.monotonic()
