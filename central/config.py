@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from nvr.base import secrets
 from nvr.base.config import (
     _ONLY_REFS,
+    AbsolutePath,
     Auth,
     Backoff,
     ConfigError,
@@ -63,14 +64,7 @@ class ConsoleSection(_Model):
 
 
 class ConsoleStorage(_Model):
-    path: Path = Field(default=Path("/var/lib/nvr-console"), description="The console's users and audit log")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
+    path: AbsolutePath = Field(default=Path("/var/lib/nvr-console"), description="The console's users and audit log")
 
 
 class Follow(Backoff):

@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from nvr.base.timeutil import iso
-from nvr.identity.audit import AuditEntry, entry_hash
 from recorder.cases import Case, CaseError, CaseStore, export_ranges, manifest_entry
 from recorder.export import ExportRequest
 from recorder.export_jobs import QueueFull
@@ -254,19 +253,12 @@ async def case_history(request: web.Request) -> web.Response:
     who = request.get("user")
     cameras = getattr(who, "cameras", None)
 
-    def query() -> list[AuditEntry]:
-        rows = log.db.db.execute(
-            "SELECT id, at, actor, role, action, camera, outcome, address, details, prev_hash, hash FROM audit"
-            " WHERE json_extract(details, '$.case_id') = ? ORDER BY id LIMIT ?", (case.id, _HISTORY_MAX)).fetchall()
-        return [AuditEntry(*row) for row in rows]
-
-    entries = [e for e in await log.db.call(query) if cameras is None or e.camera is None or e.camera in cameras]
+    entries = [e for e in await log.db.call(log.naming_case, case.id, _HISTORY_MAX)
+               if cameras is None or e.camera is None or e.camera in cameras]
     audit(request, "case.history", case_id=case.id, number=case.number, returned=len(entries))
     return web.json_response({
         "case": case.summary(),
-        "entries": [{**e.json(), "hash_ok": entry_hash(e.id, e.at, e.actor, e.role, e.action, e.camera, e.outcome,
-                                                       e.address, e.details, e.prev_hash) == e.hash}
-                    for e in entries],
+        "entries": [{**e.json(), "hash_ok": e.intact} for e in entries],
         "generated_at": iso(time.time()),
     })
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nvr.base import secrets
 
@@ -42,6 +42,16 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+# A path in the config is absolute: the daemon's working directory is nobody's business.
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 
 
 class _Model(BaseModel):
@@ -74,20 +84,13 @@ class Station(_Model):
 
 
 class Storage(_Model):
-    path: Path = Field(default=Path("/var/lib/nvr"), description="Root of recordings and the index")
+    path: AbsolutePath = Field(default=Path("/var/lib/nvr"), description="Root of recordings and the index")
     segment_seconds: Annotated[int, Field(ge=2, le=3600)] = 60
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     min_free_percent: Annotated[float, Field(ge=0, le=90)] = 5.0
     drift_tolerance_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
     retention_check_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     id: str | None = Field(default=None, description="Pin the storage marker id (printed by nvr init-storage)")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
 
 class Tls(_Model):
@@ -372,7 +375,7 @@ class Recordings(_Model):
     max_export_jobs: Annotated[
         int, Field(ge=1, le=100, description="Exports queued or running at once; more answer 503")
     ] = 4
-    exports_path: Path | None = Field(
+    exports_path: AbsolutePath | None = Field(
         default=None, description="Finished evidence packages; default <storage.path>/exports (absolute path)"
     )
     export_quota_mb: Annotated[
@@ -391,18 +394,11 @@ class Recordings(_Model):
         float, Field(gt=0, le=1 << 30, description="Fragmented copies of uploaded files made for HLS playback, in MB")
     ] = 10240
 
-    @field_validator("exports_path")
-    @classmethod
-    def _exports_absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
-
 
 class Auth(_Model):
     """Users, sessions, API tokens and the audit log (one SQLite file)."""
 
-    database: Path | None = Field(default=None, description="Default: <storage.path>/auth.sqlite3")
+    database: AbsolutePath | None = Field(default=None, description="Default: <storage.path>/auth.sqlite3")
     session_idle_minutes: Annotated[float, Field(gt=0, le=24 * 60, description="Idle browser sessions end")] = 30
     session_max_hours: Annotated[float, Field(gt=0, le=7 * 24, description="Sessions end this long after login")] = 12
     login_max_failures: Annotated[int, Field(ge=1, le=1000, description="Failed logins per user in the window")] = 5
@@ -418,13 +414,6 @@ class Auth(_Model):
     max_pending_logins: Annotated[
         int, Field(ge=1, le=10_000, description="Sign-ins being checked at once; more answer 503 login_busy")
     ] = 16
-
-    @field_validator("database")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
 
 class LogLevel(StrEnum):
@@ -530,20 +519,13 @@ class BodycamUploads(_Model):
 class BodycamInbox(_Model):
     """A folder docks copy files into: ``<device>_<anything>.mp4`` / ``.mkv`` (``bodycams_inbox``)."""
 
-    path: Path = Field(description="The folder watched (absolute path)")
-    quarantine: Path = Field(description="Files that fail go here, with a .reason.json beside them (absolute)")
+    path: AbsolutePath = Field(description="The folder watched")
+    quarantine: AbsolutePath = Field(description="Files that fail go here, with a .reason.json beside them")
     scan_seconds: Annotated[float, Field(gt=0, le=3600, description="How often the folder is looked at")] = 5
     stable_seconds: Annotated[
         float, Field(ge=0, le=3600, description="A file is taken only once its size and mtime stayed the same "
                                                 "this long (a dock still copying it is waited for)")
     ] = 10
-
-    @field_validator("path", "quarantine")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
     @model_validator(mode="after")
     def _apart(self) -> BodycamInbox:

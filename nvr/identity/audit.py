@@ -57,6 +57,12 @@ class AuditEntry:
             "details": json.loads(self.details), "prev_hash": self.prev_hash, "hash": self.hash,
         }
 
+    @property
+    def intact(self) -> bool:
+        """Whether the entry's own hash still matches its fields (the chain is :func:`verify`'s)."""
+        return entry_hash(self.id, self.at, self.actor, self.role, self.action, self.camera, self.outcome,
+                          self.address, self.details, self.prev_hash) == self.hash
+
 
 def canonical(details: dict[str, Any]) -> str:
     # Secrets never enter the log, even if a caller passes a camera URL.
@@ -150,6 +156,14 @@ class AuditLog:
         ).fetchall()
         return [AuditEntry(*row) for row in reversed(rows)]
 
+    def naming_case(self, case_id: int, limit: int) -> list[AuditEntry]:
+        """The entries whose details name ``case_id`` (a case's custody history), oldest first (database thread)."""
+        rows = self.db.db.execute(
+            f"SELECT {_FIELDS} FROM audit WHERE json_extract(details, '$.case_id') = ? ORDER BY id LIMIT ?",
+            (case_id, limit),
+        ).fetchall()
+        return [AuditEntry(*row) for row in rows]
+
     def head(self) -> tuple[int, str]:
         """(id, hash) of the newest entry (database thread)."""
         row = self.db.db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
@@ -187,9 +201,7 @@ def verify(path: Path) -> VerifyReport:
             if entry.prev_hash != prev_hash:
                 report.failures.append((entry.id, f"entry {entry.id}: previous-hash link broken "
                                         "(an entry before it was edited, deleted or inserted)"))
-            computed = entry_hash(entry.id, entry.at, entry.actor, entry.role, entry.action, entry.camera,
-                                  entry.outcome, entry.address, entry.details, entry.prev_hash)
-            if computed != entry.hash:
+            if not entry.intact:
                 report.failures.append((entry.id, f"entry {entry.id}: content does not match its hash (edited)"))
             prev_hash, expected_id = entry.hash, entry.id + 1
             report.entries += 1
