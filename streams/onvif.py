@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import importlib
 import logging
 import time
@@ -368,17 +369,13 @@ class AnswerTooLarge(Exception):
     """A camera's answer went over :data:`MAX_ANSWER_BYTES`; the connection was closed without reading on."""
 
 
-_BOUNDED: dict[str, type] = {}
-
-
+@functools.cache
 def _bounded_camera_class(onvif: Any) -> type:
     """``onvif.ONVIFCamera`` whose every service reads at most :data:`MAX_ANSWER_BYTES` of an answer.
 
     The library makes one aiohttp session per service and reads each answer whole; the bound is put
     on each session's response class as the service is made (the only place it can go in).
     """
-    if "camera" in _BOUNDED:
-        return _BOUNDED["camera"]
     import aiohttp
 
     class BoundedResponse(aiohttp.ClientResponse):
@@ -409,7 +406,6 @@ def _bounded_camera_class(onvif: Any) -> type:
             session._response_class = BoundedResponse
             return service
 
-    _BOUNDED["camera"] = BoundedCamera
     return BoundedCamera
 
 
