@@ -8,6 +8,11 @@ count, in this order and on the same cameras:
 - ``ingest``:        nvr with ``record: false`` and the picture checks idle (``analyse_seconds: 300``);
 - ``recording``:     nvr recording, picture checks idle;
 - ``recording_health``: nvr recording with the health checks as configured by default;
+- ``recording_health_substream_main`` and ``_auto`` (with ``--substream``): the
+  same, each camera also giving a 640x360 substream (``live_url``, from a second
+  simulator per camera, as a real camera's second profile), which the daemon
+  ingests for live view; the picture checks on the main stream
+  (``health.analyse_stream: main``) and on the substream (``auto``, the default);
 - ``ffmpeg_after``:  ffmpeg again, so a drift of the machine's load shows.
 
 Each phase reports the CPU of its process(es) as percent of one core per camera
@@ -36,6 +41,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, clip_1080p, python, report, rss_bytes, total_cpu  # noqa: E402
+from bench.common import clip as bench_clip  # noqa: E402
 from sim.client import SimCamera, SimCameraError  # noqa: E402
 
 GOAL_RATIO = 1.2
@@ -112,7 +118,7 @@ def coverage(storage: Path, cameras: list[str], start: float, end: float) -> flo
 
 
 def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, record: bool, health: bool,
-              settle: float) -> Measured:
+              settle: float, subs: list[SimCamera] | None = None, analyse_stream: str = "auto") -> Measured:
     port = free_port()
     storage = workdir / f"storage-{len(cams)}-{name}"
     config: dict[str, Any] = {
@@ -122,8 +128,11 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, r
         "log": {"level": "warning"},
         "cameras": [{"id": c.name, "name": c.name, "url": c.url, "record": record} for c in cams],
     }
+    for entry, sub in zip(config["cameras"], subs or [], strict=False):
+        entry["live_url"] = sub.url
+    config["health"] = {"analyse_stream": analyse_stream}
     if not health:
-        config["health"] = {"analyse_seconds": 300}  # one analysis at start, none while measuring
+        config["health"]["analyse_seconds"] = 300  # one analysis at start, none while measuring
     cfg = workdir / f"config-{name}.yaml"
     cfg.write_text(yaml.safe_dump(config))
     subprocess.run([python(), "-m", "nvr", "init-storage", "-c", str(cfg)], check=True, cwd=REPO,
@@ -148,7 +157,7 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, r
             raise RuntimeError("cameras never came online")
         time.sleep(settle)
         started = time.time()
-        cpu, cams_cpu, elapsed = measure([proc.pid], cams, seconds)
+        cpu, cams_cpu, elapsed = measure([proc.pid], [*cams, *(subs or [])], seconds)
         ended = time.time()
         rss = rss_bytes(proc.pid)
     finally:
@@ -162,10 +171,10 @@ def percent_per_camera(m: Measured, cameras: int) -> float:
     return 100 * m.cpu / m.seconds / cameras
 
 
-def start_camera(name: str, clip: Path) -> SimCamera:
+def start_camera(name: str, clip: Path, width: int = 1920, height: int = 1080) -> SimCamera:
     """A started simulated camera; another port if the one it picked was taken meanwhile."""
     for attempt in range(3):
-        cam = SimCamera(name, file=str(clip), fps=25)
+        cam = SimCamera(name, file=str(clip), fps=25, width=width, height=height)
         try:
             cam.start()
             return cam
@@ -175,9 +184,10 @@ def start_camera(name: str, clip: Path) -> SimCamera:
     raise AssertionError("unreachable")
 
 
-def run_count(cameras: int, seconds: float, settle: float, work: Path) -> None:
+def run_count(cameras: int, seconds: float, settle: float, work: Path, substream: bool) -> None:
     clip = clip_1080p()
     cams: list[SimCamera] = []
+    subs: list[SimCamera] = []
     try:
         for i in range(cameras):
             cams.append(start_camera(f"b{i}", clip))
@@ -186,9 +196,16 @@ def run_count(cameras: int, seconds: float, settle: float, work: Path) -> None:
         phases["recording"] = nvr_phase(cams, seconds, work, "recording", record=True, health=False, settle=settle)
         phases["recording_health"] = nvr_phase(cams, seconds, work, "recording_health", record=True, health=True,
                                                settle=settle)
+        if substream:
+            small = bench_clip(640, 360, bitrate_kbps=512)
+            subs = [start_camera(f"b{i}-sub", small, 640, 360) for i in range(cameras)]
+            for analyse in ("main", "auto"):
+                name = f"recording_health_substream_{analyse}"
+                phases[name] = nvr_phase(cams, seconds, work, name, record=True, health=True, settle=settle,
+                                         subs=subs, analyse_stream=analyse)
         phases["ffmpeg_after"] = ffmpeg_phase(cams, seconds, work, settle)
     finally:
-        for cam in cams:
+        for cam in [*cams, *subs]:
             cam.stop()
     ff = sum(percent_per_camera(phases[p], cameras) for p in ("ffmpeg_before", "ffmpeg_after")) / 2
     out: dict[str, Any] = {}
@@ -206,6 +223,11 @@ def run_count(cameras: int, seconds: float, settle: float, work: Path) -> None:
         out[name] = entry
     ratio = out["recording_health"]["ratio_to_ffmpeg"]
     rss = out["recording_health"]["rss_mb_per_camera"]
+    if substream:
+        for analyse in ("main", "auto"):
+            out[f"recording_health_substream_{analyse}"]["note"] = (
+                "CPU includes ingesting the substream, as for live view; its simulators' CPU is in"
+                f" gstreamer_core_percent_per_camera; picture checks on the {analyse} stream")
     report(
         "ingest", cameras=cameras, seconds=seconds, stream="1080p25 H.264 ~4 Mbps, 2 s GOP",
         ffmpeg="ffmpeg -rtsp_transport tcp -i URL -c copy -f segment (mean of before and after)",
@@ -220,10 +242,12 @@ def main() -> None:
     parser.add_argument("--cameras", default="16,64", help="comma-separated camera counts (default 16,64)")
     parser.add_argument("--seconds", type=float, default=30, help="measured seconds per phase")
     parser.add_argument("--settle", type=float, default=5, help="seconds after connecting before measuring")
+    parser.add_argument("--substream", action="store_true",
+                        help="also a phase with a 640x360 substream per camera, the picture checks on it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nvr-bench-") as tmp:
         for count in (int(c) for c in args.cameras.split(",")):
-            run_count(count, args.seconds, args.settle, Path(tmp))
+            run_count(count, args.seconds, args.settle, Path(tmp), args.substream)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,19 @@ def report(name: str, **values: Any) -> None:
 
 def clip_1080p(seconds: int = 10, bitrate_kbps: int = 4000, fps: int = 25) -> Path:
     """A pre-encoded 1080p H.264 clip, so simulated cameras spend no CPU encoding."""
+    return clip(1920, 1080, seconds, bitrate_kbps, fps)
+
+
+def clip(width: int, height: int, seconds: int = 10, bitrate_kbps: int = 4000, fps: int = 25) -> Path:
+    """A pre-encoded H.264 clip of that size (2 s GOP), made once and kept under bench/results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"clip-1080p-{bitrate_kbps}k-{fps}fps-{seconds}s.h264"
+    name = "1080p" if (width, height) == (1920, 1080) else f"{width}x{height}"
+    path = RESULTS / f"clip-{name}-{bitrate_kbps}k-{fps}fps-{seconds}s.h264"
     if not path.exists():
         subprocess.run(
-            ["/usr/bin/python3", str(REPO / "sim" / "camsim.py"), "encode", "--out", str(path), "--width", "1920",
-             "--height", "1080", "--fps", str(fps), "--seconds", str(seconds), "--bitrate-kbps", str(bitrate_kbps),
-             "--gop", str(fps * 2)],
+            ["/usr/bin/python3", str(REPO / "sim" / "camsim.py"), "encode", "--out", str(path), "--width", str(width),
+             "--height", str(height), "--fps", str(fps), "--seconds", str(seconds), "--bitrate-kbps",
+             str(bitrate_kbps), "--gop", str(fps * 2)],
             check=True,
         )
     return path

@@ -82,6 +82,9 @@ class StationCollector(Collector):
         alarms_open = GaugeMetricFamily("nvr_alarms_open", "Open alarms (0 or 1)", labels=["camera", "type"])
         alarms_total = CounterMetricFamily("nvr_alarms_opened", "Alarms opened since start", labels=["camera", "type"])
         analyses = CounterMetricFamily("nvr_health_analyses", "Keyframes decoded and analysed", labels=["camera"])
+        substream_analyses = CounterMetricFamily(
+            "nvr_health_substream_analyses", "Of those, keyframes of the substream (live_url)", labels=["camera"]
+        )
         analysis_cpu = CounterMetricFamily(
             "nvr_health_analysis_cpu_seconds",
             "Thread CPU time spent decoding and analysing keyframes",
@@ -111,6 +114,7 @@ class StationCollector(Collector):
                 alarms_total.add_metric([camera_id, kind.value], store.opened_total.get((camera_id, kind), 0))
             camera_health = health.cameras.get(camera_id)
             analyses.add_metric([camera_id], camera_health.analyses if camera_health else 0)
+            substream_analyses.add_metric([camera_id], camera_health.substream_analyses if camera_health else 0)
             analysis_cpu.add_metric([camera_id], camera_health.analysis_seconds if camera_health else 0.0)
         for station_kind in STORAGE_ALARMS:
             alarms_open.add_metric(["", station_kind.value], 1.0 if store.is_open(None, station_kind) else 0.0)
@@ -143,6 +147,7 @@ class StationCollector(Collector):
             alarms_total,
             dropped,
             analyses,
+            substream_analyses,
             analysis_cpu,
         )
 

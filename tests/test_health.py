@@ -241,6 +241,64 @@ def test_picture_faults_raise_and_clear_alarms_and_a_normal_scene_raises_none(
     assert kinds <= {"covered", "frozen", "moved"}, kinds
 
 
+def test_picture_checks_run_on_the_substream_and_the_main_stream_takes_over_when_it_goes(
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
+) -> None:
+    # A camera's main and sub stream are two simulators here: what one shows, the other does not, so each
+    # alarm proves which stream was judged.
+    main = cameras("corridor", gop=15, width=1280, height=720)
+    sub = cameras("corridor", gop=15)
+    daemon = daemon_factory(
+        [{"id": "cor-1", "name": "Corridor", "zone": "corridor", "url": main.url, "live_url": sub.url}],
+        health={**FAST_CHECKS},
+    )
+    daemon.wait_state("cor-1", "online", timeout=30)
+    wait_until(lambda: (metric(daemon, "nvr_health_substream_analyses_total", camera="cor-1") or 0) >= 4, 30,
+               "the substream is not analysed")
+    sub.command("black")
+    wait_until(lambda: open_alarm(daemon, "cor-1", "covered"), 15, "covering the substream's picture: no alarm")
+    main.command("black")
+    sub.command("normal")
+    wait_until(lambda: open_alarm(daemon, "cor-1", "covered") is None, 15, "the substream is normal again")
+    main.command("normal")
+
+    # The substream goes away: the main stream is judged from then on, against a reference of its own.
+    sub.stop()
+    analysed = metric(daemon, "nvr_health_analyses_total", camera="cor-1") or 0
+    wait_until(lambda: (metric(daemon, "nvr_health_analyses_total", camera="cor-1") or 0) >= analysed + 5, 30,
+               "no analyses after the substream went")
+    from_sub = metric(daemon, "nvr_health_substream_analyses_total", camera="cor-1")
+    main.command("black")
+    wait_until(lambda: open_alarm(daemon, "cor-1", "covered"), 15, "covering the main stream's picture: no alarm")
+    assert metric(daemon, "nvr_health_substream_analyses_total", camera="cor-1") == from_sub
+    main.command("normal")
+    wait_until(lambda: open_alarm(daemon, "cor-1", "covered") is None, 15, "the main stream is normal again")
+    kinds = {e["type"] for e in events(daemon, camera="cor-1")}
+    assert kinds == {"covered"}, kinds  # switching streams is not a moved or frozen picture
+
+
+def test_analyse_stream_main_never_decodes_the_substream(
+    cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
+) -> None:
+    main = cameras("corridor", gop=15)
+    sub = cameras("corridor", gop=15)
+    daemon = daemon_factory(
+        [{"id": "cor-1", "name": "Corridor", "zone": "corridor", "url": main.url, "live_url": sub.url,
+          "health": {"analyse_stream": "main"}}],
+        health={**FAST_CHECKS},
+    )
+    daemon.wait_state("cor-1", "online", timeout=30)
+    wait_until(lambda: (metric(daemon, "nvr_health_analyses_total", camera="cor-1") or 0) >= 4, 30, "no analyses")
+    assert metric(daemon, "nvr_health_substream_analyses_total", camera="cor-1") == 0
+    sub.command("black")
+    analysed = metric(daemon, "nvr_health_analyses_total", camera="cor-1") or 0
+    wait_until(lambda: (metric(daemon, "nvr_health_analyses_total", camera="cor-1") or 0) >= analysed + 4, 30,
+               "no analyses")
+    assert open_alarm(daemon, "cor-1", "covered") is None  # the substream's picture is not judged
+    main.command("black")
+    wait_until(lambda: open_alarm(daemon, "cor-1", "covered"), 15, "covering the main stream's picture: no alarm")
+
+
 def test_live_feed_streams_alarm_open_and_close(
     cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]
 ) -> None:

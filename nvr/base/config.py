@@ -24,7 +24,7 @@ import zoneinfo
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -175,6 +175,10 @@ class Web(_Model):
             return False
 
 
+# A 1080p keyframe costs about ten times a 640x360 one to decode; the substream shows the same scene.
+AnalyseStream = Literal["auto", "main"]
+
+
 class PictureChecks(_Model):
     """Tamper and picture thresholds; set globally under ``health:``, overridden per camera."""
 
@@ -191,6 +195,11 @@ class PictureChecks(_Model):
         float, Field(ge=0, le=100, description="Fewer pixels than this % changing between analyses: frozen")
     ] = 0.05
     min_fps: Annotated[float, Field(ge=0, le=240, description="Frame rate below this is low_fps; 0: off")] = 1.0
+    analyse_stream: AnalyseStream = Field(
+        default="auto",
+        description="Which stream's keyframes the picture checks decode: 'auto' (the substream, live_url, while it"
+                    " is online, else the main stream) or 'main' (always the recorded stream)",
+    )
 
 
 class Health(PictureChecks):
@@ -227,6 +236,7 @@ class CameraHealth(_Model):
     moved_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
     frozen_changed_percent: Annotated[float, Field(ge=0, le=100)] | None = None
     min_fps: Annotated[float, Field(ge=0, le=240)] | None = None
+    analyse_stream: AnalyseStream | None = None
 
 
 class Webhook(_Model):

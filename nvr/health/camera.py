@@ -8,7 +8,11 @@ Three inputs, one output (alarms in :class:`~nvr.health.alarms.AlarmStore`):
 - keyframes read from the camera's hub with a small reader of its own (the
   hub passes one every ``analyse_seconds`` from the camera's thread): each is
   decoded and judged by :class:`PictureCheck` in a worker thread
-  (``covered``, ``blurred``, ``moved``, ``frozen``);
+  (``covered``, ``blurred``, ``moved``, ``frozen``). A camera with a
+  substream (``live_url``) is judged on the substream's keyframes while that
+  is online (``analyse_stream: auto``): the same scene, about a tenth of the
+  decoding of a 1080p keyframe. Each stream keeps its own reference view, and
+  the main stream takes over the moment the substream is not online;
 - a periodic look at the source's frame rate (``low_fps``) and at whether the
   recorder is writing while the camera is online (``recording_stalled``).
 
@@ -24,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
@@ -57,6 +61,19 @@ class _Debounce:
     good: int = 0
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One stream whose keyframes the picture checks can judge, with its own reference view and scaler."""
+
+    label: str
+    hub: Hub
+    source: RtspSource
+    check: PictureCheck
+    # One analysis at a time per camera: only _analyse uses it; keeps FFmpeg's scaler set up between keyframes.
+    reformatter: VideoReformatter = field(default_factory=VideoReformatter)
+    reader: HubReader | None = None
+
+
 class CameraHealth:
     """Watches one camera and opens/closes its alarms. Runs on the event loop; analysis in ``executor``."""
 
@@ -73,6 +90,7 @@ class CameraHealth:
         record: bool = False,
         last_write: Callable[[], float | None] | None = None,
         thumbnail: Callable[[float, VideoFrame], None] | None = None,
+        substream: tuple[Hub, RtspSource] | None = None,
     ) -> None:
         self.camera = camera
         self.severity = severity
@@ -88,14 +106,16 @@ class CameraHealth:
         self.thumbnail = thumbnail if record else None
         self.thumbnail_seconds = 0.0  # CPU (thread time) spent on thumbnails, within analysis_seconds
         self._thumbnail_failing = False
-        self.check = PictureCheck(thresholds)
-        self._reformatter = VideoReformatter()  # one analysis at a time per camera: only _analyse uses it
+        self._streams = [_Stream("main stream", hub, source, PictureCheck(thresholds))]
+        if substream is not None and thresholds.analyse_stream == "auto":
+            self._streams.append(_Stream("substream", *substream, PictureCheck(thresholds)))
+        self._analysed: _Stream | None = None
         self.last_findings: Findings | None = None
         self.analyses = 0
+        self.substream_analyses = 0
         self.analysis_seconds = 0.0  # CPU (thread time) spent decoding and analysing
         self.skipped_keyframes = 0
         self._debounce: dict[AlarmType, _Debounce] = {}
-        self._reader: HubReader | None = None
         self._relearn = False
         self._stopping = False
         self._wake = asyncio.Event()
@@ -134,8 +154,9 @@ class CameraHealth:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._reader is not None:
-            self._reader.close()
+        for stream in self._streams:
+            if stream.reader is not None:
+                stream.reader.close()
 
     async def run(self) -> None:
         """Analyse keyframes and watch rates until stopped."""
@@ -148,40 +169,79 @@ class CameraHealth:
 
     async def _analyse_keyframes(self) -> None:
         loop = asyncio.get_running_loop()
-        # The hub samples keyframes on the camera's thread at the same pace, by the same clock (arrival).
-        self._reader = reader = self.hub.reader(f"health:{self.camera}", _READER_PACKETS, keyframes_only=True,
-                                                every=self.thresholds.analyse_seconds)
+        # The hubs sample keyframes on the cameras' threads at the same pace, by the same clock (arrival);
+        # both streams' samples meet in one queue and the preferred online stream's are analysed.
+        arrivals: asyncio.Queue[tuple[_Stream, MediaPacket | SessionEnded | None]] = asyncio.Queue()
+        pumps = [loop.create_task(self._pump(stream, arrivals), name=f"health-keyframes:{stream.hub.name}")
+                 for stream in self._streams]
         next_due = 0.0
         try:
             while not self._stopping:
-                try:
-                    item = await reader.get()
-                except ReaderClosed:
+                stream, item = await arrivals.get()
+                if item is None:  # that stream's reader was closed: the camera is going away
                     return
                 if isinstance(item, SessionEnded):
-                    self.check.new_session()
+                    stream.check.new_session()
                     continue
                 if item.kind is not TrackKind.VIDEO or not item.is_keyframe or item.session.video is None:
                     continue
                 arrived = item.received_mono
-                if arrived < next_due:
+                if stream is not self._preferred() or arrived < next_due:
                     self.skipped_keyframes += 1
                     continue
                 next_due = arrived + self.thresholds.analyse_seconds
                 if self._relearn:
                     self._relearn = False
-                    self.check.relearn()
+                    for each in self._streams:
+                        each.check.relearn()
                     for kind in (AlarmType.MOVED, AlarmType.BLURRED):
                         self._debounce.pop(kind, None)
                         self.alarms.close(self.camera, kind, {"closed_by": "reference relearned"})
                     log.info("[%s] learning a new reference view", self.camera)
-                findings = await loop.run_in_executor(self.executor, self._analyse, item)
+                if stream is not self._analysed:
+                    if self._analysed is not None or len(self._streams) > 1:
+                        log.info("[%s] picture checks on the %s", self.camera, stream.label)
+                    # Its last picture may be long gone: never compare with it (no frozen from a stale one).
+                    stream.check.new_session()
+                    self._analysed = stream
+                findings = await loop.run_in_executor(self.executor, self._analyse, stream, item)
                 if findings is not None and not self._stopping:
                     self._judge(findings)
         finally:
-            reader.close()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for stream in self._streams:
+                if stream.reader is not None:
+                    stream.reader.close()
 
-    def _analyse(self, packet: MediaPacket) -> Findings | None:
+    async def _pump(self, stream: _Stream,
+                    arrivals: asyncio.Queue[tuple[_Stream, MediaPacket | SessionEnded | None]]) -> None:
+        stream.reader = reader = stream.hub.reader(f"health:{self.camera}", _READER_PACKETS, keyframes_only=True,
+                                                   every=self.thresholds.analyse_seconds)
+        try:
+            while True:
+                arrivals.put_nowait((stream, await reader.get()))
+        except ReaderClosed:
+            arrivals.put_nowait((stream, None))
+
+    def _preferred(self) -> _Stream:
+        """The stream to analyse: the substream while it is online (a tenth of the decoding), else the main one."""
+        for stream in self._streams[1:]:
+            if stream.source.state is SourceState.ONLINE:
+                return stream
+        return self._streams[0]
+
+    @property
+    def check(self) -> PictureCheck:
+        """The picture check of the stream analysed last (the main stream's before any)."""
+        return (self._analysed or self._streams[0]).check
+
+    @property
+    def analysed_stream(self) -> str | None:
+        return None if self._analysed is None else self._analysed.label
+
+    def _analyse(self, stream: _Stream, packet: MediaPacket) -> Findings | None:
         """Worker thread: decode one keyframe, downscale, judge."""
         started = time.thread_time()
         video = packet.session.video
@@ -189,7 +249,7 @@ class CameraHealth:
         frame = decode_frame(video.codec, video.extradata, packet.data)
         findings = None
         if frame is not None:
-            findings = self.check.analyse(gray_of(frame, self.thresholds.analysis_width, self._reformatter))
+            findings = stream.check.analyse(gray_of(frame, self.thresholds.analysis_width, stream.reformatter))
             if self.thumbnail is not None:
                 thumbnail_started = time.thread_time()
                 try:
@@ -202,6 +262,8 @@ class CameraHealth:
                 self.thumbnail_seconds += time.thread_time() - thumbnail_started
         self.analysis_seconds += time.thread_time() - started
         self.analyses += 1
+        if stream is not self._streams[0]:
+            self.substream_analyses += 1
         return findings
 
     def _judge(self, findings: Findings) -> None:
@@ -210,6 +272,8 @@ class CameraHealth:
         if was_learning and not findings.learning:
             log.info("[%s] reference view learned", self.camera)
         for condition, kind in _PICTURE_ALARMS.items():
+            if findings.learning and kind in (AlarmType.MOVED, AlarmType.BLURRED):
+                continue  # no reference yet to judge them by (another stream's may have judged them bad)
             self._step(kind, condition in findings.conditions, findings.details())
 
     def _step(self, kind: AlarmType, bad: bool, details: Mapping[str, object]) -> None:

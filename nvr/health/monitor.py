@@ -80,6 +80,8 @@ class HealthMonitor:
                 record=camera.record,
                 last_write=_last_write_of(last_write, camera_id),
                 thumbnail=self._thumbnail_of(camera_id),
+                substream=None if runtime.live_hub is None or runtime.live_source is None
+                else (runtime.live_hub, runtime.live_source),
             )
             for hub in (runtime.hub, runtime.live_hub):
                 if hub is not None:
