@@ -60,6 +60,7 @@ class Measured:
     seconds: float
     rss: int = 0  # bytes, the daemon only
     coverage: float | None = None
+    analysis_cpu: float | None = None  # CPU-seconds the daemon's picture-check threads counted meanwhile
 
 
 def measure(pids: list[int], cams: list[SimCamera], seconds: float) -> tuple[float, float, float]:
@@ -89,6 +90,15 @@ def ffmpeg_phase(cams: list[SimCamera], seconds: float, workdir: Path, settle: f
     for f in workdir.glob("ff-*.mp4"):
         f.unlink()
     return Measured(cpu, cams_cpu, elapsed)
+
+
+def analysis_cpu(port: int, token: str) -> float:
+    """The daemon's own count of thread CPU spent decoding and judging keyframes, all cameras."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nvr_health_analysis_cpu_seconds_total{"))
 
 
 def api(port: int, token: str, path: str) -> Any:
@@ -157,14 +167,16 @@ def nvr_phase(cams: list[SimCamera], seconds: float, workdir: Path, name: str, r
             raise RuntimeError("cameras never came online")
         time.sleep(settle)
         started = time.time()
+        analysed = analysis_cpu(port, token)
         cpu, cams_cpu, elapsed = measure([proc.pid], [*cams, *(subs or [])], seconds)
+        analysed = analysis_cpu(port, token) - analysed
         ended = time.time()
         rss = rss_bytes(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
     covered = coverage(storage, [c.name for c in cams], started, ended) if record else None
-    return Measured(cpu, cams_cpu, elapsed, rss=rss, coverage=covered)
+    return Measured(cpu, cams_cpu, elapsed, rss=rss, coverage=covered, analysis_cpu=analysed if health else None)
 
 
 def percent_per_camera(m: Measured, cameras: int) -> float:
@@ -220,6 +232,8 @@ def run_count(cameras: int, seconds: float, settle: float, work: Path, substream
             entry["rss_mb_per_camera"] = round(m.rss / cameras / (1 << 20), 1)
         if m.coverage is not None:
             entry["coverage_percent"] = round(100 * m.coverage, 2)
+        if m.analysis_cpu is not None:
+            entry["picture_checks_core_percent_per_camera"] = round(100 * m.analysis_cpu / m.seconds / cameras, 3)
         out[name] = entry
     ratio = out["recording_health"]["ratio_to_ffmpeg"]
     rss = out["recording_health"]["rss_mb_per_camera"]
