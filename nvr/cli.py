@@ -10,7 +10,7 @@ from typing import Any
 
 from nvr import __version__
 from nvr.base import config as configmod
-from nvr.base import logsetup, secrets
+from nvr.base import logsetup, memory, secrets
 
 EXIT_CONFIG = 2
 
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         config = load_config_or_exit(args.config)
         logsetup.setup(config.log.level, config.log.ffmpeg_level)
+        memory.limit_malloc_arenas()  # before any camera's threads exist
         from pathlib import Path
 
         from nvr import service
