@@ -355,6 +355,9 @@ def test_the_central_fleet_page_gets_the_stations_turn_servers_and_shows_its_liv
                     wait_until(lambda: (s := page.evaluate(FRAMES, key))["frames"] >= 10 and s["width"] == 640, 60,
                                "no moving picture through the console", interval=0.3)
                     assert_through_the_relay(page.evaluate(FLEET_PAIR, key))
+                    # The tile learnt the TURN server from the relayed pre-flight (OPTIONS): one offer, one session.
+                    views = daemon.get("/api/audit?action=live.start")[1]["entries"]
+                    assert [e["details"].get("central_user") for e in views] == ["alice"], views
                     page.close()
                 finally:
                     browser.close()

@@ -94,8 +94,9 @@ class LivePlayer {
       const named = iceServersFromLinks(response);
       ICE_SERVERS.set(this.url, named);  // fresh credentials for the next session
       if (iceServers.length === 0 && named.length > 0) {
-        // An endpoint that names its servers only in answers (a console relay): start over with them at once,
-        // or a viewer on another network would never connect.
+        // An endpoint that names its servers only in answers (one without the OPTIONS pre-flight, as the
+        // console relay was at first): start over with them at once, or a viewer on another network would
+        // never connect.
         this.connect();
         return;
       }
