@@ -190,13 +190,19 @@ def process(argv: list[str], ready: str | None, log: Path) -> Iterator[subproces
             assert proc.poll() is None, log.read_text()
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         out.close()
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def station_on_all_addresses(daemon: StationProcess) -> None:
@@ -239,13 +245,34 @@ TURN_CONF = """
 """
 
 
+class Coturn:
+    """Debian's coturn in the router's namespace, with its own config; stopped and started again at will."""
+
+    def __init__(self, router: str, conf: Path, log: Path) -> None:
+        self.argv = ["ip", "netns", "exec", router, "turnserver", "-c", str(conf)]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: "10.77.2.1:3478" in self.log.read_text()[offset:], 15, "coturn did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @contextlib.contextmanager
 def turn_topology(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],
-                  **station: Any) -> Iterator[tuple[Topology, StationProcess]]:
+                  live: dict[str, Any] | None = None,
+                  **station: Any) -> Iterator[tuple[Topology, StationProcess, Coturn]]:
     """Station, router (coturn, no forwarding) and console namespaces; this thread in the station's.
 
     Yields with the daemon (one camera ``cell-1``, listening on all its addresses, its viewers told to use
-    the router's TURN server) running and coturn started; everything is stopped and removed afterwards.
+    the router's TURN server; ``live`` adds to its ``live`` section) running and coturn started; everything
+    is stopped and removed afterwards.
     """
     if shutil.which("turnserver") is None:
         pytest.skip("coturn is not installed (Makefile APT_PACKAGES installs it)")
@@ -266,7 +293,7 @@ def turn_topology(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: C
                 [{"id": "cell-1", "name": "Holding cell 1", "zone": "holding_cell", "url": cam.url}],
                 start=False, env={"TURN_SECRET": TURN_SECRET},
                 live={"ice_servers": [{"urls": ["turn:10.77.2.1:3478?transport=udp"],
-                                       "auth_secret": "${TURN_SECRET}"}]}, **station,
+                                       "auth_secret": "${TURN_SECRET}"}], **(live or {})}, **station,
             )
             station_on_all_addresses(daemon)
             daemon.start()
@@ -275,14 +302,15 @@ def turn_topology(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: C
             except AssertionError:
                 raise AssertionError(f"camera not online; daemon log:\n{daemon.log()[-2500:]}") from None
             turn_log = tmp_path / "turn.log"
-            with process(["ip", "netns", "exec", router, "turnserver", "-c", str(turn_conf)], None, turn_log):
-                wait_until(lambda: "10.77.2.1:3478" in turn_log.read_text(), 15, "coturn did not start")
-                try:
-                    yield topo, daemon
-                finally:
-                    assert TURN_SECRET not in daemon.log()
-                    daemon.stop()
-                    cam.stop()
+            coturn = Coturn(router, turn_conf, turn_log)
+            coturn.start()
+            try:
+                yield topo, daemon, coturn
+            finally:
+                coturn.stop()
+                assert TURN_SECRET not in daemon.log()
+                daemon.stop()
+                cam.stop()
             assert "ALLOCATE" in turn_log.read_text() or "allocation" in turn_log.read_text().lower()
 
 
@@ -292,25 +320,77 @@ def assert_through_the_relay(pair: dict[str, Any] | None) -> None:
     assert pair["localAddress"] == "10.77.1.1", pair
 
 
+@contextlib.contextmanager
+def console_across_the_router(tmp_path: Path, topo: Topology, daemon: StationProcess) -> Iterator[Any]:
+    """The station's console page in Chromium (console namespace), signed in; only HTTP crosses the router.
+
+    The router carries the signalling through a TCP relay, as a site's reverse proxy would.
+    """
+    playwright = pytest.importorskip("playwright.sync_api")
+    router, console = topo.namespaces[1], topo.namespaces[2]
+    proxy_port = free_port()
+    with process(["ip", "netns", "exec", router, sys.executable, "-c", PROXY, "10.77.2.1", str(proxy_port),
+                  "10.77.1.2", str(daemon.port)], "ready", tmp_path / "proxy.log"), \
+            playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+        try:
+            page = console_page(browser, f"http://10.77.2.1:{proxy_port}", daemon)
+            yield page
+            page.close()
+        finally:
+            browser.close()
+
+
 def test_a_console_that_cannot_route_to_the_station_sees_live_video_through_turn(
         tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with turn_topology(tmp_path, cameras, daemon_factory) as (topo, daemon):
-        router, console = topo.namespaces[1], topo.namespaces[2]
-        proxy_port = free_port()
-        # Only the HTTP signalling crosses the router, through a TCP relay (as a site's reverse proxy would).
-        with process(["ip", "netns", "exec", router, sys.executable, "-c", PROXY, "10.77.2.1", str(proxy_port),
-                      "10.77.1.2", str(daemon.port)], "ready", tmp_path / "proxy.log"), \
-                playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
-            try:
-                page = console_page(browser, f"http://10.77.2.1:{proxy_port}", daemon)
-                stats = frames_rising(page, "cell-1", timeout=60)
-                assert (stats["width"], stats["height"]) == (640, 360)
-                assert_through_the_relay(page.evaluate(SELECTED_PAIR, "cell-1"))
-                page.close()
-            finally:
-                browser.close()
+    pytest.importorskip("playwright.sync_api")
+    with turn_topology(tmp_path, cameras, daemon_factory) as (topo, daemon, _turn):
+        with console_across_the_router(tmp_path, topo, daemon) as page:
+            stats = frames_rising(page, "cell-1", timeout=60)
+            assert (stats["width"], stats["height"]) == (640, 360)
+            assert_through_the_relay(page.evaluate(SELECTED_PAIR, "cell-1"))
+        wait_until(lambda: daemon.get("/api/live/sessions")[1]["sessions"] == [], 30, "sessions left open")
+
+
+TILE_PLAYER = """(id) => document.querySelector(`.tile[data-camera-id="${id}"]`).dataset.player"""
+
+
+def test_a_turn_server_that_goes_down_ends_the_sessions_with_a_reason_and_the_tile_comes_back(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    pytest.importorskip("playwright.sync_api")
+    with turn_topology(tmp_path, cameras, daemon_factory, live={"connect_timeout_seconds": 6}) as (
+            topo, daemon, turn):
+        with console_across_the_router(tmp_path, topo, daemon) as page:
+            frames_rising(page, "cell-1", timeout=60)
+            assert_through_the_relay(page.evaluate(SELECTED_PAIR, "cell-1"))
+            first = daemon.get("/api/live/sessions")[1]["sessions"]
+            assert len(first) == 1, first
+            turn.stop()  # the console's only path to the station
+            # The tile sees no picture and starts over, and keeps trying: each new session (Chromium now
+            # gets no relay candidate, and has no route) ends when its peer never connects, with the
+            # reason logged.  At no time is more than this viewer's one session held.
+            most = 0
+            tile: set[str] = set()
+
+            def ended_with_reasons() -> bool:
+                nonlocal most
+                most = max(most, len(daemon.get("/api/live/sessions")[1]["sessions"]))
+                tile.add(page.evaluate(TILE_PLAYER, "cell-1"))
+                log = daemon.log()
+                return (f"session {first[0]['id'][:8]} closed (" in log
+                        and log.count("closed (peer never connected within 6 s") >= 2)
+
+            wait_until(ended_with_reasons, 120, "sessions did not end with their reason", interval=0.5)
+            assert most <= 1, most
+            assert "reconnecting" in tile, tile
+            stops = daemon.get("/api/audit?action=live.stop")[1]["entries"]
+            assert len(stops) >= 3 and all(e["details"].get("reason") for e in stops), stops
+            # The TURN server is back: the tile plays again through it, by itself, on one session.
+            turn.start()
+            frames_rising(page, "cell-1", timeout=90)
+            assert_through_the_relay(page.evaluate(SELECTED_PAIR, "cell-1"))
+            live = daemon.get("/api/live/sessions")[1]["sessions"]
+            assert [s["state"] for s in live] == ["connected"], live
         wait_until(lambda: daemon.get("/api/live/sessions")[1]["sessions"] == [], 30, "sessions left open")
 
 
@@ -327,7 +407,7 @@ def test_the_central_fleet_page_gets_the_stations_turn_servers_and_shows_its_liv
     from tests.test_central import FRAMES, Console
 
     with turn_topology(tmp_path, cameras, daemon_factory, station={"id": "st-a", "name": "Station A"}) as (
-            topo, daemon):
+            topo, daemon, _turn):
         router, console_ns = topo.namespaces[1], topo.namespaces[2]
         token = create_token(daemon.auth_db, "central", Role.CENTRAL)
         # The central console runs on the router: the browser reaches it, it reaches the station.
