@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -526,8 +527,14 @@ def test_a_fleet_tile_learns_the_stations_turn_servers_before_its_offer_and_open
                           station={"id": "st-a", "name": "Station st-a"}, env={"TURN_SECRET": TURN_SECRET},
                           live={"ice_servers": [{"urls": [coturn], "auth_secret": "${TURN_SECRET}"}]})
     token_a = create_token(st_a.auth_db, "central", Role.CENTRAL)
-    console = console_factory([{"id": "st-a", "url": st_a.base_url, "token": "${TOKEN_A}"}],
-                              env={"TOKEN_A": token_a})
+    silent = socket.socket()  # a "station" that takes connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    console = console_factory([
+        {"id": "st-a", "url": st_a.base_url, "token": "${TOKEN_A}"},
+        {"id": "st-silent", "url": f"http://127.0.0.1:{silent.getsockname()[1]}", "token": "${TOKEN_A}"},
+        {"id": "st-wrong", "url": st_a.base_url, "token": "${TOKEN_WRONG}"},
+    ], env={"TOKEN_A": token_a, "TOKEN_WRONG": "nvr_" + "W" * 43})
     console.add_user("alice", "monitor", "correct horse battery")
     st_a.wait_state("cell-1", "online", timeout=30)
     wait_until(lambda: console.fleet()["st-a"]["reachable"], 20, "the console never reached the station")
@@ -579,6 +586,21 @@ def test_a_fleet_tile_learns_the_stations_turn_servers_before_its_offer_and_open
     assert status == 404 and body["error"] == "unknown_station", body
     status, headers, body = _options(console, "/api/stations/st-a/cameras/no-such/whep", console.token)
     assert status == 404 and "Link" not in headers, body
+    # The console's token refused by the station: not the viewer's fault, and said so.
+    status, headers, body = _options(console, "/api/stations/st-wrong/cameras/cell-1/whep", console.token)
+    assert status == 502 and body["error"] == "station_refused" and "Link" not in headers, body
+    # A station that never answers: the pre-flight is bounded (follow.timeout_seconds, 2 s here), and
+    # viewers that hang up while the console waits on it leave nothing behind.
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", console.port)) as gone:
+            gone.sendall(b"OPTIONS /api/stations/st-silent/cameras/cell-1/whep HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + console.token.encode() + b"\r\n\r\n")
+    started = time.monotonic()
+    status, headers, body = _options(console, "/api/stations/st-silent/cameras/cell-1/whep", console.token)
+    assert status == 502 and body["error"] == "station_unreachable" and "timeout" in body["message"], body
+    assert time.monotonic() - started < 5
+    assert _options(console, path, console.token)[0] == 204  # the console still serves the others
+    silent.close()
     # A station that is down: a clear 502 naming it, quickly, not a hung pre-flight.
     st_a.stop()
     started = time.monotonic()
