@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -482,9 +483,15 @@ TURN_SECRET = "central-relay-turn-secret-5d1e"  # noqa: S105 - the test's own co
 
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[str]:
-    """Debian's coturn on loopback with ``use-auth-secret`` (TURN REST credentials); yields its ``turn:`` URL."""
     if not shutil.which("turnserver"):
         pytest.skip("coturn is not installed (the Makefile's APT_PACKAGES installs it)")
+    with loopback_coturn(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def loopback_coturn(tmp_path: Path) -> Iterator[str]:
+    """Debian's coturn on loopback with ``use-auth-secret`` (TURN REST credentials); yields its ``turn:`` URL."""
     port = free_port()
     conf = tmp_path / "turnserver.conf"
     conf.write_text("\n".join([
