@@ -10,7 +10,7 @@ on each of the router's interfaces (both directions, so a round trip costs twice
 for the router itself are delivered by the ``local`` table first and are not impaired.
 
 It prints ``ready`` once the device and the rules are in place, and on SIGTERM one line of counters
-(``forwarded N dropped M``).  :func:`probe_path` measures a path's round trip and loss with UDP echoes, to
+(``forwarded N dropped M``).  SIGUSR1 cuts the link (every packet dropped) and the next one restores it.  :func:`probe_path` measures a path's round trip and loss with UDP echoes, to
 check that the impairment really is on the path.  Needs root (CAP_NET_ADMIN) and ``/dev/net/tun``.
 """
 
@@ -67,6 +67,7 @@ class Impairment:
     loss: float  # probability that a packet is dropped
     forwarded: int = 0
     dropped: int = 0
+    cut: bool = False  # SIGUSR1 toggles: while set, every packet is dropped (the link is down)
 
     def run(self, fd: int, rng: random.Random, stop: list[bool]) -> None:
         queue: collections.deque[tuple[float, bytes]] = collections.deque()
@@ -92,7 +93,7 @@ class Impairment:
                     packet = os.read(fd, 65536)
                 except BlockingIOError:
                     break
-                if rng.random() < self.loss:
+                if self.cut or rng.random() < self.loss:
                     self.dropped += 1
                     continue
                 due = time.monotonic() + self.delay + rng.uniform(-self.jitter, self.jitter)
@@ -153,6 +154,7 @@ def main(argv: list[str]) -> int:
     impairment = Impairment(args.delay_ms / 1000, args.jitter_ms / 1000, args.loss)
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(impairment, "cut", not impairment.cut))
     print(f"ready: {args.dev} delays {args.delay_ms:g} ms (+-{args.jitter_ms:g}) and drops {args.loss:.1%} "
           f"of packets from {', '.join(args.via)}", flush=True)
     impairment.run(fd, random.Random(args.seed), stop)

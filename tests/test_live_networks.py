@@ -21,12 +21,14 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -453,15 +455,26 @@ def _netem(ns: str, dev: str) -> bool:
                  check=False).returncode == 0
 
 
+@dataclass
+class ImpairedLink:
+    how: str  # which mechanism: tc netem, or the userspace TUN of tests/netimpair.py
+    cut: Callable[[], None]  # every packet dropped, both ways, until restore()
+    restore: Callable[[], None]
+
+
 @contextlib.contextmanager
-def impaired(router: str, interfaces: tuple[str, ...], log: Path) -> Iterator[str]:
-    """100 ms delay and 2 % loss each way through ``router``; yields which mechanism does it.
+def impaired(router: str, interfaces: tuple[str, ...], log: Path) -> Iterator[ImpairedLink]:
+    """100 ms delay and 2 % loss each way through ``router``.
 
     ``tc netem`` on each of the router's interfaces when the kernel has it; otherwise the router forwards
     through the userspace impairment of :mod:`tests.netimpair` (a TUN device), with the same figures.
     """
     if all([_netem(router, dev) for dev in interfaces]):
-        yield "tc netem"
+        def loss(percent: str) -> None:
+            for dev in interfaces:
+                in_ns(router, "tc", "qdisc", "change", "dev", dev, "root", "netem", "delay", "100ms", "loss", percent)
+
+        yield ImpairedLink("tc netem", lambda: loss("100%"), lambda: loss("2%"))
         return
     for dev in interfaces:  # one may have taken it
         in_ns(router, "tc", "qdisc", "del", "dev", dev, "root", check=False)
@@ -469,8 +482,12 @@ def impaired(router: str, interfaces: tuple[str, ...], log: Path) -> Iterator[st
             "--delay-ms", "100", "--loss", "0.02"]
     for dev in interfaces:
         argv += ["--via", dev]
-    with process(argv, "ready", log):
-        yield "userspace TUN (tests/netimpair.py; this kernel has no sch_netem)"
+    with process(argv, "ready", log) as proc:
+        # ip netns exec execs the impairment itself: the signal reaches it.
+        def toggle() -> None:
+            proc.send_signal(signal.SIGUSR1)
+
+        yield ImpairedLink("userspace TUN (tests/netimpair.py; this kernel has no sch_netem)", toggle, toggle)
     counters = log.read_text().splitlines()[-1]
     assert counters.startswith("forwarded"), log.read_text()
     print(f"impairment counters: {counters}")
@@ -501,7 +518,8 @@ def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
         in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         in_ns(station, "ip", "route", "add", "default", "via", "10.78.1.1")
         in_ns(console, "ip", "route", "add", "default", "via", "10.78.2.1")
-        with impaired(router, (station_side[1], console_side[1]), tmp_path / "impair.log") as how:
+        with impaired(router, (station_side[1], console_side[1]), tmp_path / "impair.log") as link:
+            how = link.how
             record_property("impairment", how)
             # The impairment is really on the path: a round trip of about 2 x 100 ms, and some loss
             # (2 % each way: about 12 of 300 echoes; none lost would happen once in 200,000 runs).
@@ -509,23 +527,29 @@ def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
             print(f"link impairment: {how}; console -> station: {path}")
             assert 0.19 <= path.rtt_median <= 0.5 and path.lost >= 1, (how, path)
             assert path.lost <= 0.15 * path.sent, (how, path)
-            viewer_over_the_link(tmp_path, cameras, daemon_factory, station, console, how)
+            viewer_over_the_link(tmp_path, cameras, daemon_factory, station, console, link)
 
 
 def viewer_over_the_link(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],
-                         station: str, console: str, how: str) -> None:
+                         station: str, console: str, link: ImpairedLink) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     cam = camera_in(station, tmp_path, cameras, "yard", width=640, height=360, fps=15, gop=30)
+    # A camera with a long GOP (10 s, as "smart" codecs set): after a cut, Chromium asks for a keyframe.
+    gate = camera_in(station, tmp_path, cameras, "gate", width=320, height=180, fps=15, gop=150)
     with entered(station):
-        daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url}], start=False)
+        daemon = daemon_factory([{"id": "yard", "name": "Yard", "url": cam.url},
+                                 {"id": "gate", "name": "Gate", "url": gate.url}], start=False)
         station_on_all_addresses(daemon)
         daemon.start()
         daemon.wait_state("yard", "online", timeout=30)
+        daemon.wait_state("gate", "online", timeout=30)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
             try:
+                how = link.how
                 page = console_page(browser, f"http://10.78.1.2:{daemon.port}", daemon)
                 frames_rising(page, "yard", timeout=60)
+                frames_rising(page, "gate", timeout=60)
                 start = page.evaluate(SELECTED_PAIR, "yard")
                 # Chromium's own measure of the media path's round trip (its STUN consent checks).
                 assert start is not None and start["rtt"] is not None and start["rtt"] >= 0.15, (how, start)
@@ -542,8 +566,8 @@ def viewer_over_the_link(tmp_path: Path, cameras: Callable[..., Any], daemon_fac
                         stalled_since = time.monotonic()
                     longest_stall = max(longest_stall, time.monotonic() - stalled_since)
                 end = page.evaluate(SELECTED_PAIR, "yard")
-                sessions = daemon.get("/api/live/sessions")[1]["sessions"]
-                print(f"over {how}: longest stall {longest_stall:.2f} s; browser {end}; daemon {sessions}")
+                sessions = {s["camera_id"]: s for s in daemon.get("/api/live/sessions")[1]["sessions"]}
+                print(f"over {how}: longest stall {longest_stall:.2f} s; browser {end}; daemon {sessions['yard']}")
                 assert end["decoded"] - start["decoded"] >= 15 * 60 * 0.7, (how, start, end)  # most frames shown
                 # There was loss, Chromium asked for the packets again, and the station sent them (RTX).
                 assert end["lost"] > 0 and end["nacks"] > 0, (how, end)
@@ -556,13 +580,39 @@ def viewer_over_the_link(tmp_path: Path, cameras: Callable[..., Any], daemon_fac
                 freezes = end["freezes"] - start["freezes"]
                 frozen = end["frozenSeconds"] - start["frozenSeconds"]
                 assert frozen < 0.5 * 60 and (freezes == 0 or frozen / freezes < 0.8), (how, end)
-                assert len(sessions) == 1 and sessions[0]["state"] == "connected", sessions
-                # Chromium's keyframe requests (PLI, when a NACK came too late) reach the daemon, which answers
-                # them with the camera's next keyframe (README: "Lost packets and keyframe requests").
-                if end["plis"] >= 3:
-                    assert sessions[0]["keyframe_requests"] >= 1, (how, end, sessions)
+                assert sorted(sessions) == ["gate", "yard"], sessions
+                assert all(s["state"] == "connected" for s in sessions.values()), sessions
+                # The link goes down for 3 s: the pictures sent meanwhile are lost for good.  Chromium asks
+                # for a keyframe (PLI) after about 3 s without a picture it can decode (and again while it
+                # waits); the daemon hears it and answers with the camera's next keyframe (README: "Lost
+                # packets and keyframe requests"), so each tile is back within one GOP of the link.
+                before = {camera: page.evaluate(SELECTED_PAIR, camera) for camera in ("yard", "gate")}
+                link.cut()
+                page.wait_for_timeout(3000)
+                frames = {camera: page.evaluate(SELECTED_PAIR, camera)["decoded"] for camera in ("yard", "gate")}
+                link.restore()
+                restored = time.monotonic()
+                for camera, gop in (("yard", 2.0), ("gate", 10.0)):
+                    def moving_again(more: int, camera: str = camera) -> dict[str, Any] | None:
+                        now = page.evaluate(SELECTED_PAIR, camera)
+                        return now if now is not None and now["decoded"] > frames[camera] + more else None
+
+                    wait_until(lambda: moving_again(0), gop + 5, f"{camera}: no picture after the cut",
+                               interval=0.05)
+                    back_in = time.monotonic() - restored
+                    after = wait_until(lambda: moving_again(10), 5, f"{camera}: the picture did not keep moving")
+                    requests = daemon.get("/api/live/sessions")[1]["sessions"]
+                    asked = next(s["keyframe_requests"] for s in requests if s["camera_id"] == camera)
+                    print(f"{camera} (GOP {gop:g} s) after a 3 s cut: a new frame {back_in:.2f} s after the link "
+                          f"returned; PLIs {before[camera]['plis']} -> {after['plis']}, keyframes "
+                          f"{before[camera]['keyframes']} -> {after['keyframes']}; daemon keyframe requests {asked}")
+                    assert after["keyframes"] > before[camera]["keyframes"], (how, camera, after)
+                    assert back_in < gop + 1.0, (how, camera, back_in)  # one GOP and the round trip at most
+                    if camera == "gate":  # its next keyframe is seconds away: Chromium asked, the daemon heard
+                        assert after["plis"] > before[camera]["plis"] and asked >= 1, (how, after, asked)
                 page.close()
             finally:
                 browser.close()
         daemon.stop()
         cam.stop()
+        gate.stop()
