@@ -7,9 +7,12 @@ own network namespaces (needs root and iproute2) and always removes them:
   with its own config) and a TCP relay for the HTTP signalling only; ``console``: Chromium.  The router
   does not forward packets, so the browser has no route to the station: media can only flow through
   the TURN server's relay.
-* A routed link with netem (100 ms delay, 2 % loss) between the browser and the station: frames keep
-  decoding and the picture recovers from losses (NACK retransmissions; a lost keyframe waits for the
-  camera's next one).
+* The TURN server goes down under a playing tile and comes back: sessions end with their reason, none
+  is left hanging, and the tile plays again by itself.
+* A routed link with 100 ms delay and 2 % loss each way between the browser and the station (``tc netem``
+  where the kernel has it, else the userspace impairment of :mod:`tests.netimpair`): frames keep
+  decoding and the picture recovers from losses (NACK retransmissions), and after a 3 s cut each tile is
+  back at its camera's next keyframe (PLIs heard by the daemon).
 
 The test thread enters the station namespace (``setns``), so the daemon it starts runs there unchanged;
 cameras, coturn and Chromium are started through ``ip netns exec``.
