@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -55,9 +56,9 @@ def route_through(dev: str, via: list[str]) -> None:
     for iface in via:
         run("ip", "rule", "add", "iif", iface, "lookup", TABLE, "priority", "100")
     # A packet written back arrives on the TUN device from an address the main table routes elsewhere:
-    # strict reverse-path filtering would drop it.
+    # strict reverse-path filtering would drop it.  (/proc/sys/net is this namespace's.)
     for conf in ("all", "default", dev):
-        run("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+        Path(f"/proc/sys/net/ipv4/conf/{conf}/rp_filter").write_text("0\n")
 
 
 @dataclass(slots=True)
