@@ -555,7 +555,7 @@ def test_a_fleet_tile_learns_the_stations_turn_servers_before_its_offer_and_open
     key = "st-a/cell-1"
     wait_until(lambda: (s := page.evaluate(FRAMES, key))["frames"] >= 10 and s["width"] == 320, 30,
                "no moving picture through the console", interval=0.3)
-    time.sleep(1)  # a second session would follow the first answer at once
+    page.wait_for_timeout(1000)  # a second session would follow the first answer at once (events kept coming)
 
     # The pre-flight is answered with the station's TURN server and a credential made for alice, and the
     # tile makes one offer with it: one session at the station, none thrown away.
