@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3 python3-venv python3-gi python3-numpy gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium fonts-dejavu-core iproute2 wrk \
-	ceph-mon ceph-osd radosgw ceph-common tzdata coturn
+	ceph-mon ceph-osd radosgw ceph-common tzdata coturn procps
 PYTEST_ARGS ?=
 
 SYSTEM_TEST_PACKAGES := debootstrap systemd-container iproute2 ffmpeg

@@ -8,7 +8,7 @@ Routes (documented in README, "Central console"):
 - ``GET /api/fleet/alarms``: merged open alarms, most urgent first;
 - ``GET /api/fleet/stream``: Server-Sent Events (``fleet`` snapshot, then
   ``station`` and ``alarm.opened`` / ``alarm.closed``);
-- ``POST /api/stations/{station_id}/cameras/{camera_id}/whep`` and
+- ``POST /api/stations/{station_id}/cameras/{camera_id}/whep`` (with its ``OPTIONS`` pre-flight) and
   ``DELETE /api/stations/{station_id}/whep/sessions/{session_id}``: WHEP relay.
 
 Users, sessions, tokens, CSRF, the limits on sign-ins and event feeds and the
@@ -77,6 +77,7 @@ def create_console_app(runtime: ConsoleRuntime) -> web.Application:
     app.router.add_get("/api/fleet/alarms", get_alarms)
     app.router.add_get("/api/fleet/stream", stream_fleet)
     app.router.add_post("/api/stations/{station_id}/cameras/{camera_id}/whep", post_offer)
+    app.router.add_route("OPTIONS", "/api/stations/{station_id}/cameras/{camera_id}/whep", options_whep)
     app.router.add_delete("/api/stations/{station_id}/whep/sessions/{session_id}", delete_session)
     app.on_shutdown.append(_close_streams)
     witness.setup(app, runtime.witness, runtime.config.console.id,
@@ -175,25 +176,19 @@ async def post_offer(request: web.Request) -> web.Response:
         return error_response(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
     who = _who(request)
     user = who.name if who is not None else "anonymous"
-    path = f"/api/cameras/{urllib.parse.quote(camera_id, safe='')}/whep"
     try:
         status, headers, answer = await link.request(
-            "POST", path, data=body, headers={"Content-Type": SDP_TYPE, **link.central_headers(user)})
+            "POST", _station_whep(camera_id), data=body,
+            headers={"Content-Type": SDP_TYPE, **link.central_headers(user)})
     except StationError as exc:
         audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id,
               reason=exc.problem.reason.value)
-        return error_response(502, "station_unreachable",
-                              f"station {link.id}: {exc.problem.reason.value}: {exc.problem.message}")
+        return _unreachable(link, exc)
     if status != 201:
-        code, message = _station_error(answer)
+        code, _ = _station_error(answer)
         audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, station_status=status,
               error=code)
-        if status in (401, 403):  # the console's own token is refused: not the viewer's fault
-            return error_response(502, "station_refused",
-                                  f"station {link.id} refused the console's token (HTTP {status}, {code})")
-        if status in (400, 404, 409, 413, 415, 429, 503):
-            return error_response(status, code, f"station {link.id}: {message}")
-        return error_response(502, "station_error", f"station {link.id} answered HTTP {status} ({code})")
+        return _refused(link, status, answer)
     session_id = LiveRelay.station_session(headers.get("Location"))
     if session_id is None:
         audit(request, "live.start", camera=camera_id, outcome="failed", station=link.id, error="bad_location")
@@ -208,6 +203,48 @@ async def post_offer(request: web.Request) -> web.Response:
     log.info("[%s] live view of %s relayed for %s: session %s", link.id, camera_id, user, session_id[:8])
     return web.Response(status=201, body=answer, content_type=SDP_TYPE,
                         headers={"Location": location, "Cache-Control": "no-store", **ice_server_links(headers)})
+
+
+async def options_whep(request: web.Request) -> web.Response:
+    """The WHEP pre-flight (RFC 9725 4.6), relayed: the station's STUN/TURN servers, with credentials for this user.
+
+    Media flows between the station and the browser, so the servers that matter are the station's (its own
+    peer connection gathers with them, and a TURN credential made from its secret is one the console never
+    holds).  The same access control as the POST: the live-view permission and the camera allow-list
+    (:data:`web.access.ROUTES`), so nobody else learns a credential.  Not audited: nothing is watched.
+    """
+    link = _link(request)
+    camera_id = request.match_info["camera_id"]
+    who = _who(request)
+    try:
+        status, headers, body = await link.request(
+            "OPTIONS", _station_whep(camera_id), headers=link.central_headers(who.name if who else "anonymous"))
+    except StationError as exc:
+        return _unreachable(link, exc)
+    if status not in (200, 204):
+        return _refused(link, status, body)
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, "Allow": "OPTIONS, POST",
+                                             "Cache-Control": "no-store", **ice_server_links(headers)})
+
+
+def _station_whep(camera_id: str) -> str:
+    return f"/api/cameras/{urllib.parse.quote(camera_id, safe='')}/whep"
+
+
+def _unreachable(link: StationLink, exc: StationError) -> web.Response:
+    return error_response(502, "station_unreachable",
+                          f"station {link.id}: {exc.problem.reason.value}: {exc.problem.message}")
+
+
+def _refused(link: StationLink, status: int, body: bytes) -> web.Response:
+    """The viewer's answer when the station refused a relayed WHEP request with ``status``."""
+    code, message = _station_error(body)
+    if status in (401, 403):  # the console's own token is refused: not the viewer's fault
+        return error_response(502, "station_refused",
+                              f"station {link.id} refused the console's token (HTTP {status}, {code})")
+    if status in (400, 404, 409, 413, 415, 429, 503):
+        return error_response(status, code, f"station {link.id}: {message}")
+    return error_response(502, "station_error", f"station {link.id} answered HTTP {status} ({code})")
 
 
 async def delete_session(request: web.Request) -> web.Response:

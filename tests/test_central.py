@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import http.server
 import ipaddress
 import json
 import os
+import re
+import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -382,6 +387,15 @@ FRAMES = """async (key) => {
 }"""
 
 
+def fleet_page(page: Any, console: Console) -> None:
+    """Sign ``page`` in as alice (a monitor) and open the fleet page."""
+    login = page.request.post(console.base_url + "/api/login",
+                              data=json.dumps({"username": "alice", "password": "correct horse battery"}),
+                              headers={"Content-Type": "application/json"})
+    assert login.status == 200, login.text()
+    page.goto(console.base_url + "/")
+
+
 def test_live_video_of_each_station_through_the_console_is_audited_on_the_station(
         cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], console_factory: Callable[..., Console],
         browser: Any) -> None:
@@ -400,11 +414,7 @@ def test_live_video_of_each_station_through_the_console_is_audited_on_the_statio
                "the console never saw both cameras online")
 
     page = browser.new_page(viewport={"width": 1600, "height": 900})
-    login = page.request.post(console.base_url + "/api/login",
-                              data=json.dumps({"username": "alice", "password": "correct horse battery"}),
-                              headers={"Content-Type": "application/json"})
-    assert login.status == 200, login.text()
-    page.goto(console.base_url + "/")
+    fleet_page(page, console)
     page.wait_for_selector('.station-card[data-station-id="st-b"] li[data-camera-id="hall-1"]', timeout=15000)
     page.click('.station-card[data-station-id="st-a"] li[data-camera-id="cell-1"] .live-button')
     page.click('.station-card[data-station-id="st-b"] li[data-camera-id="hall-1"] .live-button')
@@ -466,3 +476,143 @@ async def _offer() -> bytes:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp.encode()
+
+
+TURN_SECRET = "central-relay-turn-secret-5d1e"  # noqa: S105 - the test's own coturn
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[str]:
+    if not shutil.which("turnserver"):
+        pytest.skip("coturn is not installed (the Makefile's APT_PACKAGES installs it)")
+    with loopback_coturn(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def loopback_coturn(tmp_path: Path) -> Iterator[str]:
+    """Debian's coturn on loopback with ``use-auth-secret`` (TURN REST credentials); yields its ``turn:`` URL."""
+    port = free_port()
+    conf = tmp_path / "turnserver.conf"
+    conf.write_text("\n".join([
+        "listening-ip=127.0.0.1", "relay-ip=127.0.0.1", f"listening-port={port}", "use-auth-secret",
+        f"static-auth-secret={TURN_SECRET}", "realm=nvr.test", "fingerprint", "no-tls", "no-dtls", "no-cli",
+        "allow-loopback-peers", "log-file=stdout", "simple-log", "verbose", f"pidfile={tmp_path / 'turn.pid'}",
+        f"userdb={tmp_path / 'turndb'}", ""]))
+    log = (tmp_path / "turn.log").open("w")
+    proc = subprocess.Popen(["turnserver", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: f"127.0.0.1:{port}" in (tmp_path / "turn.log").read_text() or proc.poll() is not None,
+                   15, "coturn did not start")
+        assert proc.poll() is None, (tmp_path / "turn.log").read_text()
+        yield f"turn:127.0.0.1:{port}?transport=udp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def _options(console: Console, path: str, token: str | None) -> tuple[int, dict[str, str], Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(console.base_url + path, method="OPTIONS", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), None
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"null")
+
+
+def test_a_fleet_tile_learns_the_stations_turn_servers_before_its_offer_and_opens_one_session(
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], console_factory: Callable[..., Console],
+        browser: Any, coturn: str) -> None:
+    from nvr.identity.accounts_cli import create_token
+    from nvr.identity.roles import Role
+
+    cam = cameras("preflight", **CAMERA)
+    st_a = daemon_factory([{"id": "cell-1", "name": "Cell A", "url": cam.url},
+                           {"id": "yard", "name": "Yard A", "url": cam.url}],
+                          station={"id": "st-a", "name": "Station st-a"}, env={"TURN_SECRET": TURN_SECRET},
+                          live={"ice_servers": [{"urls": [coturn], "auth_secret": "${TURN_SECRET}"}]})
+    token_a = create_token(st_a.auth_db, "central", Role.CENTRAL)
+    silent = socket.socket()  # a "station" that takes connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    console = console_factory([
+        {"id": "st-a", "url": st_a.base_url, "token": "${TOKEN_A}"},
+        {"id": "st-silent", "url": f"http://127.0.0.1:{silent.getsockname()[1]}", "token": "${TOKEN_A}"},
+        {"id": "st-wrong", "url": st_a.base_url, "token": "${TOKEN_WRONG}"},
+    ], env={"TOKEN_A": token_a, "TOKEN_WRONG": "nvr_" + "W" * 43})
+    console.add_user("alice", "monitor", "correct horse battery")
+    st_a.wait_state("cell-1", "online", timeout=30)
+    wait_until(lambda: console.fleet()["st-a"]["reachable"], 20, "the console never reached the station")
+
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    relayed: list[tuple[str, int, str]] = []  # (method, status, Link header) of every request to the relay
+    page.on("response", lambda r: relayed.append((r.request.method, r.status, r.headers.get("link", "")))
+            if r.url.endswith("/api/stations/st-a/cameras/cell-1/whep") else None)
+    fleet_page(page, console)
+    page.click('.station-card[data-station-id="st-a"] li[data-camera-id="cell-1"] .live-button', timeout=15000)
+    key = "st-a/cell-1"
+    wait_until(lambda: (s := page.evaluate(FRAMES, key))["frames"] >= 10 and s["width"] == 320, 30,
+               "no moving picture through the console", interval=0.3)
+    page.wait_for_timeout(1000)  # a second session would follow the first answer at once (events kept coming)
+
+    # The pre-flight is answered with the station's TURN server and a credential made for alice, and the
+    # tile makes one offer with it: one session at the station, none thrown away.
+    methods = [m for m, _, _ in relayed]
+    assert methods == ["OPTIONS", "POST"], relayed
+    status, link = relayed[0][1], relayed[0][2]
+    assert status == 204 and f"<{coturn}>" in link and 'rel="ice-server"' in link, relayed
+    assert re.search(r'username="\d+:alice"', link), link
+    assert relayed[1][1] == 201
+    _, body = st_a.get("/api/audit?action=live.start")
+    assert [e["details"].get("central_user") for e in body["entries"] if e["camera"] == "cell-1"] == ["alice"]
+    _, live = st_a.get("/api/live/sessions")
+    assert [s["camera_id"] for s in live["sessions"]] == ["cell-1"], live
+    page.close()
+
+    # The pre-flight hands out TURN credentials: the same access control as the offer.
+    path = "/api/stations/st-a/cameras/cell-1/whep"
+    status, headers, body = _options(console, path, None)
+    assert status == 401 and "Link" not in headers, (status, headers, body)
+    from nvr.identity.authdb import AuthDatabase
+
+    db = AuthDatabase(console.auth_db)
+    try:
+        auditor = db.create_token("auditor", Role.AUDITOR, None, "test")
+        yard_only = db.create_token("yard-monitor", Role.MONITOR, frozenset({"st-a/yard"}), "test")
+    finally:
+        db.close()
+    status, headers, body = _options(console, path, auditor)  # no live-view permission
+    assert status == 403 and "Link" not in headers, (status, headers, body)
+    status, headers, body = _options(console, path, yard_only)  # not this camera
+    assert status == 403 and body["error"] == "camera_forbidden" and "Link" not in headers, body
+    status, headers, _ = _options(console, "/api/stations/st-a/cameras/yard/whep", yard_only)
+    assert status == 204 and 'username="' in headers["Link"] and ':token_yard-monitor"' in headers["Link"], headers
+    status, headers, body = _options(console, "/api/stations/st-z/cameras/cell-1/whep", console.token)
+    assert status == 404 and body["error"] == "unknown_station", body
+    status, headers, body = _options(console, "/api/stations/st-a/cameras/no-such/whep", console.token)
+    assert status == 404 and "Link" not in headers, body
+    # The console's token refused by the station: not the viewer's fault, and said so.
+    status, headers, body = _options(console, "/api/stations/st-wrong/cameras/cell-1/whep", console.token)
+    assert status == 502 and body["error"] == "station_refused" and "Link" not in headers, body
+    # A station that never answers: the pre-flight is bounded (follow.timeout_seconds, 2 s here), and
+    # viewers that hang up while the console waits on it leave nothing behind.
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", console.port)) as gone:
+            gone.sendall(b"OPTIONS /api/stations/st-silent/cameras/cell-1/whep HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + console.token.encode() + b"\r\n\r\n")
+    started = time.monotonic()
+    status, headers, body = _options(console, "/api/stations/st-silent/cameras/cell-1/whep", console.token)
+    assert status == 502 and body["error"] == "station_unreachable" and "timeout" in body["message"], body
+    assert time.monotonic() - started < 5
+    assert _options(console, path, console.token)[0] == 204  # the console still serves the others
+    silent.close()
+    # A station that is down: a clear 502 naming it, quickly, not a hung pre-flight.
+    st_a.stop()
+    started = time.monotonic()
+    status, headers, body = _options(console, path, console.token)
+    assert status == 502 and body["error"] == "station_unreachable" and "st-a" in body["message"], body
+    assert time.monotonic() - started < 5
+    for text in (console.log(), st_a.log()):
+        assert TURN_SECRET not in text

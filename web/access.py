@@ -100,6 +100,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/fleet/alarms"): P.ALARMS,
     ("GET", "/api/fleet/stream"): P.ALARMS,
     ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): P.LIVE,
+    ("OPTIONS", "/api/stations/{station_id}/cameras/{camera_id}/whep"): P.LIVE,
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): P.LIVE,
     ("GET", "/api/stations/{station_id}/checkpoints"): P.AUDIT,  # what the console witnessed (issue 11)
     ("GET", "/api/keyring"): P.AUDIT,

@@ -59,6 +59,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/cameras/{camera_id}"): Operation("One camera"),
     ("POST", "/api/cameras/{camera_id}/whep"): Operation("WHEP: an SDP offer in, the answer out",
                                                          body_type="application/sdp"),
+    ("OPTIONS", "/api/cameras/{camera_id}/whep"): Operation("WHEP pre-flight: the STUN/TURN servers as Link headers"),
     ("DELETE", "/api/whep/sessions/{session_id}"): Operation("End a live session"),
     ("GET", "/api/live/sessions"): Operation("Live sessions of the cameras the caller may see"),
     ("GET", "/api/events"): Operation("Alarms as intervals", query={
@@ -137,6 +138,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/fleet/stream"): Operation("Fleet feed (Server-Sent Events)"),
     ("POST", "/api/stations/{station_id}/cameras/{camera_id}/whep"): Operation(
         "WHEP through the console", body_type="application/sdp"),
+    ("OPTIONS", "/api/stations/{station_id}/cameras/{camera_id}/whep"): Operation(
+        "WHEP pre-flight through the console: the station's STUN/TURN servers as Link headers"),
     ("DELETE", "/api/stations/{station_id}/whep/sessions/{session_id}"): Operation("End a relayed live session"),
     ("GET", "/api/stations/{station_id}/checkpoints"): Operation("What the console witnessed of a station",
                                                                  query={"since": _TIME}),

@@ -408,23 +408,27 @@ class WhepRelay:
         watchdog = session.watchdog
         if watchdog is not None and watchdog is not asyncio.current_task():
             watchdog.cancel()
-        try:
-            await session.pc.close()
-        except Exception:
-            log.warning("[%s] closing live session %s failed", session.camera_id, session_id[:8], exc_info=True)
+        # The view ends now: logged and audited before the peer connection is torn down, which can take
+        # aioice a minute when the TURN server is gone (its allocation's deletion is retried for ~63 s),
+        # and would then inflate the audited duration, or lose the entry to a shutdown meanwhile.
+        duration = time.monotonic() - session.created_mono
         feed = session.feed
         delay = feed.relay_delay_sum / feed.relay_delay_count * 1000 if feed.relay_delay_count else 0.0
         log.info(
             "[%s] live view session %s closed (%s) after %.0f s: %d video packet(s) sent, %d dropped, "
             "relay delay %.2f ms",
-            session.camera_id, session_id[:8], reason, time.monotonic() - session.created_mono,
+            session.camera_id, session_id[:8], reason, duration,
             feed.video_sent, feed.dropped + feed.parked_dropped, delay,
         )
         self.station.audit.record(
             "live.stop", actor=session.user, camera=session.camera_id, address=session.peer,
             session=session_id[:8], started_at=iso(session.created_at),
-            duration_seconds=round(time.monotonic() - session.created_mono, 1), reason=reason, **session.via,
+            duration_seconds=round(duration, 1), reason=reason, **session.via,
         )
+        try:
+            await session.pc.close()
+        except Exception:
+            log.warning("[%s] closing live session %s failed", session.camera_id, session_id[:8], exc_info=True)
         return True
 
     async def close_all(self, reason: str = "shutdown") -> None:

@@ -60,6 +60,12 @@ class LivePlayer {
     const iceServers = ICE_SERVERS.get(this.url);
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
+    // Each attempt gets STALL_MS of its own to show a picture. Counted from the last picture instead, an
+    // attempt after a stall was torn down by checkProgress within a second, before its offer was even
+    // sent whenever ICE gathering took that long (an unreachable STUN or TURN server): it never got
+    // through, however often it was tried.
+    this.lastProgress = performance.now();
+    this.lastFrames = 0;
     const stream = new MediaStream();
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
@@ -94,8 +100,9 @@ class LivePlayer {
       const named = iceServersFromLinks(response);
       ICE_SERVERS.set(this.url, named);  // fresh credentials for the next session
       if (iceServers.length === 0 && named.length > 0) {
-        // An endpoint that names its servers only in answers (a console relay): start over with them at once,
-        // or a viewer on another network would never connect.
+        // An endpoint that names its servers only in answers (one without the OPTIONS pre-flight, as the
+        // console relay was at first): start over with them at once, or a viewer on another network would
+        // never connect.
         this.connect();
         return;
       }
