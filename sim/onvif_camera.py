@@ -298,8 +298,8 @@ class OnvifCamera:
             self._net_up.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._net_up.wait(), 30)
-            assert request.transport is not None
-            request.transport.abort()
+            if request.transport is not None:  # None: the client gave up waiting
+                request.transport.abort()
             return web.Response(status=503)
         body = await request.read()
         try:

@@ -285,19 +285,24 @@ class ReplayServer:
     def _packetise(data: bytes) -> list[bytes]:
         units = _nals(data)
         out: list[bytes] = []
-        params = [u for u in units if u[0] & 0x1F in (7, 8)]
-        if len(params) >= 2:  # SPS and PPS together in one STAP-A (RFC 6184 5.7.1)
-            out.append(bytes([(params[0][0] & 0x60) | 24]) + b"".join(struct.pack(">H", len(u)) + u for u in params))
-            units = [u for u in units if u[0] & 0x1F not in (7, 8)]
-        for unit in units:
+        i = 0
+        while i < len(units):
+            unit = units[i]
+            if unit[0] & 0x1F == 7 and i + 1 < len(units) and units[i + 1][0] & 0x1F == 8:
+                # SPS and PPS together in one STAP-A (RFC 6184 5.7.1), in their place in the access unit
+                pair = units[i:i + 2]
+                out.append(bytes([(unit[0] & 0x60) | 24]) + b"".join(struct.pack(">H", len(u)) + u for u in pair))
+                i += 2
+                continue
+            i += 1
             if len(unit) <= _MTU:
                 out.append(unit)
                 continue
             indicator = (unit[0] & 0xE0) | 28  # FU-A (RFC 6184 5.8)
             kind, body = unit[0] & 0x1F, unit[1:]
-            pieces = [body[i:i + _MTU] for i in range(0, len(body), _MTU)]
-            for i, piece in enumerate(pieces):
-                fu = kind | (0x80 if i == 0 else 0) | (0x40 if i == len(pieces) - 1 else 0)
+            pieces = [body[k:k + _MTU] for k in range(0, len(body), _MTU)]
+            for k, piece in enumerate(pieces):
+                fu = kind | (0x80 if k == 0 else 0) | (0x40 if k == len(pieces) - 1 else 0)
                 out.append(bytes([indicator, fu]) + piece)
         return out
 

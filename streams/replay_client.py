@@ -211,7 +211,9 @@ class ReplayClient:
             return await self._answer(first)
 
     async def _answer(self, first: bytes) -> tuple[int, dict[str, str], bytes]:
-        head = bytearray(first)
+        head = bytearray(first + await self._read(6))
+        if head != b"RTSP/1.":  # neither an interleaved frame nor an RTSP message: nothing to read on from
+            raise ReplayError(ReplayReason.BAD_ANSWER, "the replay server sent something that is not RTSP")
         while not head.endswith(b"\r\n\r\n"):
             head += await self._read_line()
             if len(head) > MAX_HEADER_BYTES:

@@ -134,4 +134,5 @@ def onvif_fields(link: OnvifLink | None) -> dict[str, Any]:
         state=status.state.value, state_reason=status.reason.value if status.reason else None,
         state_message=status.message, clock_offset_seconds=status.clock_offset_seconds,
         clock_round_trip_seconds=status.clock_rtt_seconds, clock_checked_at=iso(status.clock_checked_at),
-        events_subscribed=status.events_subscribed, events_received=status.events_received)}
+        events_subscribed=status.events_subscribed, events_received=status.events_received,
+        edge_storage=status.edge_storage)}

@@ -45,6 +45,7 @@ class OnvifView(_Model):
     clock_checked_at: str | None = None
     events_subscribed: bool = False
     events_received: int = 0
+    edge_storage: bool | None = None  # ONVIF Profile G (search and replay of the camera's card); None: not known
 
 
 class CameraView(SourceView):
