@@ -43,7 +43,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -51,9 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import av.error
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nvr.base.config import Backfill as BackfillSettings
 from nvr.base.config import Onvif, Storage
+from nvr.base.timeutil import iso
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord, encode_meta
 from recorder.segment_writer import ClosedSegment, DiskWriter, SegmentWriter, Template
 from recorder.timeline import JOIN_SECONDS, Cause
@@ -68,9 +71,17 @@ log = logging.getLogger(__name__)
 EDGE_PENDING = "edge_pending"
 EDGE_UNAVAILABLE = "edge_unavailable"
 ORIGIN = "backfill"
-CARD_HAS_NOTHING = "the camera's card has no recording of this time"
-BEFORE_KEYFRAME = ("before the first keyframe the card has in the gap: a segment starts only at a keyframe, "
-                   "and the stream is never re-encoded")
+# Why part of a gap stays a gap (the ``reason`` of an edge_unavailable gap; labelled in web/static/i18n).
+CARD_EMPTY = "card_empty"  # the card has nothing of that time (it was out, failed, or the camera was off)
+CARD_OVERWRITTEN = "card_overwritten"  # the card's oldest footage is newer than the gap
+BEFORE_KEYFRAME = "before_keyframe"  # before the card's first keyframe in the gap: segments start at keyframes
+RETRIEVAL_FAILED = "retrieval_failed"  # every try failed (the job's detail says how)
+_DETAILS = {
+    CARD_EMPTY: "the camera's card has no recording of this time",
+    CARD_OVERWRITTEN: "the camera's card no longer holds this time (its oldest footage is newer)",
+    BEFORE_KEYFRAME: "before the first keyframe the card has in the gap: a segment starts only at a keyframe, "
+                     "and the stream is never re-encoded",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS backfill_jobs (
@@ -82,6 +93,7 @@ CREATE TABLE IF NOT EXISTS backfill_jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL DEFAULT 0,
     reason TEXT,
+    detail TEXT,
     segments INTEGER NOT NULL DEFAULT 0,
     retrieved_seconds REAL NOT NULL DEFAULT 0,
     overlap_dropped INTEGER NOT NULL DEFAULT 0,
@@ -90,7 +102,7 @@ CREATE TABLE IF NOT EXISTS backfill_jobs (
 );
 CREATE INDEX IF NOT EXISTS backfill_jobs_camera ON backfill_jobs(camera, start);
 """
-_JOB_COLUMNS = ("id, camera, start, end, state, attempts, next_try, reason, segments, retrieved_seconds,"
+_JOB_COLUMNS = ("id, camera, start, end, state, attempts, next_try, reason, detail, segments, retrieved_seconds,"
                 " overlap_dropped, created_at, finished_at")
 PENDING, ACTIVE, DONE, FAILED = "pending", "active", "done", "failed"
 # The time base of replayed H.264 (RTP's 90 kHz clock).
@@ -108,7 +120,8 @@ class Job:
     state: str
     attempts: int
     next_try: float
-    reason: str | None
+    reason: str | None  # a code (CARD_EMPTY...) once finished with holes left
+    detail: str | None  # in words: the last failure, or what the reason means
     segments: int
     retrieved_seconds: float
     overlap_dropped: int
@@ -116,10 +129,9 @@ class Job:
     finished_at: float | None
 
     def json(self) -> dict[str, Any]:
-        from nvr.base.timeutil import iso
-
-        return {"id": self.id, "camera": self.camera, "start": iso(self.start), "end": iso(self.end),
-                "state": self.state, "attempts": self.attempts, "reason": self.reason, "segments": self.segments,
+        return {"id": self.id, "start": iso(self.start), "end": iso(self.end),
+                "state": self.state, "attempts": self.attempts, "reason": self.reason, "detail": self.detail,
+                "segments": self.segments,
                 "retrieved_seconds": round(self.retrieved_seconds, 3), "overlap_dropped": self.overlap_dropped}
 
 
@@ -154,9 +166,9 @@ class BackfillJobs:
 
     def update(self, job: Job) -> None:
         self.index.db.execute(
-            "UPDATE backfill_jobs SET state = ?, attempts = ?, next_try = ?, reason = ?, segments = ?,"
+            "UPDATE backfill_jobs SET state = ?, attempts = ?, next_try = ?, reason = ?, detail = ?, segments = ?,"
             " retrieved_seconds = ?, overlap_dropped = ?, finished_at = ? WHERE id = ?",
-            (job.state, job.attempts, job.next_try, job.reason, job.segments, job.retrieved_seconds,
+            (job.state, job.attempts, job.next_try, job.reason, job.detail, job.segments, job.retrieved_seconds,
              job.overlap_dropped, job.finished_at, job.id))
 
     def deleted_ranges(self, camera: str, start: float) -> list[tuple[float, float]]:
@@ -390,9 +402,9 @@ class Backfill:
             if job.camera != camera or job.end <= start or job.start >= end:
                 continue
             if job.state in (PENDING, ACTIVE):
-                found.append(Cause(job.start, job.end, 0, EDGE_PENDING, "recorded on camera, not yet retrieved"))
+                found.append(Cause(job.start, job.end, 0, EDGE_PENDING))  # "recorded on camera, not yet retrieved"
             else:
-                found.append(Cause(job.start, job.end, 0, EDGE_UNAVAILABLE, job.reason or CARD_HAS_NOTHING))
+                found.append(Cause(job.start, job.end, 0, EDGE_UNAVAILABLE, job.reason or CARD_EMPTY))
         return found
 
     def list_jobs(self, camera: str | None = None) -> list[Job]:
@@ -488,23 +500,22 @@ class Backfill:
         try:
             remaining = await self.index.call(self._remaining, job)
             if not remaining:
-                await self._finish(job, DONE, None)
+                await self._finish(job, DONE)
                 return
             found = await EdgeStorage(camera.onvif).search(job.start + offset, job.end + offset)
             if not found.recordings:
-                why = CARD_HAS_NOTHING
-                if found.card_start is not None and found.card_start > job.start + offset:
-                    why += " (its oldest footage is newer: overwritten or never recorded)"
-                await self._finish(job, DONE, why)
+                overwritten = found.card_start is not None and found.card_start > job.start + offset
+                await self._finish(job, DONE, CARD_OVERWRITTEN if overwritten else CARD_EMPTY)
                 return
             for lo, hi in remaining:
                 for recording in found.recordings:
                     if recording.end < lo + offset or recording.start > hi + offset:
                         continue
                     job = await self._replay(job, camera, recording.replay_uri, recording.token, (lo, hi), offset)
-            await self._finish(job, DONE, None)
+            await self._finish(job, DONE)
         except _Stopped as stopped:  # the daemon stops: what was written is kept, the rest resumes at start
-            await self._save(replace(stopped.job, state=PENDING, attempts=stopped.job.attempts - 1))
+            await self._save(replace(stopped.job, state=PENDING, attempts=stopped.job.attempts - 1,
+                                     detail="interrupted by a stop of the daemon"))
         except (EdgeError, ReplayError) as exc:
             await self._failed(job, f"{exc.reason.value}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - one job's failure is reported, the next one runs
@@ -568,24 +579,51 @@ class Backfill:
             raise _Stopped(job)
         return job
 
-    async def _finish(self, job: Job, state: str, reason: str | None) -> None:
+    async def _finish(self, job: Job, state: str, reason: str | None = None, detail: str | None = None) -> None:
         remaining = await self.index.call(self._remaining, job, JOIN_SECONDS)
         if remaining and reason is None:
             slivers = all(hi - lo < _HOLE_ON_CARD_SECONDS for lo, hi in remaining)
-            reason = BEFORE_KEYFRAME if slivers else CARD_HAS_NOTHING
+            reason = BEFORE_KEYFRAME if slivers else CARD_EMPTY
         if state == DONE:
             self.status.jobs_done += 1
-        await self._save(replace(job, state=state, reason=reason if remaining else None, finished_at=time.time()))
+        if not remaining:
+            reason = detail = None
+        detail = detail or _DETAILS.get(reason or "")
+        await self._save(replace(job, state=state, reason=reason, detail=detail, finished_at=time.time()))
         log.info("[%s] backfill job %d %s%s", job.camera, job.id, state,
-                 f": {len(remaining)} hole(s) left, {reason}" if remaining else ", gap filled")
+                 f": {len(remaining)} hole(s) left: {detail}" if remaining else ", gap filled")
 
-    async def _failed(self, job: Job, reason: str) -> None:
+    async def _failed(self, job: Job, detail: str) -> None:
         if job.attempts < self.settings.attempts:
             log.warning("[%s] backfill job %d try %d failed: %s; again in %.0f s", job.camera, job.id, job.attempts,
-                        reason, self.settings.retry_seconds)
-            await self._save(replace(job, state=PENDING, reason=reason,
+                        detail, self.settings.retry_seconds)
+            await self._save(replace(job, state=PENDING, detail=detail,
                                      next_try=self.now() + self.settings.retry_seconds))
             return
         self.status.jobs_failed += 1
-        log.warning("[%s] backfill job %d given up after %d tries: %s", job.camera, job.id, job.attempts, reason)
-        await self._finish(job, FAILED, reason)
+        log.warning("[%s] backfill job %d given up after %d tries: %s", job.camera, job.id, job.attempts, detail)
+        await self._finish(job, FAILED, RETRIEVAL_FAILED, detail)
+
+
+class BackfillCollector(Collector):
+    """Prometheus series of edge backfill, per camera, from the jobs (persistent, so they survive a restart)."""
+
+    def __init__(self, backfill: Backfill) -> None:
+        self.backfill = backfill
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("nvr_backfill_jobs", "Backfill jobs by state", labels=["camera", "state"])
+        seconds = CounterMetricFamily("nvr_backfill_retrieved_seconds", "Seconds of footage retrieved from the "
+                                      "camera's card", labels=["camera"])
+        segments = CounterMetricFamily("nvr_backfill_segments", "Segments written from the camera's card",
+                                       labels=["camera"])
+        dropped = CounterMetricFamily("nvr_backfill_overlap_dropped_frames", "Frames from the card whose time was "
+                                      "already recorded (dropped)", labels=["camera"])
+        for camera in sorted(self.backfill.cameras):
+            mine = self.backfill.list_jobs(camera)
+            for state in (PENDING, ACTIVE, DONE, FAILED):
+                jobs.add_metric([camera, state], sum(1 for j in mine if j.state == state))
+            seconds.add_metric([camera], sum(j.retrieved_seconds for j in mine))
+            segments.add_metric([camera], sum(j.segments for j in mine))
+            dropped.add_metric([camera], sum(j.overlap_dropped for j in mine))
+        yield from (jobs, seconds, segments, dropped)

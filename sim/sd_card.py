@@ -23,8 +23,11 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+_ANCHOR_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,30 +119,49 @@ class SdCard:
 
         while not self._stop.is_set():
             try:
-                container = av.open(self.source_url, options={"rtsp_transport": "tcp", "stimeout": "5000000"},
-                                    timeout=5.0)
+                container = av.open(self.source_url, options={"rtsp_transport": "tcp", "stimeout": "5000000",
+                                                              "analyzeduration": "200000"}, timeout=5.0)
             except (av.error.FFmpegError, OSError):
                 self._stop.wait(0.5)
                 continue
             try:
                 stream = container.streams.video[0]
-                anchor: tuple[float, float] | None = None  # (camera time, media time) of the first frame
                 with self._lock:
                     self._run += 1
                     self._need_key = True
-                for packet in container.demux(stream):
-                    if self._stop.is_set():
-                        break
-                    if packet.size == 0 or packet.pts is None:
-                        continue
-                    media = float(packet.pts * stream.time_base)
-                    if anchor is None:
-                        anchor = (self.clock(), media)
-                    self._keep(anchor[0] + media - anchor[1], bytes(packet), bool(packet.is_keyframe))
+                self._read(container, stream)
             except (av.error.FFmpegError, OSError):
                 log.debug("the card's reading of the encoder ended", exc_info=True)
             finally:
                 container.close()
+
+    def _read(self, container: Any, stream: Any) -> None:
+        # The camera stamps each frame with its clock as the encoder makes it.  Reading the encoder through
+        # RTSP delivers the first frames in a burst (FFmpeg probes the stream first): the anchor is the
+        # earliest arrival relative to media time over the first seconds, the frames wait until it is known.
+        anchor: float | None = None
+        media0: float | None = None
+        waiting: list[tuple[float, bytes, bool]] = []
+        earliest = float("inf")
+        for packet in container.demux(stream):
+            if self._stop.is_set():
+                return
+            if packet.size == 0 or packet.pts is None:
+                continue
+            media = float(packet.pts * stream.time_base)
+            if media0 is None:
+                media0 = media
+            if anchor is None:
+                waiting.append((media - media0, bytes(packet), bool(packet.is_keyframe)))
+                earliest = min(earliest, self.clock() - (media - media0))
+                if media - media0 < _ANCHOR_SECONDS:
+                    continue
+                anchor = earliest
+                for offset, data, key in waiting:
+                    self._keep(anchor + offset, data, key)
+                waiting.clear()
+                continue
+            self._keep(anchor + media - media0, bytes(packet), bool(packet.is_keyframe))
 
     def _keep(self, at: float, data: bytes, keyframe: bool) -> None:
         with self._lock:

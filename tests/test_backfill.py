@@ -18,14 +18,14 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nvr.base.config import Onvif, Storage
-from nvr.base.timeutil import iso
+from nvr.base.timeutil import iso, parse_iso
 from recorder.backfill import BackfillWriter
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord, decode_meta
 from sim.onvif_camera import OnvifCamera
@@ -92,18 +92,15 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
                             env={"ONVIF_PASS": PASSWORD}, storage={"segment_seconds": 3}, backfill=BACKFILL)
     wait_until(lambda: (daemon.camera("cell").get("onvif") or {}).get("edge_storage"), 30,
                "the link never reported edge storage")
-    cut_at, back = cut_for(onvif, daemon, "cell", 12)
+    cut_at, back = cut_for(onvif, daemon, "cell", 8)
 
     def filled() -> list[SegmentRecord] | None:
         found = backfilled(rows(daemon.storage, "cell"))
-        return found if found and sum(s.duration for s in found) > 8 else None
+        return found if found and sum(s.duration for s in found) > 5 else None
 
     got = wait_until(filled, 60, "the gap was never backfilled")
     # One continuous span over the cut: live before, backfilled during, live after.
-    wait_until(lambda: len(search(daemon, "cell", cut_at - 5, back + 3)["spans"]) == 1, 30,
-               "the backfilled range never joined the live spans")
-    found = search(daemon, "cell", cut_at - 5, back + 3)
-    assert found["gaps"] == [], found["gaps"]
+    one_span_over(daemon, "cell", cut_at - 5, back + 3)
     segments = rows(daemon.storage, "cell")
     no_overlaps(segments)
     for seg in got:
@@ -137,6 +134,131 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
     assert PASSWORD not in text and urllib.parse.quote(PASSWORD, safe="") not in text
 
 
+def test_what_the_card_did_not_have_stays_a_gap_edge_unavailable_and_a_camera_without_profile_g_is_left_alone(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("cell", fps=15, gop=5)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True)
+    plain_rtsp = cameras("yard", fps=15, gop=5)
+    plain = onvif_cameras(rtsp_url=plain_rtsp.url, user="admin", password=PASSWORD, network=True)  # no card
+    daemon = daemon_factory([entry("cell", onvif), entry("yard", plain)], env={"ONVIF_PASS": PASSWORD},
+                            storage={"segment_seconds": 3}, backfill=BACKFILL)
+    wait_until(lambda: (daemon.camera("cell").get("onvif") or {}).get("edge_storage"), 30, "no edge storage seen")
+    wait_until(lambda: (daemon.camera("yard").get("onvif") or {}).get("edge_storage") is False, 30,
+               "the camera without Profile G was never reported as such")
+    daemon.wait_state("yard", "online")
+    assert onvif.card is not None
+    daemon.wait_state("cell", "online")
+    wait_until(lambda: len(rows(daemon.storage, "cell")) >= 2 and len(rows(daemon.storage, "yard")) >= 2, 30,
+               "nothing recorded before the cut")
+    cut_at = time.time()
+    onvif.cut_network()
+    plain.cut_network()
+    time.sleep(2.5)
+    onvif.card.fail()  # the card is pulled for three seconds while the network is down
+    pulled = time.time()
+    time.sleep(3.0)
+    onvif.card.restore()
+    time.sleep(3.0)
+    onvif.restore_network()
+    plain.restore_network()
+    back = time.time()
+    daemon.wait_state("cell", "online", timeout=30)
+    daemon.wait_state("yard", "online", timeout=30)
+
+    def settled() -> dict[str, Any] | None:
+        jobs = daemon.camera("cell")["backfill"]
+        return jobs[0] if jobs and jobs[-1]["state"] == "done" else None
+
+    job = wait_until(settled, 60, "the backfill job never finished")
+    found = search(daemon, "cell", cut_at - 3, back + 3)
+    gaps = [g for g in found["gaps"] if g["seconds"] > 0.5]
+    assert len(gaps) == 1 and gaps[0]["cause"] == "edge_unavailable", found
+    assert gaps[0]["reason"] == "card_empty" and job["reason"] == "card_empty" and job["detail"]
+    # The card's hole, give or take a group of pictures.
+    assert abs(gaps[0]["seconds"] - 3.0) < 1.2 and abs(parse_iso(gaps[0]["start"]) - pulled) < 1.0, gaps
+    assert len(found["spans"]) == 2
+    assert job["segments"] >= 2 and job["retrieved_seconds"] > 3
+    no_overlaps(rows(daemon.storage, "cell"))
+    # The camera without Profile G: no job, nothing asked of it but the device service; its gap says offline.
+    assert daemon.camera("yard")["backfill"] == []
+    assert "FindRecordings" not in plain.requests and "GetReplayUri" not in plain.requests
+    yard = search(daemon, "yard", cut_at + 1, back - 1)
+    assert [g["cause"] for g in yard["gaps"]] == ["offline"], yard["gaps"]
+    status, metrics = daemon.get("/metrics")
+    text = metrics.decode()
+    assert re.search(r'^nvr_backfill_jobs\{camera="cell",state="done"\} 1\.0$', text, re.M), text[-2000:]
+    assert float(re.search(r'^nvr_backfill_retrieved_seconds_total\{camera="cell"\} (\S+)$', text, re.M)
+                 .group(1)) > 3  # type: ignore[union-attr]
+    assert daemon.stop() == 0
+
+
+def one_span_over(daemon: Any, camera: str, start: float, end: float) -> dict[str, Any]:
+    wait_until(lambda: time.time() > end + 3 and not search(daemon, camera, start, end)["gaps"], 60,
+               "the backfilled range never joined the live spans")
+    found = search(daemon, camera, start, end)
+    assert len(found["spans"]) == 1, found
+    return found
+
+
+@pytest.mark.extended
+def test_a_60_s_network_cut_ends_after_backfill_with_one_continuous_span(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("cell", fps=15, gop=5)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True)
+    daemon = daemon_factory([entry("cell", onvif)], env={"ONVIF_PASS": PASSWORD}, storage={"segment_seconds": 4},
+                            backfill=BACKFILL)
+    wait_until(lambda: (daemon.camera("cell").get("onvif") or {}).get("edge_storage"), 30, "no edge storage seen")
+    assert onvif.replay is not None
+    onvif.replay.speed_limit = 10.0  # a minute of footage takes six seconds to come off this card
+    cut_at, back = cut_for(onvif, daemon, "cell", 60)
+    # While it is being retrieved, the timeline says so.
+    wait_until(lambda: {g["cause"] for g in search(daemon, "cell", cut_at + 5, back - 5)["gaps"]} == {"edge_pending"},
+               20, "the gap never showed as recorded on camera, not yet retrieved")
+    one_span_over(daemon, "cell", cut_at - 5, back + 3)
+    segments = rows(daemon.storage, "cell")
+    no_overlaps(segments)
+    got = backfilled(segments)
+    assert sum(s.duration for s in got) > 55
+    assert daemon.stop() == 0
+    assert nvr("verify-storage", "-c", str(daemon.config_path), "--camera", "cell").returncode == 0
+
+
+@pytest.mark.extended
+def test_a_backfill_interrupted_by_a_restart_and_a_replay_cut_half_way_resumes_and_fills_the_gap_once(
+        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    rtsp = cameras("cell", fps=15, gop=5)
+    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True)
+    assert onvif.replay is not None
+    onvif.replay.speed_limit = 1.0  # this camera reads its card no faster than real time
+    daemon = daemon_factory([entry("cell", onvif)], env={"ONVIF_PASS": PASSWORD}, storage={"segment_seconds": 2},
+                            backfill=BACKFILL)
+    wait_until(lambda: (daemon.camera("cell").get("onvif") or {}).get("edge_storage"), 30, "no edge storage seen")
+    cut_at, back = cut_for(onvif, daemon, "cell", 20)
+    wait_until(lambda: backfilled(rows(daemon.storage, "cell")), 30, "the backfill never started")
+    assert daemon.stop() == 0  # mid-backfill: what was retrieved is kept, the job waits for the next start
+    kept = backfilled(rows(daemon.storage, "cell"))
+    assert kept and sum(s.duration for s in kept) < 18
+    onvif.replay.speed_limit = None
+    onvif.replay.stop_after_frames = 30  # the next replay breaks off after two seconds of footage
+    daemon.start()
+    daemon.wait_state("cell", "online", timeout=30)
+
+    def retried() -> list[dict[str, Any]] | None:
+        jobs = daemon.camera("cell")["backfill"]
+        return jobs if jobs and jobs[-1]["attempts"] >= 2 else None
+
+    jobs = wait_until(retried, 60, "the interrupted job was not tried again")
+    assert "closed the replay" in (jobs[-1]["detail"] or "") or jobs[-1]["state"] != "done"
+    onvif.replay.stop_after_frames = None
+    one_span_over(daemon, "cell", cut_at - 3, back + 2)
+    segments = rows(daemon.storage, "cell")
+    no_overlaps(segments)
+    assert {s.path for s in kept} <= {s.path for s in segments}  # nothing retrieved before was replaced
+    assert len({round(s.start, 3) for s in segments}) == len(segments)
+    assert daemon.stop() == 0
+    assert nvr("verify-storage", "-c", str(daemon.config_path), "--camera", "cell").returncode == 0
+
+
 # -- the simulated camera's replay server and the replay client ---------------------------------------
 
 
@@ -157,13 +279,16 @@ def replay(uri: str, start: float, end: float, password: str = PASSWORD, **kwarg
     return got, client, failure
 
 
-@pytest.fixture
-def card_camera(cameras, onvif_cameras) -> OnvifCamera:  # type: ignore[no-untyped-def]
-    rtsp = cameras("cardcam", fps=15, gop=15)
-    onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True)
-    assert onvif.card is not None and onvif.card.recorded.wait(20)
-    wait_until(lambda: (s := onvif.card.span()) is not None and s[1] - s[0] > 6, 20, "the card recorded nothing")
-    return onvif  # type: ignore[no-any-return]
+@pytest.fixture(scope="module")
+def card_camera() -> Iterator[OnvifCamera]:
+    """One camera with a card holding some seconds of footage, shared by the replay tests (they only read it)."""
+    from sim.client import SimCamera
+
+    with SimCamera("cardcam", fps=15, gop=15) as rtsp, OnvifCamera(
+            rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True) as onvif:
+        assert onvif.card is not None and onvif.card.recorded.wait(20)
+        wait_until(lambda: (s := onvif.card.span()) is not None and s[1] - s[0] > 6, 20, "the card recorded nothing")
+        yield onvif
 
 
 def test_the_replay_server_serves_a_plain_rtsp_client_and_an_onvif_replay_of_exactly_a_clock_range(
