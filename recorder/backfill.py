@@ -43,6 +43,7 @@ import asyncio
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -342,6 +343,17 @@ class BackfillWriter:
             self._template = None
 
 
+def _on_device(uri: str, device_url: str) -> str:
+    """The replay URI on the device's own host: cameras behind NAT name an address we cannot reach, and the
+    camera's credentials go to the camera only (as onvif-zeep-async does for service addresses)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = urllib.parse.urlsplit(device_url).hostname or ""
+    if parts.hostname == host or not host:
+        return uri
+    netloc = f"[{host}]" if ":" in host else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
+
+
 def _add_unless_overlapping(index: SegmentIndex, segment: NewSegment) -> SegmentRecord | None:
     """On the index thread: the row, unless a segment of the camera already covers part of its time."""
     clash = index.segments(segment.camera, segment.start, segment.end)
@@ -391,13 +403,17 @@ class Backfill:
         self._stopping = False
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="backfill")
+        # Per camera, the end of the newest segment already looked at: each scan reads only what is new.
+        self._scanned: dict[str, float] = {}
         # The live recorders' in-progress segments; a hole is only queued once both sides are indexed.
         self.now: Callable[[], float] = time.time
 
     # -- what the timeline reads (on the loop, from memory) -------------------------------
 
     def causes(self, camera: str, start: float, end: float) -> list[Cause]:
-        found = []
+        found: list[Cause] = []
+        if camera not in self.cameras:  # no longer backfilled: its old jobs explain nothing now
+            return found
         for job in self._snapshot.jobs:
             if job.camera != camera or job.end <= start or job.start >= end:
                 continue
@@ -456,7 +472,8 @@ class Backfill:
         for camera in self.cameras.values():
             if not self._edge(camera):
                 continue
-            found = await self.index.call(self._new_holes, camera.id, since, now)
+            found = await self.index.call(self._new_holes, camera.id, max(since, self._scanned.get(camera.id, since)),
+                                          now)
             for lo, hi in found:
                 job = await self.index.call(self.jobs.add, camera.id, lo, hi)
                 log.info("[%s] gap %s s queued for backfill from the camera's card (job %d)", camera.id,
@@ -468,7 +485,10 @@ class Backfill:
     def _new_holes(self, camera: str, since: float, now: float) -> list[tuple[float, float]]:
         """On the index thread: holes not covered by a job nor made by retention."""
         segments = self.index.segments(camera, since, now)
-        taken = [(j.start, j.end) for j in self.jobs.all(camera)] + self.jobs.deleted_ranges(camera, since)
+        if segments:  # the newest segment is read again next time: a hole after it needs its end
+            self._scanned[camera] = max(s.end for s in segments) - 0.001
+        taken = [(j.start, j.end) for j in self.jobs.all(camera) if j.end > since]
+        taken += self.jobs.deleted_ranges(camera, since)
         return [(lo, hi) for lo, hi in holes(segments, since, now, self.settings.min_gap_seconds)
                 if not any(s < hi and e > lo for s, e in taken)]
 
@@ -511,7 +531,8 @@ class Backfill:
                 for recording in found.recordings:
                     if recording.end < lo + offset or recording.start > hi + offset:
                         continue
-                    job = await self._replay(job, camera, recording.replay_uri, recording.token, (lo, hi), offset)
+                    uri = _on_device(recording.replay_uri, camera.onvif.url)
+                    job = await self._replay(job, camera, uri, recording.token, (lo, hi), offset)
             await self._finish(job, DONE)
         except _Stopped as stopped:  # the daemon stops: what was written is kept, the rest resumes at start
             await self._save(replace(stopped.job, state=PENDING, attempts=stopped.job.attempts - 1,

@@ -210,8 +210,8 @@ class ReplayClient:
                 continue
             return await self._answer(first)
 
-    async def _answer(self, first: bytes) -> tuple[int, dict[str, str], bytes]:
-        head = bytearray(first + await self._read(6))
+    async def _answer(self, first: bytes, more: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        head = bytearray(first + more + await self._read(7 - len(first + more)))
         if head != b"RTSP/1.":  # neither an interleaved frame nor an RTSP message: nothing to read on from
             raise ReplayError(ReplayReason.BAD_ANSWER, "the replay server sent something that is not RTSP")
         while not head.endswith(b"\r\n\r\n"):
@@ -271,6 +271,26 @@ class ReplayClient:
         except OSError as exc:
             raise ReplayError(ReplayReason.STOPPED, f"the replay connection failed: {exc.strerror or exc}") from None
 
+    async def _frame(self) -> tuple[int, bytes | None]:
+        """One interleaved frame (channel, payload), or (-1, None) after an RTSP message; one bound for both
+        reads (a timer per read would cost more than the parsing at the speeds a card replays)."""
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(self.timeout):
+                header = await self._reader.readexactly(4)
+                if header[0] != 0x24:  # not '$'
+                    if header != b"RTSP":
+                        raise ReplayError(ReplayReason.BAD_ANSWER, "the replay server sent something that is not RTSP")
+                    await self._answer(header[:1], header[1:])
+                    return -1, None
+                return header[1], await self._reader.readexactly(int.from_bytes(header[2:4], "big"))
+        except TimeoutError:
+            raise ReplayError(ReplayReason.TIMEOUT, f"nothing from the camera for {self.timeout:.0f} s") from None
+        except asyncio.IncompleteReadError:
+            raise ReplayError(ReplayReason.STOPPED, "the camera closed the replay connection") from None
+        except OSError as exc:
+            raise ReplayError(ReplayReason.STOPPED, f"the replay connection failed: {exc.strerror or exc}") from None
+
     async def _read_line(self) -> bytes:
         assert self._reader is not None
         try:
@@ -289,15 +309,12 @@ class ReplayClient:
         junk_in_a_row = 0
         started = time.monotonic()
         while True:
-            first = await self._read(1)
-            if first != b"$":
-                await self._answer(first)  # an RTSP message in the stream (an answer to a keep-alive)
-                continue
-            header = await self._read(3)
-            payload = await self._read(struct.unpack(">H", header[1:])[0])
+            channel, payload = await self._frame()
+            if payload is None:
+                continue  # an RTSP message in the stream (an answer to a keep-alive)
             self.stats.bytes += 4 + len(payload)
             await self._pace(started)
-            packet = _rtp(payload, self._payload_type) if header[0] == self._channel else None
+            packet = _rtp(payload, self._payload_type) if channel == self._channel else None
             if packet is None:
                 self.stats.junk += 1
                 junk_in_a_row += 1
