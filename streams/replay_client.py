@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import re
@@ -259,49 +260,41 @@ class ReplayClient:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def _read(self, size: int) -> bytes:
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[asyncio.StreamReader]:
+        """The reader, for reads that must end within ``timeout``; every way they fail as a ReplayError."""
         assert self._reader is not None
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._reader.readexactly(size)
-        except TimeoutError:
-            raise ReplayError(ReplayReason.TIMEOUT, f"nothing from the camera for {self.timeout:.0f} s") from None
-        except asyncio.IncompleteReadError:
-            raise ReplayError(ReplayReason.STOPPED, "the camera closed the replay connection") from None
-        except OSError as exc:
-            raise ReplayError(ReplayReason.STOPPED, f"the replay connection failed: {exc.strerror or exc}") from None
-
-    async def _frame(self) -> tuple[int, bytes | None]:
-        """One interleaved frame (channel, payload), or (-1, None) after an RTSP message; one bound for both
-        reads (a timer per read would cost more than the parsing at the speeds a card replays)."""
-        assert self._reader is not None
-        try:
-            async with asyncio.timeout(self.timeout):
-                header = await self._reader.readexactly(4)
-                if header[0] != 0x24:  # not '$'
-                    if header != b"RTSP":
-                        raise ReplayError(ReplayReason.BAD_ANSWER, "the replay server sent something that is not RTSP")
-                    await self._answer(header[:1], header[1:])
-                    return -1, None
-                return header[1], await self._reader.readexactly(int.from_bytes(header[2:4], "big"))
-        except TimeoutError:
-            raise ReplayError(ReplayReason.TIMEOUT, f"nothing from the camera for {self.timeout:.0f} s") from None
-        except asyncio.IncompleteReadError:
-            raise ReplayError(ReplayReason.STOPPED, "the camera closed the replay connection") from None
-        except OSError as exc:
-            raise ReplayError(ReplayReason.STOPPED, f"the replay connection failed: {exc.strerror or exc}") from None
-
-    async def _read_line(self) -> bytes:
-        assert self._reader is not None
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self._reader.readuntil(b"\n")
+                yield self._reader
         except TimeoutError:
             raise ReplayError(ReplayReason.TIMEOUT, f"nothing from the camera for {self.timeout:.0f} s") from None
         except asyncio.LimitOverrunError:
             raise ReplayError(ReplayReason.BAD_ANSWER, "an RTSP header line is too long") from None
-        except (asyncio.IncompleteReadError, OSError):
+        except asyncio.IncompleteReadError:
             raise ReplayError(ReplayReason.STOPPED, "the camera closed the replay connection") from None
+        except OSError as exc:
+            raise ReplayError(ReplayReason.STOPPED, f"the replay connection failed: {exc.strerror or exc}") from None
+
+    async def _read(self, size: int) -> bytes:
+        async with self._bounded() as reader:
+            return await reader.readexactly(size)
+
+    async def _read_line(self) -> bytes:
+        async with self._bounded() as reader:
+            return await reader.readuntil(b"\n")
+
+    async def _frame(self) -> tuple[int, bytes | None]:
+        """One interleaved frame (channel, payload), or (-1, None) after an RTSP message; one bound for both
+        reads (a timer per read would cost more than the parsing at the speeds a card replays)."""
+        async with self._bounded() as reader:
+            header = await reader.readexactly(4)
+            if header[0] != 0x24:  # not '$'
+                if header != b"RTSP":
+                    raise ReplayError(ReplayReason.BAD_ANSWER, "the replay server sent something that is not RTSP")
+                await self._answer(header[:1], header[1:])
+                return -1, None
+            return header[1], await reader.readexactly(int.from_bytes(header[2:4], "big"))
 
     async def _units(self, end: float) -> AsyncIterator[AccessUnit]:
         building: _Building | None = None
