@@ -33,6 +33,7 @@ from streams.edge_storage import EdgeError, EdgeReason, EdgeStorage
 from streams.replay_client import AccessUnit, ReplayClient, ReplayError, ReplayReason
 from tests.conftest import REPO, wait_until
 from tests.media import encode_h264
+from tests.test_evidence import resign, station_private
 from tests.test_onvif import PASSWORD
 from tests.test_recording import decodes_cleanly, probe, rows
 
@@ -122,6 +123,21 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
     assert made.returncode == 0, made.stderr
     checked = nvr("verify", str(out), "--fingerprint", key["fingerprint"])
     assert checked.returncode == 0 and "OK" in checked.stdout, checked.stdout
+    # An insider with the station's key drops a segment of the range, or passes it off as a row outside it.
+    for disguise in (False, True):
+        def drop(manifest: dict[str, Any], disguise: bool = disguise) -> None:
+            camera = manifest["cameras"][0]
+            by_id = sorted(camera["segments"], key=lambda e: e["index_id"])
+            victim = by_id[len(by_id) // 2]
+            camera["segments"].remove(victim)
+            manifest["files"] = [f for f in manifest["files"] if f["path"] != victim["file"]]
+            if disguise:
+                camera.setdefault("chain_links", []).append({k: victim[k] for k in (
+                    "index_id", "start_epoch", "end_epoch", "prev_chain", "chain_hash")})
+
+        forged = resign(out, tmp_path / f"forged{disguise}.zip", station_private(daemon), edit_manifest=drop)
+        refused = nvr("verify", str(forged), "--fingerprint", key["fingerprint"])
+        assert refused.returncode == 1 and "in the station's chain" in refused.stdout, refused.stdout
     assert daemon.stop() == 0
     assert nvr("verify-storage", "-c", str(daemon.config_path), "--camera", "cell").returncode == 0
     victim = daemon.storage / got[0].path
@@ -502,3 +518,25 @@ def test_card_footage_overlapping_what_was_recorded_is_dropped_and_counted_and_s
     again = BackfillWriter("cell", root, Storage(path=root, segment_seconds=2), index, (base + 3.2, base + 7.5), {})
     again.feed([(base + n / 15, AccessUnit(base + n / 15, data, key)) for n, (data, key) in enumerate(units)])
     assert again.finish().segments == 0 and len(index.all_segments("cell")) == len(rows_now)
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ("backfill: {max_age_seconds: 10}", "backfill.max_age_seconds: Input should be greater than or equal to 60"),
+    ("backfill: {max_bitrate_kbps: 0}", "backfill.max_bitrate_kbps: Input should be greater than or equal to 64"),
+    ("backfill: {attempts: 0}", "backfill.attempts: Input should be greater than or equal to 1"),
+    ("backfill: {speed: 3}", "backfill.speed: unknown key"),
+])
+def test_the_backfill_settings_are_checked_and_each_problem_names_its_key(section: str, expected: str) -> None:
+    from nvr.base import config as configmod
+
+    document = ("station: {id: s, name: S}\n" + section + "\ncameras:\n- {id: c, name: C, url: rtsp://10.0.0.5/x,"
+                " onvif: {url: http://10.0.0.5/onvif/device_service, backfill: false}}\n")
+    with pytest.raises(configmod.ConfigError) as err:
+        configmod.parse(document, source="c.yaml", environ={})
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    good = configmod.parse(document.replace(section, "backfill: {max_age_seconds: 3600}"), environ={})
+    assert good.backfill.max_age_seconds == 3600 and good.cameras[0].onvif is not None
+    assert good.cameras[0].onvif.backfill is False
