@@ -485,6 +485,9 @@ class Backfill:
     def _new_holes(self, camera: str, since: float, now: float) -> list[tuple[float, float]]:
         """On the index thread: holes not covered by a job nor made by retention."""
         segments = self.index.segments(camera, since, now)
+        before = self.index.last_before(camera, since)  # a hole begun before ``since`` still counts inside it
+        if before is not None:
+            segments.insert(0, before)
         if segments:  # the newest segment is read again next time: a hole after it needs its end
             self._scanned[camera] = max(s.end for s in segments) - 0.001
         taken = [(j.start, j.end) for j in self.jobs.all(camera) if j.end > since]

@@ -192,7 +192,8 @@ class OnvifCamera:
         publisher.publishService(
             types=[QName("http://www.onvif.org/ver10/network/wsdl", "NetworkVideoTransmitter", "dn")],
             scopes=[Scope(f"onvif://www.onvif.org/{part}") for part in (
-                "type/video_encoder", "Profile/Streaming", f"name/{self.manufacturer.replace(' ', '_')}",
+                "type/video_encoder", "Profile/Streaming", *(["Profile/G"] if self.edge_storage else []),
+                f"name/{self.manufacturer.replace(' ', '_')}",
                 f"hardware/{self.model.replace(' ', '_')}", "location/station")],
             xAddrs=[self.device_url])
         self._publisher = publisher
