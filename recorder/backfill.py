@@ -65,7 +65,7 @@ from streams.bitstream import parameter_sets
 from streams.edge_storage import EdgeError, EdgeStorage
 from streams.media import TrackInfo, TrackKind
 from streams.onvif import OnvifLink
-from streams.replay_client import AccessUnit, ReplayClient, ReplayError
+from streams.replay_client import AccessUnit, ReplayClient, ReplayError, ReplayReason
 
 log = logging.getLogger(__name__)
 
@@ -568,19 +568,27 @@ class Backfill:
         batch: list[tuple[float, AccessUnit]] = []
         failure: ReplayError | None = None
         started = time.monotonic()
+        # However the camera behaves (replaying slowly, or on and on without reaching the range's end), one
+        # replay ends within twice its footage's length, and never sooner than a few read timeouts.
+        deadline = max(4 * self.settings.timeout_seconds, 2 * (hole[1] - hole[0]) + self.settings.timeout_seconds)
         try:
             try:
-                async for unit in client.replay(hole[0] + offset, hole[1] + offset):
-                    if not writer.extradata:
-                        writer.extradata = client.extradata
-                    batch.append((unit.at - offset, unit))
-                    if len(batch) >= _BATCH:
-                        await loop.run_in_executor(self._thread, writer.feed, batch)
-                        batch = []
-                    if self._stopping:
-                        break
+                async with asyncio.timeout(deadline):
+                    async for unit in client.replay(hole[0] + offset, hole[1] + offset):
+                        if not writer.extradata:
+                            writer.extradata = client.extradata
+                        batch.append((unit.at - offset, unit))
+                        if len(batch) >= _BATCH:
+                            handed, batch = batch, []
+                            await loop.run_in_executor(self._thread, writer.feed, handed)
+                        if self._stopping:
+                            break
             except ReplayError as exc:
                 failure = exc  # what came before is kept
+            except TimeoutError:
+                await client.close()
+                failure = ReplayError(ReplayReason.TIMEOUT, f"the replay of {hole[1] - hole[0]:.0f} s of footage "
+                                      f"took over {deadline:.0f} s")
             if batch:
                 await loop.run_in_executor(self._thread, writer.feed, batch)
             stats = await loop.run_in_executor(self._thread, writer.finish)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from nvr.base.config import Onvif, Storage
+from nvr.base.config import Backoff, Onvif, Storage
 from nvr.base.timeutil import iso, parse_iso
 from recorder.backfill import BackfillWriter
 from recorder.index import NewSegment, SegmentIndex, SegmentRecord, decode_meta
@@ -382,6 +382,40 @@ def test_junk_among_the_rtp_a_replay_cut_half_way_and_wrong_credentials_are_each
     got, _, failure = replay(uri, first, first + 4, password="wrong")
     assert failure is not None and failure.reason is ReplayReason.AUTH_FAILED and not got
     assert "wrong" not in failure.message
+
+
+def test_a_camera_that_replays_too_slowly_is_given_up_on_in_bounded_time_keeping_what_came(
+        card_camera: OnvifCamera, store: tuple[Path, SegmentIndex]) -> None:
+    from nvr.base.config import Backfill as BackfillSettings
+    from recorder.backfill import Backfill, BackfillCamera, BackfillJobs
+    from streams.onvif import OnvifLink
+
+    root, index = store
+    assert card_camera.card is not None and card_camera.replay is not None
+    first, _ = card_camera.card.span()  # type: ignore[misc]
+    onvif = Onvif(url=card_camera.url_with("admin", urllib.parse.quote(PASSWORD, safe="")))
+    camera = BackfillCamera("cell", onvif, OnvifLink("cell", onvif, Backoff()))
+    backfill = Backfill(root, Storage(path=root, segment_seconds=2), BackfillSettings(timeout_seconds=1), 2.0, index,
+                        [camera])
+    jobs = BackfillJobs(index)
+    jobs.ensure_schema()
+    hole = (first + 1.0, first + 3.0)
+    job = jobs.add("cell", *hole)
+    card_camera.replay.speed_limit = 0.25  # two seconds of footage would take eight
+    began = time.monotonic()
+    try:
+        outcome = asyncio.run(backfill._replay(job, camera, card_camera.replay.base_url + card_camera.recording_token,
+                                               card_camera.recording_token, hole, 0.0))
+    except ReplayError as exc:
+        outcome = exc
+    finally:
+        card_camera.replay.speed_limit = None
+    took = time.monotonic() - began
+    assert isinstance(outcome, ReplayError) and outcome.reason is ReplayReason.TIMEOUT, outcome
+    assert 4.5 < took < 8, took  # the deadline: twice the footage plus a read timeout, at least four timeouts
+    kept = index.all_segments("cell")
+    assert kept and all(hole[0] <= s.start and s.end <= hole[1] for s in kept)  # what came in time is kept
+    assert jobs.all("cell")[0].segments == len(kept)
 
 
 class _Hostile:
