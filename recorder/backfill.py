@@ -362,6 +362,20 @@ def _add_unless_overlapping(index: SegmentIndex, segment: NewSegment) -> Segment
     return index.add_segment(segment)
 
 
+def job_causes(jobs: Sequence[Job], camera: str, start: float, end: float) -> list[Cause]:
+    """The timeline's causes from backfill jobs: ``edge_pending`` while one is to come, then ``edge_unavailable``
+    with the reason for what is still missing (the retrieved parts are footage, not gaps)."""
+    found: list[Cause] = []
+    for job in jobs:
+        if job.camera != camera or job.end <= start or job.start >= end:
+            continue
+        if job.state in (PENDING, ACTIVE):
+            found.append(Cause(job.start, job.end, 0, EDGE_PENDING))  # "recorded on camera, not yet retrieved"
+        else:
+            found.append(Cause(job.start, job.end, 0, EDGE_UNAVAILABLE, job.reason or CARD_EMPTY))
+    return found
+
+
 class _Stopped(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__("stopping")
@@ -405,23 +419,14 @@ class Backfill:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="backfill")
         # Per camera, the end of the newest segment already looked at: each scan reads only what is new.
         self._scanned: dict[str, float] = {}
-        # The live recorders' in-progress segments; a hole is only queued once both sides are indexed.
-        self.now: Callable[[], float] = time.time
+        self.now: Callable[[], float] = time.time  # the station's clock (tests may move it)
 
     # -- what the timeline reads (on the loop, from memory) -------------------------------
 
     def causes(self, camera: str, start: float, end: float) -> list[Cause]:
-        found: list[Cause] = []
         if camera not in self.cameras:  # no longer backfilled: its old jobs explain nothing now
-            return found
-        for job in self._snapshot.jobs:
-            if job.camera != camera or job.end <= start or job.start >= end:
-                continue
-            if job.state in (PENDING, ACTIVE):
-                found.append(Cause(job.start, job.end, 0, EDGE_PENDING))  # "recorded on camera, not yet retrieved"
-            else:
-                found.append(Cause(job.start, job.end, 0, EDGE_UNAVAILABLE, job.reason or CARD_EMPTY))
-        return found
+            return []
+        return job_causes(self._snapshot.jobs, camera, start, end)
 
     def list_jobs(self, camera: str | None = None) -> list[Job]:
         return [j for j in self._snapshot.jobs if camera is None or j.camera == camera]

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
 
 
 def test_what_the_card_did_not_have_stays_a_gap_edge_unavailable_and_a_camera_without_profile_g_is_left_alone(
-        cameras, onvif_cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+        cameras, onvif_cameras, daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rtsp = cameras("cell", fps=15, gop=5)
     # Its clock is 90 s fast: the card's times are moved by the measured offset.
     onvif = onvif_cameras(rtsp_url=rtsp.url, user="admin", password=PASSWORD, edge_storage=True, clock_offset=90)
@@ -223,6 +224,15 @@ def test_what_the_card_did_not_have_stays_a_gap_edge_unavailable_and_a_camera_wi
     assert float(re.search(r'^nvr_backfill_retrieved_seconds_total\{camera="cell"\} (\S+)$', text, re.M)
                  .group(1)) > 3  # type: ignore[union-attr]
     assert daemon.stop() == 0
+    # An export from the command line (daemon stopped) names the same gap, with the same cause.
+    out = tmp_path / "cli.zip"
+    made = nvr("export", "-c", str(daemon.config_path), "--camera", "cell", "--start", iso(cut_at - 3),
+               "--end", iso(back + 3), "--reason", "complaint 18", "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    with zipfile.ZipFile(out) as package:
+        manifest = json.loads(package.read("manifest.json"))
+    exported = [g for g in manifest["cameras"][0]["gaps"] if g["cause"] == "edge_unavailable"]
+    assert [g["reason"] for g in exported if parse_iso(g["end"]) - parse_iso(g["start"]) > 1.0] == ["card_empty"]
 
 
 def one_span_over(daemon: Any, camera: str, start: float, end: float) -> dict[str, Any]:
