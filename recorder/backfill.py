@@ -416,7 +416,7 @@ class Backfill:
         self._snapshot = _Snapshot()
         self._stopping = False
         self._wake = asyncio.Event()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="backfill")
+        self._thread: ThreadPoolExecutor | None = None  # made by run(), ended when it ends
         # Per camera, the end of the newest segment already looked at: each scan reads only what is new.
         self._scanned: dict[str, float] = {}
         self.now: Callable[[], float] = time.time  # the station's clock (tests may move it)
@@ -437,32 +437,33 @@ class Backfill:
         self._stopping = True
         self._wake.set()
 
-    def kick(self) -> None:
-        self._wake.set()
-
     async def run(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="backfill")
+        try:
+            await self._run()
+        finally:
+            self._thread.shutdown(wait=False)
+
+    async def _run(self) -> None:
         await self.index.call(self.jobs.ensure_schema)
         resumed = await self.index.call(self.jobs.resume)
         if resumed:
             log.info("resuming %d backfill job(s) interrupted by the last stop", resumed)
         await self._refresh()
-        try:
-            while not self._stopping:
-                try:
-                    await self._scan()
-                    job = self._next_job()
-                    if job is not None:
-                        await self._retrieve(job)
-                        continue
-                except Exception:  # noqa: BLE001 - backfill must never end; live recording does not depend on it
-                    log.error("backfill round failed", exc_info=True)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.scan_seconds)
-                except TimeoutError:
-                    pass
-        finally:
-            self._thread.shutdown(wait=False)
+        while not self._stopping:
+            try:
+                await self._scan()
+                job = self._next_job()
+                if job is not None:
+                    await self._retrieve(job)
+                    continue
+            except Exception:  # noqa: BLE001 - backfill must never end; live recording does not depend on it
+                log.error("backfill round failed", exc_info=True)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.scan_seconds)
+            except TimeoutError:
+                pass
 
     async def _refresh(self) -> None:
         self._snapshot = _Snapshot(await self.index.call(self.jobs.all))
