@@ -601,3 +601,27 @@ def test_the_backfill_settings_are_checked_and_each_problem_names_its_key(sectio
     good = configmod.parse(document.replace(section, "backfill: {max_age_seconds: 3600}"), environ={})
     assert good.backfill.max_age_seconds == 3600 and good.cameras[0].onvif is not None
     assert good.cameras[0].onvif.backfill is False
+
+
+def test_the_simulated_card_is_bounded_oldest_out_by_whole_groups_of_pictures_and_has_holes() -> None:
+    from sim.sd_card import SdCard
+
+    card = SdCard("rtsp://127.0.0.1:9/unused", time.time, max_seconds=10.0, max_bytes=1 << 20)  # never started
+    for n in range(300):  # 20 s at 15 fps, a keyframe a second
+        card._keep(1000.0 + n / 15, bytes(100), n % 15 == 0)
+    first, last = card.span()  # type: ignore[misc]
+    assert last == pytest.approx(1000.0 + 299 / 15) and 9.0 <= last - first <= 10.0
+    assert card.frames(0.0)[0].keyframe  # the card always begins at a keyframe
+    card.fail()
+    for n in range(300, 330):
+        card._keep(1000.0 + n / 15, bytes(100), n % 15 == 0)  # the card is out: nothing kept
+    card.restore()
+    for n in range(330, 360):
+        card._keep(1000.0 + n / 15, bytes(100), n % 15 == 0)
+    runs = card.runs()
+    assert len(runs) == 2 and runs[1][0] == pytest.approx(1000.0 + 330 / 15)  # a hole of two seconds
+    assert card.frames(1000.0 + 331 / 15)[0].at == pytest.approx(1000.0 + 330 / 15)  # from the keyframe before
+    small = SdCard("rtsp://127.0.0.1:9/unused", time.time, max_seconds=3600.0, max_bytes=50_000)
+    for n in range(300):
+        small._keep(1000.0 + n / 15, bytes(1000), n % 15 == 0)
+    assert sum(len(f.data) for f in small.frames(0.0)) <= 50_000 and small.frames(0.0)[0].keyframe
