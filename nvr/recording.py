@@ -31,7 +31,7 @@ from nvr.identity.audit import AuditLog
 from nvr.supervisor import Phase, Supervisor
 from recorder import checkpoint as checkpoints
 from recorder.archive import Archiver, archived_and_verified
-from recorder.backfill import Backfill, BackfillCamera
+from recorder.backfill import Backfill, BackfillCamera, Job
 from recorder.bodycam import BodycamIngest
 from recorder.bodycam_inbox import BodycamInboxWatcher, Quarantined
 from recorder.export import package_identity
@@ -190,6 +190,7 @@ class RecordingService:
             return
         self.backfill = Backfill(self.root, self.config.storage, self.config.backfill,
                                  self.config.health.clock_tolerance_seconds, index, edge)
+        self.backfill.on_finished = self._audit_backfill
         self.supervisor.spawn("backfill", self.backfill.run, Phase.FINISH)
 
     async def _start_bodycams(self, index: SegmentIndex) -> None:
@@ -289,6 +290,13 @@ class RecordingService:
         )
 
     # -- audit and checkpoints ------------------------------------------------------------
+
+    def _audit_backfill(self, job: Job) -> None:
+        # Footage that joins the evidence later than it was recorded: who (the system), what, from where.
+        self.audit.record("backfill.finished", actor="system", camera=job.camera, job=job.id, start=iso(job.start),
+                          end=iso(job.end), state=job.state, segments=job.segments,
+                          retrieved_seconds=round(job.retrieved_seconds, 3), overlap_dropped=job.overlap_dropped,
+                          reason=job.reason, detail=job.detail)
 
     def _audit_deletion(self, record: SegmentRecord, reason: str) -> None:
         # Called on retention's thread; record() only queues.

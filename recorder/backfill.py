@@ -420,6 +420,8 @@ class Backfill:
         # Per camera, the end of the newest segment already looked at: each scan reads only what is new.
         self._scanned: dict[str, float] = {}
         self.now: Callable[[], float] = time.time  # the station's clock (tests may move it)
+        # Called (on the loop) with each job that ends, done or given up: the station's audit trail records it.
+        self.on_finished: Callable[[Job], None] | None = None
 
     # -- what the timeline reads (on the loop, from memory) -------------------------------
 
@@ -627,7 +629,9 @@ class Backfill:
         if not remaining:
             reason = detail = None
         detail = detail or _DETAILS.get(reason or "")
-        await self._save(replace(job, state=state, reason=reason, detail=detail, finished_at=time.time()))
+        job = await self._save(replace(job, state=state, reason=reason, detail=detail, finished_at=time.time()))
+        if self.on_finished is not None:
+            self.on_finished(job)
         log.info("[%s] backfill job %d %s%s", job.camera, job.id, state,
                  f": {len(remaining)} hole(s) left: {detail}" if remaining else ", gap filled")
 

@@ -128,6 +128,12 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
     no_overlaps(corridor)
     assert sum(s.duration for s in corridor if s.end > cut_at and s.start < back) >= (back - cut_at) - 2
 
+    # The audit trail says that footage joined the record later, from where, and how much.
+    status, audit = daemon.get("/api/audit?" + urllib.parse.urlencode({"action": "backfill.finished"}))
+    assert status == 200, audit
+    logged = next(e for e in audit["entries"] if e["camera"] == "cell")
+    assert logged["actor"] == "system" and logged["details"]["state"] == "done"
+    assert logged["details"]["segments"] == len(got) and logged["details"]["retrieved_seconds"] > 5
     # Export and verify like any other footage; an insider's edit of a backfilled file is caught.
     _, key = daemon.get("/api/key")
     out = tmp_path / "cut.zip"
