@@ -366,10 +366,17 @@ def _storage_command(args: argparse.Namespace, config: configmod.Config) -> int:
 
         # Segments deleted locally after they were archived come back from the archive.
         archive = ArchiveReader(root, config.archive) if config.archive is not None else None
+        from recorder.backfill import BackfillJobs, job_causes
+
+        # The daemon's alarm history is not read here; what the cameras' cards hold or lack is in the index.
+        jobs_store = BackfillJobs(index)
+        jobs_store.ensure_schema()
+        jobs = jobs_store.all()
         try:
             manifest = build_package(
                 root=root, index=index, key=key, station=station, camera_info=camera_info,
                 request=request, output=Path(args.output), now=time.time(), archive_reader=archive,
+                causes=lambda camera: job_causes(jobs, camera, start, end),
             )
         except ExportError as exc:
             print(f"export failed: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from nvr.health.alarms import CAMERA_ALARMS, STORAGE_ALARMS
 from nvr.health.monitor import HealthMonitor
 from nvr.recording import RecordingService
 from recorder.archive import ArchiveCollector
+from recorder.backfill import BackfillCollector
 from recorder.bodycam import BodycamCollector
 from streams.camera import CameraStreams
 from streams.rtsp_source import SourceState
@@ -189,6 +190,8 @@ class StationCollector(Collector):
             yield from ArchiveCollector(recorded.archiver).collect()
         if recorded.bodycams is not None:
             yield from BodycamCollector(recorded.bodycams).collect()
+        if recorded.backfill is not None:
+            yield from BackfillCollector(recorded.backfill).collect()
 
 
 def _onvif_metrics(health: HealthMonitor) -> Iterator[Metric]:

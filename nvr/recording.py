@@ -31,6 +31,7 @@ from nvr.identity.audit import AuditLog
 from nvr.supervisor import Phase, Supervisor
 from recorder import checkpoint as checkpoints
 from recorder.archive import Archiver, archived_and_verified
+from recorder.backfill import Backfill, BackfillCamera, Job
 from recorder.bodycam import BodycamIngest
 from recorder.bodycam_inbox import BodycamInboxWatcher, Quarantined
 from recorder.export import package_identity
@@ -43,6 +44,7 @@ from recorder.retention import Retention
 from recorder.storage import INDEX_FILE, StorageError, check_storage
 from recorder.thumbnails import ThumbnailStore
 from streams.hub import Hub
+from streams.onvif import OnvifLink
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class RecordedCamera:
     record: bool
     hub: Hub
     segment_meta: Callable[[], dict[str, Any]] | None = None  # extras for each segment's index row
+    onvif: OnvifLink | None = None  # the camera's ONVIF link: edge storage to backfill gaps from
 
 
 StorageReady = Callable[[Path], Awaitable[None]]
@@ -91,6 +94,7 @@ class RecordingService:
         self.archiver: Archiver | None = None  # the off-site archive (recorder/archive.py), when configured
         self.bodycams: BodycamIngest | None = None  # body-camera uploads (recorder/bodycam.py), once storage is up
         self.inbox: BodycamInboxWatcher | None = None  # the dock's inbox folder (recorder/bodycam_inbox.py)
+        self.backfill: Backfill | None = None  # gaps filled from cameras' cards (recorder/backfill.py)
         self.alarms = alarms
         self.error: str | None = None
         self._checkpoint_lock = asyncio.Lock()
@@ -173,8 +177,21 @@ class RecordingService:
                                     segment_meta=camera.segment_meta)
                 self.recorders[camera.id] = recorder
                 self.supervisor.spawn(f"recorder:{camera.id}", recorder.run, Phase.FINISH)
+        self._start_backfill(index)
         log.info("recording into %s", self.root)
         return True
+
+    def _start_backfill(self, index: SegmentIndex) -> None:
+        """Edge backfill for the recorded cameras with an ONVIF link that allows it."""
+        edge = [BackfillCamera(c.id, config.onvif, c.onvif) for c in self.cameras
+                if c.record and c.onvif is not None and (config := self.config.camera(c.id)) is not None
+                and config.onvif is not None and config.onvif.backfill]
+        if not edge or not self.config.backfill.enabled:
+            return
+        self.backfill = Backfill(self.root, self.config.storage, self.config.backfill,
+                                 self.config.health.clock_tolerance_seconds, index, edge)
+        self.backfill.on_finished = self._audit_backfill
+        self.supervisor.spawn("backfill", self.backfill.run, Phase.FINISH)
 
     async def _start_bodycams(self, index: SegmentIndex) -> None:
         """Uploads from docks (web/bodycams.py) and, when configured, the inbox folder (recorder/bodycam_inbox.py)."""
@@ -237,6 +254,8 @@ class RecordingService:
             self.archiver.stop()
         if self.inbox is not None:
             self.inbox.stop()
+        if self.backfill is not None:
+            self.backfill.stop()
 
     async def close(self, stop_entry: Awaitable[Any] | None = None) -> None:
         """After the supervisor stopped: the stop checkpoint (witnessing ``stop_entry``), then the databases."""
@@ -271,6 +290,13 @@ class RecordingService:
         )
 
     # -- audit and checkpoints ------------------------------------------------------------
+
+    def _audit_backfill(self, job: Job) -> None:
+        # Footage that joins the evidence later than it was recorded: who (the system), what, from where.
+        self.audit.record("backfill.finished", actor="system", camera=job.camera, job=job.id, start=iso(job.start),
+                          end=iso(job.end), state=job.state, segments=job.segments,
+                          retrieved_seconds=round(job.retrieved_seconds, 3), overlap_dropped=job.overlap_dropped,
+                          reason=job.reason, detail=job.detail)
 
     def _audit_deletion(self, record: SegmentRecord, reason: str) -> None:
         # Called on retention's thread; record() only queues.

@@ -62,8 +62,8 @@ class Station:
                                     self._last_write)
         self.recording = RecordingService(
             config, self.supervisor, self.audit,
-            [RecordedCamera(c.id, c.record, self.cameras[c.id].hub, self.health.segment_meta_of(c.id))
-             for c in config.cameras],
+            [RecordedCamera(c.id, c.record, self.cameras[c.id].hub, self.health.segment_meta_of(c.id),
+                            self.cameras[c.id].onvif) for c in config.cameras],
             on_ready=self.health.storage_ready, alarms=self.health.alarms,
         )
         self.registry: CollectorRegistry = build_registry(self)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,8 @@ FORMAT = "nvr-evidence-export/1"
 # The verifier reads manifest.json whole; this bounds its memory (about 16,000 segments, e.g. 11
 # camera-days of 60 s segments). A larger export is refused, never written unverifiable.
 MAX_MANIFEST_BYTES = 16 << 20
+# Rows between shipped segments named in a package (chain_links): ~250 bytes each, well inside the manifest.
+MAX_CHAIN_LINKS = 20_000
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "public_key.pem"
@@ -201,6 +203,29 @@ def export_ranges(index: SegmentIndex, request: ExportRequest) -> list[tuple[str
     return entries
 
 
+def chain_links(index: SegmentIndex, camera: str, segments: Sequence[SegmentRecord]) -> list[dict[str, Any]]:
+    """The rows of ``camera``'s chain between shipped segments that are not shipped themselves.
+
+    The chain runs in insertion order; footage backfilled from a camera's card (recorder/backfill.py) is
+    inserted after rows of later times, so the shipped segments of a range need not follow each other
+    directly.  The rows in between (outside the range) are named, with their links, so that a verifier
+    can walk the chain across them; one inside the range would have been shipped.
+    """
+    links: list[dict[str, Any]] = []
+    ordered = sorted(segments, key=lambda s: s.id)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b.prev_chain == a.chain_hash:
+            continue
+        rows = index.db.execute(
+            "SELECT id, start, end, prev_chain, chain_hash FROM segments WHERE camera = ? AND id > ? AND id < ?"
+            " ORDER BY id LIMIT ?", (camera, a.id, b.id, MAX_CHAIN_LINKS - len(links))).fetchall()
+        links += [{"index_id": i, "start_epoch": s, "end_epoch": e, "prev_chain": p, "chain_hash": c}
+                  for i, s, e, p, c in rows]
+        if len(links) >= MAX_CHAIN_LINKS:
+            break
+    return links
+
+
 @dataclass(frozen=True, slots=True)
 class PlannedFile:
     arcname: str
@@ -282,6 +307,7 @@ def build_package(
                 "copy": "archive" if seg.id in cached else "local",
                 **({"meta": decode_meta(seg.meta)} if seg.meta != "{}" else {}),
             })
+        links = chain_links(index, camera, segments)
         cameras_out.append({
             "id": camera, **camera_info.get(camera, {}),
             **({"requested": {"start": iso(start), "end": iso(end)}} if request.ranges else {}),
@@ -291,6 +317,7 @@ def build_package(
             "gaps": [{"start": iso(g.start), "end": iso(g.end), "cause": g.cause, "reason": g.reason}
                      for g in result.gaps],
             "segments": entries,
+            **({"chain_links": links} if links else {}),
         })
     total = sum(p.record.bytes for p in plan) or 1
     done = 0

@@ -232,6 +232,13 @@ class SegmentIndex(SqliteWorker):
         ).fetchone()
         return SegmentRecord(*row) if row else None
 
+    def last_before(self, camera: str, at: float) -> SegmentRecord | None:
+        """The segment of ``camera`` that ended last at or before ``at``."""
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM segments WHERE camera = ? AND end <= ? ORDER BY end DESC LIMIT 1", (camera, at)
+        ).fetchone()
+        return SegmentRecord(*row) if row else None
+
     def by_path(self, path: str) -> SegmentRecord | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM segments WHERE path = ?", (path,)).fetchone()
         return SegmentRecord(*row) if row else None

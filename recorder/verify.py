@@ -120,6 +120,16 @@ class _Segment(_Strict):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class _ChainLink(_Strict):
+    """A row of the camera's chain between two shipped segments that is not shipped (outside the range)."""
+
+    index_id: int
+    start_epoch: float
+    end_epoch: float
+    prev_chain: str
+    chain_hash: str
+
+
 class _Camera(_Strict):
     id: str
     name: str | None = None
@@ -131,6 +141,8 @@ class _Camera(_Strict):
     spans: list[_Range]
     gaps: list[_Gap]
     segments: list[_Segment]
+    # Rows inserted between shipped ones (footage backfilled from a camera's card later, issue 17).
+    chain_links: list[_ChainLink] = Field(default_factory=list)
 
 
 class _File(_Strict):
@@ -429,8 +441,13 @@ def _check_files(archive: zipfile.ZipFile, manifest: Manifest, entries: dict[str
 
 
 def _check_chain(camera: _Camera, report: Report) -> None:
+    """Each shipped segment follows the one shipped before it in the camera's chain (insertion order),
+    directly or through rows that lie wholly outside the shipped range (``chain_links``)."""
     previous: _Segment | None = None
-    for seg in camera.segments:
+    links = {link.chain_hash: link for link in camera.chain_links}
+    hull = (min((s.start_epoch for s in camera.segments), default=0.0),
+            max((s.end_epoch for s in camera.segments), default=0.0))
+    for seg in sorted(camera.segments, key=lambda s: s.index_id):
         where = f"camera {camera.id} segment {seg.start}"
         try:
             meta = encode_meta(seg.meta)
@@ -444,10 +461,25 @@ def _check_chain(camera: _Camera, report: Report) -> None:
         )
         if chain_hash(seg.prev_chain, fields) != seg.chain_hash:
             report.fail(f"{where}: chain hash does not match the segment's fields (edited)")
-        if previous is not None and seg.prev_chain != previous.chain_hash:
+        if previous is not None and _through_links(seg, previous, links, hull) != previous.chain_hash:
             report.fail(f"{where}: does not follow segment {previous.start} in the station's chain "
                         "(a segment was removed or inserted)")
         previous = seg
+
+
+def _through_links(seg: _Segment, previous: _Segment, links: dict[str, _ChainLink],
+                   hull: tuple[float, float]) -> str:
+    """The link ``seg`` follows once the rows between it and ``previous`` that are not shipped are walked;
+    a row inside the shipped range is not skipped (it should have been shipped: it was removed)."""
+    link_hash = seg.prev_chain
+    for _ in range(len(links)):
+        link = links.get(link_hash)
+        if link is None or not previous.index_id < link.index_id < seg.index_id:
+            break
+        if link.end_epoch > hull[0] + 1e-6 and link.start_epoch < hull[1] - 1e-6:
+            break
+        link_hash = link.prev_chain
+    return link_hash
 
 
 # -- the storage ------------------------------------------------------------------------------

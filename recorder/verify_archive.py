@@ -35,7 +35,8 @@ def verify_archive(store: ArchiveStore, objects: list[ArchivedObject], now: floa
     now = time.time() if now is None else now
     report = ArchiveReport()
     previous: dict[str, ArchivedObject] = {}
-    for obj in sorted(objects, key=lambda o: (o.camera, o.start)):
+    # In chain (insertion) order: footage backfilled from a camera's card is inserted after later times.
+    for obj in sorted(objects, key=lambda o: (o.camera, o.segment_id)):
         report.checked += 1
         where = f"{obj.key} (camera {obj.camera}, {iso(obj.start)}, version {obj.version_id})"
         before = previous.get(obj.camera)

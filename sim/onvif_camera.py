@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 from lxml import etree
+
+from sim.network import NetworkRelay
+from sim.replay_server import ReplayServer
+from sim.sd_card import SdCard
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -48,6 +54,9 @@ NS = {
     "wsa": "http://www.w3.org/2005/08/addressing",
     "tns1": "http://www.onvif.org/ver10/topics",
     "ter": "http://www.onvif.org/ver10/error",
+    "tse": "http://www.onvif.org/ver10/search/wsdl",
+    "trp": "http://www.onvif.org/ver10/replay/wsdl",
+    "trc": "http://www.onvif.org/ver10/recording/wsdl",
 }
 _XMLNS = " ".join(f"xmlns:{prefix}={quoteattr(uri)}" for prefix, uri in NS.items())
 _TOPIC_DIALECT = "http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet"
@@ -79,8 +88,21 @@ class OnvifCamera:
     def __init__(self, *, rtsp_url: str, user: str | None = "admin", password: str | None = "admin",
                  clock_offset: float = 0.0, host: str = "127.0.0.1", port: int = 0,
                  manufacturer: str = "NVR-Sim", model: str = "SimCam 2000", firmware: str = "1.4.2",
-                 serial: str | None = None, substream_url: str | None = None, events: bool = True) -> None:
+                 serial: str | None = None, substream_url: str | None = None, events: bool = True,
+                 edge_storage: bool = False, network: bool = False, card_max_seconds: float = 3600.0) -> None:
         self.events = events  # False: a camera without an event service (older or cheaper models)
+        # edge_storage: an SD card recording the encoder (rtsp_url) whatever the network does, with the
+        # search, recording and replay services of ONVIF Profile G (sim/sd_card.py, sim/replay_server.py).
+        self.edge_storage = edge_storage
+        self.card: SdCard | None = None
+        self.replay: ReplayServer | None = None
+        self.card_max_seconds = card_max_seconds
+        self.search_fault: str | None = None  # set: every search and replay request gets this SOAP fault
+        self._searches: dict[str, float] = {}  # search token -> when it lapses (host time)
+        # network (or edge_storage): the NVR reaches the stream through a relay a test can cut (sim/network.py).
+        self.network: NetworkRelay | None = None
+        self._network_wanted = network or edge_storage
+        self.network_cut = False
         self.rtsp_url, self.substream_url = rtsp_url, substream_url
         self.user, self.password = user, password
         self.clock_offset = clock_offset
@@ -102,6 +124,33 @@ class OnvifCamera:
     # -- control, from any thread ----------------------------------------------------------
 
     @property
+    def live_url(self) -> str:
+        """The stream as the NVR reaches it: through the camera's network when it has one."""
+        if self.network is None:
+            return self.rtsp_url
+        parts = urllib.parse.urlsplit(self.rtsp_url)
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"{self.network.host}:{self.network.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+    @property
+    def recording_token(self) -> str:
+        return f"SD_{self.serial}"
+
+    def cut_network(self) -> None:
+        """The camera's network goes dead (the camera records on to its card): stream and SOAP stop answering."""
+        assert self.network is not None, "made without network=True"
+        self.network_cut = True
+        self.network.cut()
+
+    def restore_network(self) -> None:
+        assert self.network is not None
+        self.network.restore()
+        self.network_cut = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._net_up.set)
+
+    @property
     def device_url(self) -> str:
         return f"http://{self.host}:{self.port}/onvif/device_service"
 
@@ -110,6 +159,11 @@ class OnvifCamera:
         return f"http://{user}:{password_ref}@{self.host}:{self.port}/onvif/device_service"
 
     def start(self) -> OnvifCamera:
+        if self._network_wanted:
+            parts = urllib.parse.urlsplit(self.rtsp_url)
+            self.network = NetworkRelay(parts.hostname or "127.0.0.1", parts.port or 554, host=self.host).start()
+        if self.edge_storage:
+            self.card = SdCard(self.rtsp_url, lambda: self.now().timestamp(), max_seconds=self.card_max_seconds).start()
         self._thread = threading.Thread(target=self._serve, name=f"onvif-sim:{self.port}", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -138,13 +192,18 @@ class OnvifCamera:
         publisher.publishService(
             types=[QName("http://www.onvif.org/ver10/network/wsdl", "NetworkVideoTransmitter", "dn")],
             scopes=[Scope(f"onvif://www.onvif.org/{part}") for part in (
-                "type/video_encoder", "Profile/Streaming", f"name/{self.manufacturer.replace(' ', '_')}",
+                "type/video_encoder", "Profile/Streaming", *(["Profile/G"] if self.edge_storage else []),
+                f"name/{self.manufacturer.replace(' ', '_')}",
                 f"hardware/{self.model.replace(' ', '_')}", "location/station")],
             xAddrs=[self.device_url])
         self._publisher = publisher
         return self
 
     def stop(self) -> None:
+        if self.card is not None:
+            self.card.stop()
+        if self.network is not None:
+            self.network.stop()
         if self._publisher is not None:
             self._publisher.stop()
             self._publisher = None
@@ -154,6 +213,9 @@ class OnvifCamera:
                     wake.set()
                 self._subs.clear()
             self._loop.call_soon_threadsafe(end_polls)  # pending PullMessages answer now, not at their timeout
+            self._loop.call_soon_threadsafe(self._net_up.set)
+            if self.replay is not None:
+                asyncio.run_coroutine_threadsafe(self.replay.close(), self._loop).result(10)
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
@@ -206,6 +268,11 @@ class OnvifCamera:
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
+        self._net_up = asyncio.Event()
+        if self.card is not None:
+            self.replay = ReplayServer(self.card, self.recording_token, user=self.user, password=self.password,
+                                       host=self.host)
+            loop.run_until_complete(self.replay.start())
         app = web.Application(client_max_size=256 * 1024)
         app.router.add_post("/onvif/{service}", self._handle)
         app.router.add_post("/onvif/subscription/{sub}", self._handle)
@@ -228,6 +295,13 @@ class OnvifCamera:
     async def _handle(self, request: web.Request) -> web.Response:
         if self._down:
             return web.Response(status=503, text="rebooting")
+        if self.network_cut:  # the request is lost on the dead link: no answer, ever
+            self._net_up.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._net_up.wait(), 30)
+            if request.transport is not None:  # None: the client gave up waiting
+                request.transport.abort()
+            return web.Response(status=503)
         body = await request.read()
         try:
             envelope = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True))
@@ -303,6 +377,9 @@ class OnvifCamera:
         services = [(NS["tds"], f"{base}/device_service"), (NS["trt"], f"{base}/media_service")]
         if self.events:
             services.append((NS["tev"], f"{base}/event_service"))
+        if self.edge_storage:  # Profile G
+            services += [(NS["trc"], f"{base}/recording_service"), (NS["tse"], f"{base}/search_service"),
+                         (NS["trp"], f"{base}/replay_service")]
         return services
 
     async def _op_GetServices(self, op: etree._Element, request: web.Request) -> str:
@@ -342,9 +419,78 @@ class OnvifCamera:
             for token, name, _ in self._profiles())
         return f"<trt:GetProfilesResponse>{profiles}</trt:GetProfilesResponse>"
 
+    # -- Profile G: search and replay --------------------------------------------------------
+
+    def _edge(self, operation: str) -> SdCard:
+        if self.card is None:
+            raise SoapFault("s:Receiver", "ter:ActionNotSupported", f"{operation} is not supported")
+        if self.search_fault is not None:
+            raise SoapFault("s:Receiver", "ter:Action", self.search_fault, status=500)
+        return self.card
+
+    async def _op_GetRecordingSummary(self, op: etree._Element, request: web.Request) -> str:
+        span = self._edge("GetRecordingSummary").span()
+        start, end = span if span else (self.now().timestamp(),) * 2
+        return (f"<tse:GetRecordingSummaryResponse><tse:Summary><tt:DataFrom>{_iso_ms(start)}</tt:DataFrom>"
+                f"<tt:DataUntil>{_iso_ms(end)}</tt:DataUntil><tt:NumberRecordings>{1 if span else 0}"
+                "</tt:NumberRecordings></tse:Summary></tse:GetRecordingSummaryResponse>")
+
+    async def _op_FindRecordings(self, op: etree._Element, request: web.Request) -> str:
+        self._edge("FindRecordings")
+        keep = _duration(op.findtext("tse:KeepAliveTime", "", NS), self.now(), 10.0)
+        token = uuid.uuid4().hex[:12]
+        self._searches = {t: until for t, until in self._searches.items() if until > time.time()}
+        if len(self._searches) >= 8:  # a real camera runs a handful of searches at a time
+            raise SoapFault("s:Receiver", "ter:ResourceProblem", "too many searches")
+        self._searches[token] = time.time() + max(keep, 1.0)
+        return f"<tse:FindRecordingsResponse><tse:SearchToken>{token}</tse:SearchToken></tse:FindRecordingsResponse>"
+
+    def _search(self, op: etree._Element) -> str:
+        token = op.findtext("tse:SearchToken", "", NS)
+        if self._searches.get(token, 0.0) < time.time():
+            self._searches.pop(token, None)
+            raise SoapFault("s:Sender", "ter:InvalidArgVal", f"no search {token!r}")
+        return token
+
+    async def _op_GetRecordingSearchResults(self, op: etree._Element, request: web.Request) -> str:
+        card = self._edge("GetRecordingSearchResults")
+        self._search(op)
+        span = card.span()
+        info = ""
+        if span is not None:
+            info = (
+                f"<tt:RecordingInformation><tt:RecordingToken>{self.recording_token}</tt:RecordingToken>"
+                f"<tt:Source><tt:SourceId>{escape(self.device_url)}</tt:SourceId><tt:Name>{escape(self.model)}"
+                "</tt:Name><tt:Location>station</tt:Location><tt:Description>SD card</tt:Description>"
+                f"<tt:Address>{escape(self.device_url)}</tt:Address></tt:Source>"
+                f"<tt:EarliestRecording>{_iso_ms(span[0])}</tt:EarliestRecording>"
+                f"<tt:LatestRecording>{_iso_ms(span[1])}</tt:LatestRecording><tt:Content>continuous</tt:Content>"
+                "<tt:Track><tt:TrackToken>VIDEO001</tt:TrackToken><tt:TrackType>Video</tt:TrackType>"
+                f"<tt:Description>main</tt:Description><tt:DataFrom>{_iso_ms(span[0])}</tt:DataFrom>"
+                f"<tt:DataTo>{_iso_ms(span[1])}</tt:DataTo></tt:Track>"
+                "<tt:RecordingStatus>Recording</tt:RecordingStatus></tt:RecordingInformation>")
+        return ("<tse:GetRecordingSearchResultsResponse><tse:ResultList><tt:SearchState>Completed</tt:SearchState>"
+                f"{info}</tse:ResultList></tse:GetRecordingSearchResultsResponse>")
+
+    async def _op_EndSearch(self, op: etree._Element, request: web.Request) -> str:
+        self._edge("EndSearch")
+        self._searches.pop(self._search(op), None)
+        return f"<tse:EndSearchResponse><tse:Endpoint>{_iso_ms(self.now().timestamp())}</tse:Endpoint>" \
+               "</tse:EndSearchResponse>"
+
+    async def _op_GetReplayUri(self, op: etree._Element, request: web.Request) -> str:
+        self._edge("GetReplayUri")
+        token = op.findtext("trp:RecordingToken", "", NS)
+        if token != self.recording_token or self.replay is None:
+            raise SoapFault("s:Sender", "ter:InvalidArgVal", f"no recording {token!r}")
+        return f"<trp:GetReplayUriResponse><trp:Uri>{escape(self.replay.base_url + token)}</trp:Uri>" \
+               "</trp:GetReplayUriResponse>"
+
     async def _op_GetStreamUri(self, op: etree._Element, request: web.Request) -> str:
         token = op.findtext("trt:ProfileToken", "", NS)
         uri = next((u for t, _, u in self._profiles() if t == token), None)
+        if uri == self.rtsp_url:
+            uri = self.live_url
         if uri is None:
             raise SoapFault("s:Sender", "ter:InvalidArgVal", f"no profile {token!r}")
         return (
@@ -452,6 +598,11 @@ def _datetime(when: dt.datetime) -> str:
 
 def _iso(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_ms(at: float) -> str:
+    when = dt.datetime.fromtimestamp(at, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _duration(text: str, camera_now: dt.datetime, default: float) -> float:

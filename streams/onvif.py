@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _PULLPOINT_NS = "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription"
 _EVENTS_NS = "http://www.onvif.org/ver10/events/wsdl"
+# Profile G: a camera with edge storage lists both (streams/edge_storage.py uses them).
+SEARCH_NS = "http://www.onvif.org/ver10/search/wsdl"
+REPLAY_NS = "http://www.onvif.org/ver10/replay/wsdl"
 _SUBSCRIPTION_SECONDS = 120  # asked for; renewed at half-life
 _PULL_SECONDS = 20  # one long poll
 _MESSAGE_LIMIT = 100
@@ -119,6 +122,7 @@ class OnvifStatus:
     events_subscribed: bool
     events_received: int
     sessions: int
+    edge_storage: bool | None = None  # the camera offers ONVIF search and replay (Profile G); None: not known yet
 
 
 class _LinkFailed(Exception):
@@ -161,6 +165,26 @@ def _items(part: Any) -> dict[str, str]:
     return items
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceAddress:
+    """What onvif-zeep-async needs of a device URL: host (``https://`` kept), port and the credentials."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+
+    @classmethod
+    def of(cls, url: str) -> DeviceAddress:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        # onvif-zeep-async signs every authenticated request; a camera without accounts ignores an empty token.
+        return cls(f"https://{host}" if parts.scheme == "https" else host, port,
+                   urllib.parse.unquote(parts.username) if parts.username else "",
+                   urllib.parse.unquote(parts.password) if parts.password else "")
+
+
 class OnvifLink:
     """One camera's ONVIF device service, supervised until :meth:`stop`."""
 
@@ -172,14 +196,7 @@ class OnvifLink:
         self.config = config
         self.backoff = backoff
         self.on_clock, self.on_event, self.on_state = on_clock, on_event, on_state
-        parts = urllib.parse.urlsplit(config.url)
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        if parts.scheme == "https":
-            self._host = f"https://{self._host}"
-        # onvif-zeep-async signs every authenticated request; a camera without accounts ignores an empty token.
-        self._user = urllib.parse.unquote(parts.username) if parts.username else ""
-        self._password = urllib.parse.unquote(parts.password) if parts.password else ""
+        self._address = DeviceAddress.of(config.url)
         self.state = LinkState.CONNECTING
         self.reason: LinkReason | None = None
         self.message: str | None = None
@@ -189,12 +206,14 @@ class OnvifLink:
         self.events_subscribed = False
         self.events_received = 0
         self.sessions = 0
+        self.edge_storage: bool | None = None
         self._stopping = False
         self._wake = asyncio.Event()
 
     def status(self) -> OnvifStatus:
         return OnvifStatus(self.state, self.reason, self.message, self.clock_offset_seconds, self.clock_rtt_seconds,
-                           self.clock_checked_at, self.events_subscribed, self.events_received, self.sessions)
+                           self.clock_checked_at, self.events_subscribed, self.events_received, self.sessions,
+                           self.edge_storage)
 
     def stop(self) -> None:
         self._stopping = True
@@ -245,10 +264,12 @@ class OnvifLink:
         # Heavy (zeep, lxml): imported off the loop, and only for a camera that has ONVIF.
         onvif = await asyncio.to_thread(importlib.import_module, "onvif")
         self.sessions += 1
-        camera = _bounded_camera_class(onvif)(self._host, self._port, self._user, self._password, no_cache=True,
-                                              adjust_time=True)
+        address = self._address
+        camera = _bounded_camera_class(onvif)(address.host, address.port, address.user, address.password,
+                                              no_cache=True, adjust_time=True)
         try:
             await self._bounded(camera.update_xaddrs())
+            self.edge_storage = SEARCH_NS in camera.xaddrs and REPLAY_NS in camera.xaddrs
             device = await camera.create_devicemgmt_service()
             await self._check_clock(device)
             # Authenticated: wrong credentials are found here, not only when events are asked for.

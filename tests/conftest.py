@@ -22,6 +22,7 @@ import yaml
 if TYPE_CHECKING:
     from recorder.index import SegmentIndex
     from sim.client import SimCamera
+    from sim.onvif_camera import OnvifCamera
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -225,6 +226,23 @@ def cameras() -> Iterator[Callable[..., SimCamera]]:
 
     yield make
     for cam in started:
+        cam.stop()
+
+
+@pytest.fixture
+def onvif_cameras() -> Iterator[Callable[..., OnvifCamera]]:
+    """Factory of started simulated ONVIF cameras (sim/onvif_camera.py), all stopped at the end of the test."""
+    from sim.onvif_camera import OnvifCamera
+
+    made: list[OnvifCamera] = []
+
+    def make(**kwargs: Any) -> OnvifCamera:
+        cam = OnvifCamera(**kwargs).start()
+        made.append(cam)
+        return cam
+
+    yield make
+    for cam in made:
         cam.stop()
 
 

@@ -13,7 +13,6 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,26 +21,12 @@ import yaml
 
 from nvr.base.config import Backoff, Onvif
 from recorder.index import decode_meta
-from sim.onvif_camera import DIGITAL_INPUT, MOTION, TAMPER, OnvifCamera
+from sim.onvif_camera import DIGITAL_INPUT, MOTION, TAMPER
 from streams.onvif import EventKind, LinkReason, LinkState, OnvifLink
 from tests.conftest import wait_until
 from tests.test_recording import rows
 
 PASSWORD = "0nv1f@pa:ss%2F!"
-
-
-@pytest.fixture
-def onvif_cameras() -> Iterator[Any]:
-    made: list[OnvifCamera] = []
-
-    def make(**kwargs: Any) -> OnvifCamera:
-        cam = OnvifCamera(**kwargs).start()
-        made.append(cam)
-        return cam
-
-    yield make
-    for cam in made:
-        cam.stop()
 
 
 def entry(cam_id: str, url: str, onvif_url: str, **onvif: Any) -> dict[str, Any]:
@@ -390,4 +375,4 @@ def test_the_onvif_password_is_percent_encoded_and_redacted() -> None:
     assert PASSWORD not in onvif.display_url and urllib.parse.quote(PASSWORD, safe="") not in onvif.display_url
     assert PASSWORD not in secrets.redact(f"failed: {PASSWORD} / {onvif.url}")
     link = OnvifLink("c", onvif, Backoff())
-    assert link._password == PASSWORD  # decoded for WS-Security, as typed
+    assert link._address.password == PASSWORD  # decoded for WS-Security, as typed

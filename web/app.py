@@ -17,6 +17,7 @@ from aiohttp import web
 
 from nvr import __version__
 from nvr.base.timeutil import iso
+from recorder.backfill import Backfill
 from recorder.recorder import Recorder
 from streams.camera import CameraStreams
 from streams.onvif import OnvifLink
@@ -37,7 +38,7 @@ from web import (
 from web.http import MAX_BODY_BYTES, STATION, find_camera, json_errors
 from web.limits_metrics import LimitsCollector
 from web.ports import StationPort
-from web.schema import CameraView, OnvifView, SourceView
+from web.schema import BackfillJobView, CameraView, OnvifView, SourceView
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def list_cameras(request: web.Request) -> web.Response:
     station = request.app[STATION]
     return web.json_response(
-        [camera_json(runtime, station.recording.recorders.get(camera_id))
+        [camera_json(runtime, station.recording.recorders.get(camera_id), station.recording.backfill)
          for camera_id, runtime in station.cameras.items() if access.visible(request, camera_id)]
     )
 
 
 async def get_camera(request: web.Request) -> web.Response:
     runtime = find_camera(request)
-    return web.json_response(camera_json(runtime, request.app[STATION].recording.recorders.get(runtime.config.id)))
+    recording = request.app[STATION].recording
+    return web.json_response(camera_json(runtime, recording.recorders.get(runtime.config.id), recording.backfill))
 
 
 def source_view(source: RtspSource) -> SourceView:
@@ -112,7 +114,8 @@ def source_view(source: RtspSource) -> SourceView:
     )
 
 
-def camera_json(runtime: CameraStreams, recorder: Recorder | None) -> dict[str, Any]:
+def camera_json(runtime: CameraStreams, recorder: Recorder | None, backfill: Backfill | None = None
+                ) -> dict[str, Any]:
     camera = runtime.config
     view = CameraView(
         id=camera.id, name=camera.name, zone=camera.zone.value, record=camera.record,
@@ -122,8 +125,19 @@ def camera_json(runtime: CameraStreams, recorder: Recorder | None) -> dict[str, 
         recording_error=recorder.core.error if recorder is not None else None,
         last_segment_at=iso(recorder.last_segment_end) if recorder is not None else None,
         **onvif_fields(runtime.onvif),
+        backfill=backfill_jobs(backfill, camera.id),
     )
     return view.model_dump()
+
+
+# The latest jobs a camera's view lists.
+_BACKFILL_JOBS_SHOWN = 20
+
+
+def backfill_jobs(backfill: Backfill | None, camera_id: str) -> list[BackfillJobView] | None:
+    if backfill is None or camera_id not in backfill.cameras:
+        return None
+    return [BackfillJobView(**job.json()) for job in backfill.list_jobs(camera_id)[::-1][:_BACKFILL_JOBS_SHOWN]]
 
 
 def onvif_fields(link: OnvifLink | None) -> dict[str, Any]:
@@ -134,4 +148,5 @@ def onvif_fields(link: OnvifLink | None) -> dict[str, Any]:
         state=status.state.value, state_reason=status.reason.value if status.reason else None,
         state_message=status.message, clock_offset_seconds=status.clock_offset_seconds,
         clock_round_trip_seconds=status.clock_rtt_seconds, clock_checked_at=iso(status.clock_checked_at),
-        events_subscribed=status.events_subscribed, events_received=status.events_received)}
+        events_subscribed=status.events_subscribed, events_received=status.events_received,
+        edge_storage=status.edge_storage)}

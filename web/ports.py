@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from recorder.archive import Archiver
+    from recorder.backfill import Backfill
 
 
 class AccessSettings(Protocol):
@@ -77,6 +78,10 @@ class RecordingPort(Protocol):
     @property
     def bodycams(self) -> BodycamIngest | None:
         """Body-camera uploads into this storage (issue 15); None while the storage is refused."""
+
+    @property
+    def backfill(self) -> Backfill | None:
+        """Gaps retrieved from cameras' own cards (issue 17); None without cameras that allow it."""
 
 
 class StationPort(Protocol):

@@ -91,9 +91,12 @@ async def cause_source(request: web.Request, start: float, end: float) -> CauseS
     runs = await store.runs(start, end)
     alarms = await store.query(None, None, start, end, False, 1_000_000)
     now = time.time()
+    backfill = request.app[STATION].recording.backfill
 
     def causes(camera: str) -> list[Cause]:
-        return coverage.causes(camera, start, end, alarms, runs, now)
+        # Footage on the camera's card: pending retrieval, or what its card did not have (recorder/backfill.py).
+        edge = backfill.causes(camera, start, end) if backfill is not None else []
+        return coverage.causes(camera, start, end, alarms, runs, now) + edge
 
     return causes
 

@@ -45,6 +45,22 @@ class OnvifView(_Model):
     clock_checked_at: str | None = None
     events_subscribed: bool = False
     events_received: int = 0
+    edge_storage: bool | None = None  # ONVIF Profile G (search and replay of the camera's card); None: not known
+
+
+class BackfillJobView(_Model):
+    """A gap being (or that was) retrieved from the camera's own card (edge backfill, recorder/backfill.py)."""
+
+    id: int
+    start: str
+    end: str
+    state: str  # pending | active | done | failed
+    attempts: int
+    reason: str | None = None  # why part of it stays a gap: card_empty, card_overwritten, before_keyframe, ...
+    detail: str | None = None
+    segments: int = 0
+    retrieved_seconds: float = 0.0
+    overlap_dropped: int = 0
 
 
 class CameraView(SourceView):
@@ -61,6 +77,7 @@ class CameraView(SourceView):
     # The camera's clock minus ours (ONVIF), as last measured; None without an ONVIF link or before a reading.
     clock_offset_seconds: float | None = None
     onvif: OnvifView | None = None
+    backfill: list[BackfillJobView] | None = None  # the latest jobs, newest first; None: no edge backfill
 
 
 class AlarmView(_Model):

@@ -447,6 +447,8 @@ class Onvif(_Model):
     clock_check_seconds: Annotated[float, Field(ge=5, le=86400, description="Read the camera's clock this often")] = 300
     events: bool = Field(default=True, description="Subscribe (PullPoint) to the camera's own events")
     timeout_seconds: Annotated[float, Field(gt=0, le=120, description="Bound of one request")] = 10.0
+    backfill: bool = Field(default=True, description="After an outage, retrieve the missing footage from the "
+                           "camera's own card when it has edge storage (ONVIF Profile G); see the backfill section")
 
     @field_validator("url")
     @classmethod
@@ -467,6 +469,24 @@ class Onvif(_Model):
     @property
     def display_url(self) -> str:
         return secrets.redact_url(self.url)
+
+
+class Backfill(_Model):
+    """Edge backfill (recorder/backfill.py): gaps of a camera with edge storage are filled from its card."""
+
+    enabled: bool = True
+    max_age_seconds: Annotated[float, Field(
+        ge=60, le=30 * 86400, description="Gaps that ended longer ago than this are not retrieved")] = 86400.0
+    max_bitrate_kbps: Annotated[float, Field(
+        ge=64, le=1_000_000, description="Bandwidth a retrieval may take from the camera (all cameras together)")
+    ] = 16000.0
+    min_gap_seconds: Annotated[float, Field(ge=0.5, le=3600, description="Shorter gaps are left alone")] = 1.0
+    attempts: Annotated[int, Field(ge=1, le=100, description="Tries of one gap before it is given up")] = 3
+    retry_seconds: Annotated[float, Field(ge=1, le=86400, description="Wait after a failed try")] = 30.0
+    scan_seconds: Annotated[float, Field(ge=0.5, le=3600, description="How often the index is looked at for gaps")
+    ] = 10.0
+    timeout_seconds: Annotated[float, Field(gt=0, le=120, description="Bound of every read from the camera")
+    ] = 15.0
 
 
 class Camera(_Model):
@@ -617,6 +637,7 @@ class Config(_Model):
     recordings: Recordings = Recordings()
     auth: Auth = Auth()
     log: Log = Log()
+    backfill: Backfill = Backfill()
     archive: Archive | None = None
     cameras: list[Camera] = Field(default_factory=list)
     bodycams: list[Bodycam] = Field(default_factory=list, description="Body-worn cameras (uploaded files)")

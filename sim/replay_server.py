@@ -1,0 +1,317 @@
+"""The simulated camera's replay server: its SD card over RTSP, per the ONVIF Streaming Specification (replay).
+
+A small asyncio RTSP/1.0 server written from the specification (GStreamer's
+rtsp-onvif server cannot be fed from a card of our own from Python):
+
+- ``DESCRIBE rtsp://host:port/replay/<recording token>`` answers an SDP with
+  one H.264 track (``sprop-parameter-sets`` from the card) and
+  ``a=range:clock=`` of what the card holds;
+- ``SETUP`` accepts RTP over the RTSP connection only
+  (``RTP/AVP/TCP;interleaved=a-b``; anything else is 461);
+- ``PLAY`` with ``Require: onvif-replay`` takes ``Range: clock=<start>-<end>``
+  (``YYYYMMDDTHHMMSS[.sss]Z``) and ``Rate-Control: no`` (as fast as the
+  connection takes it; ``yes``, the default, paces at recorded speed).  Every
+  RTP packet carries the ONVIF header extension 0xABAC: the access unit's
+  time on the camera's clock as a 64-bit NTP timestamp, then the C (clean
+  point: a keyframe), E (last access unit before a hole or of the range), D
+  (first after a hole) and T (the last packet of the range) flags and the low
+  byte of the PLAY request's CSeq.  A plain ``PLAY`` (an ordinary RTSP client
+  such as ffprobe) plays the card from its start at recorded speed;
+- H.264 is packetised per RFC 6184: single NAL unit packets, SPS and PPS in a
+  STAP-A, large slices in FU-A fragments; the marker bit ends an access unit.
+
+Faults a test can switch on (attributes of :class:`ReplayServer`):
+``stop_after_frames`` (the connection is dropped after that many access
+units, a replay that stops half-way), ``junk`` (interleaved frames of random
+bytes and RTP packets of a wrong version among the real ones),
+``speed_limit`` (a camera's card is read at most that many times real time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import os
+import re
+import struct
+import uuid
+
+from sim.sd_card import CardFrame, SdCard
+
+_NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+_MTU = 1400
+_CLOCK = re.compile(r"^(\d{8}T\d{6}(?:\.\d+)?Z)?-(\d{8}T\d{6}(?:\.\d+)?Z)?$")
+
+
+def clock_text(at: float) -> str:
+    when = dt.datetime.fromtimestamp(at, dt.UTC)
+    return when.strftime("%Y%m%dT%H%M%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _parse_clock(text: str) -> float:
+    base, _, fraction = text.rstrip("Z").partition(".")
+    when = dt.datetime.strptime(base, "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    return when.timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+def _nals(data: bytes) -> list[bytes]:
+    parts = re.split(b"\x00\x00\x01", data)
+    return [p.rstrip(b"\x00") if i < len(parts) - 1 else p for i, p in enumerate(parts) if p.strip(b"\x00")]
+
+
+class ReplayServer:
+    def __init__(self, card: SdCard, token: str, *, user: str | None = None, password: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.card, self.token = card, token
+        self.user, self.password = user, password
+        self.host, self.port = host, port
+        self.stop_after_frames: int | None = None
+        self.junk = False
+        self.speed_limit: float | None = None
+        self.requests: list[tuple[str, dict[str, str]]] = []  # (method, headers), for tests
+        self.frames_sent = 0
+        self._server: asyncio.Server | None = None
+        self._realm = "SimCam replay"
+        self._nonce = uuid.uuid4().hex
+
+    @property
+    def base_url(self) -> str:
+        return f"rtsp://{self.host}:{self.port}/replay/"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    # -- one connection --------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = {"id": uuid.uuid4().hex[:16], "channel": None, "task": None}
+        try:
+            while True:
+                first = await reader.readexactly(1)
+                if first == b"$":  # interleaved from the client (RTCP receiver reports): skipped
+                    header = await reader.readexactly(3)
+                    await reader.readexactly(struct.unpack(">H", header[1:])[0])
+                    continue
+                head = first + await reader.readuntil(b"\r\n\r\n")
+                if len(head) > 16384:
+                    break
+                lines = head.decode("latin-1").split("\r\n")
+                method, url, _ = (lines[0].split(" ") + ["", ""])[:3]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                if int(headers.get("content-length", "0") or 0):
+                    await reader.readexactly(int(headers["content-length"]))
+                self.requests.append((method, headers))
+                if not await self._answer(method, url, headers, session, writer):
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            pass
+        finally:
+            task = session["task"]
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+            writer.transport.abort()
+
+    def _reply(self, writer: asyncio.StreamWriter, status: str, cseq: str, extra: dict[str, str] | None = None,
+               body: str = "") -> None:
+        lines = [f"RTSP/1.0 {status}", f"CSeq: {cseq}", "Server: SimCam replay"]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        if body:
+            lines += ["Content-Type: application/sdp", f"Content-Length: {len(body.encode())}"]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n" + body).encode())
+
+    def _authorized(self, method: str, headers: dict[str, str]) -> bool:
+        if self.user is None:
+            return True
+        given = headers.get("authorization", "")
+        if given.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(given[6:]).decode().partition(":")
+            except ValueError:
+                return False
+            return (user, password) == (self.user, self.password)
+        if not given.lower().startswith("digest "):
+            return False
+        fields = dict((k.strip(), v.strip().strip('"')) for k, _, v in
+                      (part.partition("=") for part in re.split(r",\s*(?=\w+=)", given[7:])))
+        ha1 = hashlib.md5(f"{self.user}:{self._realm}:{self.password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"{method}:{fields.get('uri', '')}".encode()).hexdigest()
+        expected = hashlib.md5(f"{ha1}:{self._nonce}:{ha2}".encode()).hexdigest()
+        return fields.get("username") == self.user and fields.get("nonce") == self._nonce and \
+            fields.get("response") == expected
+
+    async def _answer(self, method: str, url: str, headers: dict[str, str], session: dict[str, object],
+                      writer: asyncio.StreamWriter) -> bool:
+        cseq = headers.get("cseq", "0")
+        if method == "OPTIONS":
+            self._reply(writer, "200 OK", cseq, {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN"})
+            return True
+        if not self._authorized(method, headers):
+            self._reply(writer, "401 Unauthorized", cseq,
+                        {"WWW-Authenticate": f'Digest realm="{self._realm}", nonce="{self._nonce}"'})
+            return True
+        path = re.sub(r"^rtsp://[^/]+", "", url)
+        if not path.startswith(f"/replay/{self.token}"):
+            self._reply(writer, "404 Not Found", cseq)
+            return True
+        if method == "DESCRIBE":
+            sdp = self._sdp()
+            if sdp is None:
+                self._reply(writer, "404 Not Found", cseq)
+            else:
+                self._reply(writer, "200 OK", cseq, {"Content-Base": f"{self.base_url}{self.token}/"}, sdp)
+            return True
+        if method == "SETUP":
+            transport = headers.get("transport", "")
+            found = re.search(r"interleaved=(\d+)(?:-(\d+))?", transport)
+            if "RTP/AVP/TCP" not in transport.upper() or found is None:
+                self._reply(writer, "461 Unsupported Transport", cseq)
+                return True
+            channel = int(found.group(1))
+            session["channel"] = channel
+            self._reply(writer, "200 OK", cseq, {
+                "Transport": f"RTP/AVP/TCP;unicast;interleaved={channel}-{found.group(2) or channel + 1}",
+                "Session": f"{session['id']};timeout=60"})
+            return True
+        if method in ("PLAY", "PAUSE", "TEARDOWN") and headers.get("session", "").split(";")[0] != session["id"]:
+            self._reply(writer, "454 Session Not Found", cseq)
+            return True
+        if method == "PLAY":
+            return self._play(headers, session, writer, cseq)
+        if method == "PAUSE":
+            task = session["task"]
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+            self._reply(writer, "200 OK", cseq, {"Session": str(session["id"])})
+            return True
+        if method == "TEARDOWN":
+            self._reply(writer, "200 OK", cseq)
+            await writer.drain()
+            return False
+        self._reply(writer, "405 Method Not Allowed", cseq, {"Allow": "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN"})
+        return True
+
+    def _play(self, headers: dict[str, str], session: dict[str, object], writer: asyncio.StreamWriter,
+              cseq: str) -> bool:
+        if session["channel"] is None:
+            self._reply(writer, "455 Method Not Valid in This State", cseq)
+            return True
+        span = self.card.span()
+        replay = "onvif-replay" in headers.get("require", "").lower()
+        start, end = (span[0], None) if span else (0.0, None)
+        requested = headers.get("range", "")
+        if requested.startswith("clock="):
+            found = _CLOCK.match(requested[6:].strip())
+            if found is None:
+                self._reply(writer, "457 Invalid Range", cseq)
+                return True
+            start = _parse_clock(found.group(1)) if found.group(1) else start
+            end = _parse_clock(found.group(2)) if found.group(2) else None
+        fast = replay and headers.get("rate-control", "yes").lower() == "no"
+        frames = self.card.frames(start, end)
+        first_at = frames[0].at if frames else start
+        self._reply(writer, "200 OK", cseq, {
+            "Session": str(session["id"]), "Range": f"clock={clock_text(first_at)}-",
+            "RTP-Info": f"url={self.base_url}{self.token}/track1;seq=0;rtptime=0"})
+        assert isinstance(session["channel"], int)
+        session["task"] = asyncio.ensure_future(self._stream(writer, frames, session["channel"], fast,
+                                                             int(cseq) & 0xFF if cseq.isdigit() else 0))
+        return True
+
+    def _sdp(self) -> str | None:
+        frames = self.card.frames(0.0)
+        key = next((f for f in frames if f.keyframe), None)
+        if key is None:
+            return None
+        units = _nals(key.data)
+        sps = next((n for n in units if n[0] & 0x1F == 7), None)
+        pps = next((n for n in units if n[0] & 0x1F == 8), None)
+        if sps is None or pps is None:
+            return None
+        span = self.card.span()
+        assert span is not None
+        sprop = base64.b64encode(sps).decode() + "," + base64.b64encode(pps).decode()
+        return ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=ONVIF replay\r\nt=0 0\r\na=control:*\r\n"
+                f"a=range:clock={clock_text(span[0])}-{clock_text(span[1])}\r\n"
+                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+                f"a=fmtp:96 packetization-mode=1;profile-level-id={sps[1:4].hex()};sprop-parameter-sets={sprop}\r\n"
+                "a=control:track1\r\n")
+
+    # -- RTP ------------------------------------------------------------------------------
+
+    async def _stream(self, writer: asyncio.StreamWriter, frames: list[CardFrame], channel: int, fast: bool,
+                      cseq: int) -> None:
+        loop = asyncio.get_running_loop()
+        seq, ssrc = 0, int.from_bytes(os.urandom(4), "big")
+        started, first_at = loop.time(), frames[0].at if frames else 0.0
+        try:
+            for n, frame in enumerate(frames):
+                if self.stop_after_frames is not None and n >= self.stop_after_frames:
+                    writer.transport.abort()  # the camera drops the replay half-way
+                    return
+                pace = None if fast else 1.0  # times real time; None: as fast as the connection takes it
+                if self.speed_limit:
+                    pace = self.speed_limit if pace is None else min(pace, self.speed_limit)
+                if pace:
+                    due = started + (frame.at - first_at) / pace
+                    if due > loop.time():
+                        await asyncio.sleep(due - loop.time())
+                last = n == len(frames) - 1
+                before_hole = not last and frames[n + 1].run != frame.run
+                after_hole = n == 0 or frames[n - 1].run != frame.run
+                payloads = self._packetise(frame.data)
+                for k, payload in enumerate(payloads):
+                    flags = (0x80 if frame.keyframe else 0) | (0x40 if (last or before_hole) else 0) | \
+                        (0x20 if after_hole and k == 0 else 0) | (0x10 if last and k == len(payloads) - 1 else 0)
+                    packet = self._rtp(payload, seq, round((frame.at - first_at) * 90000) & 0xFFFFFFFF, ssrc,
+                                       k == len(payloads) - 1, frame.at, flags, cseq)
+                    seq = (seq + 1) & 0xFFFF
+                    if self.junk and n % 7 == 3 and k == 0:
+                        writer.write(b"$" + bytes([channel]) + struct.pack(">H", 40) + os.urandom(40))  # not RTP
+                        writer.write(b"$\x09" + struct.pack(">H", 12) + os.urandom(12))  # a channel never set up
+                    writer.write(b"$" + bytes([channel]) + struct.pack(">H", len(packet)) + packet)
+                self.frames_sent += 1
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    @staticmethod
+    def _packetise(data: bytes) -> list[bytes]:
+        units = _nals(data)
+        out: list[bytes] = []
+        i = 0
+        while i < len(units):
+            unit = units[i]
+            if unit[0] & 0x1F == 7 and i + 1 < len(units) and units[i + 1][0] & 0x1F == 8:
+                # SPS and PPS together in one STAP-A (RFC 6184 5.7.1), in their place in the access unit
+                pair = units[i:i + 2]
+                out.append(bytes([(unit[0] & 0x60) | 24]) + b"".join(struct.pack(">H", len(u)) + u for u in pair))
+                i += 2
+                continue
+            i += 1
+            if len(unit) <= _MTU:
+                out.append(unit)
+                continue
+            indicator = (unit[0] & 0xE0) | 28  # FU-A (RFC 6184 5.8)
+            kind, body = unit[0] & 0x1F, unit[1:]
+            pieces = [body[k:k + _MTU] for k in range(0, len(body), _MTU)]
+            for k, piece in enumerate(pieces):
+                fu = kind | (0x80 if k == 0 else 0) | (0x40 if k == len(pieces) - 1 else 0)
+                out.append(bytes([indicator, fu]) + piece)
+        return out
+
+    @staticmethod
+    def _rtp(payload: bytes, seq: int, stamp: int, ssrc: int, marker: bool, at: float, flags: int,
+             cseq: int) -> bytes:
+        seconds = int(at) + _NTP_EPOCH
+        fraction = int((at - int(at)) * (1 << 32)) & 0xFFFFFFFF
+        extension = struct.pack(">HHIIBBH", 0xABAC, 3, seconds & 0xFFFFFFFF, fraction, flags, cseq, 0)
+        header = struct.pack(">BBHII", 0x90, (0x80 if marker else 0) | 96, seq, stamp, ssrc)
+        return header + extension + payload
+
