@@ -20,6 +20,14 @@ and ICE stay aiortc's.  Per access unit it
   datagrams straight to the selected ICE pair's datagram transport, the very
   call aioice's ``StunProtocol.send_data`` makes (TURN relays included:
   aioice gives those a transport with the same ``sendto``);
+* sends each run of equal-size datagrams (a NAL unit's FU-A fragments, see
+  :mod:`web.live_packetizer`) with one ``sendmsg`` and ``UDP_SEGMENT``
+  (generic segmentation offload, Linux 4.18): the kernel cuts it into the
+  same datagrams after one pass down its stack.  The UDP send was the largest
+  cost left (most of it kernel time, one syscall and stack traversal per
+  packet per viewer); where the kernel refuses GSO the sender falls back to
+  one ``sendto`` per datagram for that viewer.  Only while asyncio has
+  nothing queued for the socket, so that the order is kept;
 * keeps the same RTCP sender-report figures aiortc's loop keeps (NTP/RTP
   timestamp pair, packet and octet counts) in aiortc's own attributes, so its
   RTCP loop reports them.
@@ -27,7 +35,10 @@ and ICE stay aiortc's.  Per access unit it
 NACKs are answered from a per-viewer history of the last
 :data:`HISTORY_PACKETS` packets, kept as references to the shared payloads
 (aiortc keeps 128 ``RtpPacket`` objects: less than one 1080p keyframe), as RTX
-when the viewer negotiated it.  A keyframe request is still heard by
+when the viewer negotiated it.  A viewer is resent at most as many packets as
+it was sent (a budget that each sent packet adds one to, up to the history's
+size): a viewer that NACKs everything, again and again, at most doubles its own
+stream instead of making the daemon send without bound.  A keyframe request is still heard by
 :func:`web.aiortc_fixes.on_keyframe_request`.
 
 The sender reads private state of aiortc and aioice; :meth:`LiveRtpSender.adopt`
@@ -40,9 +51,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpSender
@@ -70,6 +82,8 @@ _HEAD = struct.Struct("!BBH")  # version and extension bit, marker and payload t
 _TS_SSRC = struct.Struct("!II")
 _EXT_HEAD = struct.Struct("!HH")
 _OSN = struct.Struct("!H")  # RTX: the original sequence number in front of the payload (RFC 4588)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: the size the kernel cuts a send into
+_SEGMENT = struct.Struct("=H")
 
 # aiortc's RTCRtpSender and RTCDtlsTransport state the RTP loop must keep up to date (by their mangled names):
 # stop() waits for the two events; the RTCP loop reports the figures; getStats() reads the counts.
@@ -101,7 +115,12 @@ class LiveRtpSender(RTCRtpSender):
     _live_history: deque[_Sent]
     _live_history_packets: int
     _live_rtx_sequence: int
+    _live_gso: bool  # send runs of equal datagrams with one sendmsg (UDP_SEGMENT) until the kernel refuses
+    _live_retransmit_budget: int
     retransmitted: int  # packets sent again on a NACK
+    nack_refused: int  # NACKed packets not resent: the viewer asked for more than it was sent
+    gso_sends: int  # sendmsg calls that carried a run of datagrams
+    gso_blocked: int  # runs the full socket buffer refused, queued by asyncio instead
     nack_missed: int  # NACKed packets no longer (or never) in the history
 
     @classmethod
@@ -121,7 +140,12 @@ class LiveRtpSender(RTCRtpSender):
         sender._live_history = deque()
         sender._live_history_packets = 0
         sender._live_rtx_sequence = random_sequence_number()
+        sender._live_gso = True
+        sender._live_retransmit_budget = 0
         sender.retransmitted = 0
+        sender.nack_refused = 0
+        sender.gso_sends = 0
+        sender.gso_blocked = 0
         sender.nack_missed = 0
         return True
 
@@ -180,7 +204,8 @@ class LiveRtpSender(RTCRtpSender):
             unit = await feed.next_video_unit()
             if not self._enabled:
                 continue
-            payloads = packetizer.payloads(unit.packet, unit.data)
+            cut = packetizer.cut(unit.packet, unit.data)
+            payloads = cut.payloads
             if not payloads:
                 continue
             timestamp = (timestamp_origin + unit.pts) & 0xFFFFFFFF
@@ -195,7 +220,7 @@ class LiveRtpSender(RTCRtpSender):
             extensions = _EXT_HEAD.pack(profile, len(value) // 4) + value if value else b""
             first_byte = 0x90 if extensions else 0x80
             tail = _TS_SSRC.pack(timestamp, ssrc) + extensions
-            protect, send = self._link()
+            protect = self._protect()
             last = len(payloads) - 1
             datagrams = [
                 protect(join((head(first_byte, payload_type, (sequence + i) & 0xFFFF), tail, payload)))
@@ -203,13 +228,14 @@ class LiveRtpSender(RTCRtpSender):
             ]
             datagrams.append(protect(join((head(first_byte, payload_type | 0x80, (sequence + last) & 0xFFFF), tail,
                                            payloads[last]))))
-            await send(datagrams)
+            await self._transmit(datagrams, cut.runs)
 
             history.append(_Sent(sequence, timestamp, extensions, payloads))
             self._live_history_packets += len(payloads)
             while self._live_history_packets - len(history[0].payloads) >= HISTORY_PACKETS:
                 self._live_history_packets -= len(history.popleft().payloads)
             sequence = (sequence + len(payloads)) & 0xFFFF
+            self._live_retransmit_budget = min(HISTORY_PACKETS, self._live_retransmit_budget + len(payloads))
             packets += len(payloads)
             octets += sum(map(len, payloads))
             # What aiortc's loop keeps for its RTCP sender reports and getStats().
@@ -218,35 +244,49 @@ class LiveRtpSender(RTCRtpSender):
             setattr(self, "_RTCRtpSender__packet_count", packets)  # noqa: B010
             setattr(self, "_RTCRtpSender__octet_count", octets)  # noqa: B010
 
-    def _link(self) -> tuple[Callable[[bytes], bytes], Callable[[list[bytes]], Awaitable[None]]]:
-        """This viewer's SRTP protect and a send of protected datagrams on its selected ICE pair."""
+    def _protect(self) -> Callable[[bytes], bytes]:
+        """This viewer's SRTP protection (ConnectionError before DTLS is up or after it closed, as aiortc)."""
         dtls = self.transport
         if dtls._state != DtlsState.CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
-        protect = dtls._tx_srtp.protect
-        pair = dtls.transport._connection._nominated.get(1)
+        protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
+        return protect
+
+    async def _transmit(self, datagrams: list[bytes], runs: tuple[tuple[int, int], ...]) -> None:
+        """Send protected datagrams on the selected ICE pair; each run of equal ones in one GSO ``sendmsg``."""
+        dtls = self.transport
+        ice = dtls.transport
+        pair = ice._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         protocol = pair.protocol
-        datagram_transport = getattr(protocol, "transport", None)
-        direct = type(protocol).send_data is StunProtocol.send_data and datagram_transport is not None
-        addr = pair.remote_addr
-        ice_send = dtls.transport._send
-
-        async def send(datagrams: list[bytes]) -> None:
-            if direct:
-                sendto = datagram_transport.sendto  # type: ignore[union-attr]
-                for datagram in datagrams:
-                    sendto(datagram, addr)
-            else:
-                for datagram in datagrams:
-                    await ice_send(datagram)
-            setattr(dtls, "_RTCDtlsTransport__tx_bytes",  # noqa: B010
-                    getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sum(map(len, datagrams)))  # noqa: B009
-            setattr(dtls, "_RTCDtlsTransport__tx_packets",  # noqa: B010
-                    getattr(dtls, "_RTCDtlsTransport__tx_packets") + len(datagrams))  # noqa: B009
-
-        return protect, send
+        transport = getattr(protocol, "transport", None)
+        if type(protocol).send_data is not StunProtocol.send_data or transport is None:
+            for datagram in datagrams:  # not aioice's plain protocol: its own path
+                await ice._send(datagram)
+        else:
+            addr = pair.remote_addr
+            sock = getattr(transport, "_sock", None) if self._live_gso else None
+            for start, stop in runs:
+                # Only while asyncio queues nothing for the socket: its queue would go out after these.
+                if sock is not None and stop - start > 1 and not transport.get_write_buffer_size():
+                    try:
+                        sock.sendmsg([b"".join(datagrams[start:stop])],
+                                     [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(len(datagrams[start])))], 0, addr)
+                        self.gso_sends += 1
+                        continue
+                    except (BlockingIOError, InterruptedError):
+                        self.gso_blocked += 1  # the socket buffer is full: asyncio's transport queues them
+                    except OSError as exc:  # no GSO here (old kernel, a device without checksum offload...)
+                        self._live_gso, sock = False, None
+                        log.info("[%s] UDP segmentation offload not available (%s): one send per packet",
+                                 self._live_feed.name, exc)
+                for datagram in datagrams[start:stop]:
+                    transport.sendto(datagram, addr)
+        setattr(dtls, "_RTCDtlsTransport__tx_bytes",  # noqa: B010 - mangled names
+                getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sum(map(len, datagrams)))  # noqa: B009
+        setattr(dtls, "_RTCDtlsTransport__tx_packets",  # noqa: B010
+                getattr(dtls, "_RTCDtlsTransport__tx_packets") + len(datagrams))  # noqa: B009
 
     async def _retransmit(self, sequence_number: int) -> None:
         """Send a NACKed packet again, from the history (as RTX when negotiated)."""
@@ -257,6 +297,10 @@ class LiveRtpSender(RTCRtpSender):
         else:
             self.nack_missed += 1
             return
+        if self._live_retransmit_budget <= 0:
+            self.nack_refused += 1
+            return
+        self._live_retransmit_budget -= 1
         assert self._live_parameters is not None
         codec = self._live_parameters.codecs[0]
         marker = 0x80 if offset == len(sent.payloads) - 1 else 0
@@ -272,8 +316,7 @@ class LiveRtpSender(RTCRtpSender):
             header = _HEAD.pack(first_byte, marker | ((codec.payloadType or 0) & 0x7F), sequence_number)
             tail = _TS_SSRC.pack(sent.timestamp, self._ssrc)
         try:
-            protect, send = self._link()
-            await send([protect(header + tail + sent.extensions + payload)])
+            await self._transmit([self._protect()(header + tail + sent.extensions + payload)], ((0, 1),))
         except ConnectionError:
             return
         self.retransmitted += 1

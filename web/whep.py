@@ -190,9 +190,14 @@ class WhepSession:
             "keyframe_requests": feed.keyframe_requests,
             "shared_packetization": self.sender is not None,
             "retransmitted_packets": self.sender.retransmitted if self.sender is not None else None,
+            # NACKed packets no longer in the history, or beyond what the viewer was sent (a NACK flood)
+            "nacks_unanswered": self.sender.nack_missed + self.sender.nack_refused if self.sender is not None else None,
+            "gso_sends": self.sender.gso_sends if self.sender is not None else None,
+            "gso_blocked": self.sender.gso_blocked if self.sender is not None else None,
             "queued_packets": feed.reader.queued if feed.reader is not None else 0,
             "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
             if feed.relay_delay_count else None,
+            "relay_delay_samples": feed.relay_delay_count,  # live packets the mean is over (the backlog is not)
         }
 
 
@@ -344,7 +349,8 @@ class WhepRelay:
         try:
             transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
             transceiver.setCodecPreferences(h264_preferences())
-            if LiveRtpSender.adopt(transceiver.sender, feed, self.packetizer(stream.hub)):
+            if self.config.shared_packetization and LiveRtpSender.adopt(
+                    transceiver.sender, feed, self.packetizer(stream.hub)):
                 session.sender = transceiver.sender  # type: ignore[assignment]  # adopt() changed its class
             aiortc_fixes.on_keyframe_request(transceiver.sender, lambda: self._keyframe_requested(session))
             if audio_mime is not None:
