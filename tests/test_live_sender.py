@@ -170,3 +170,35 @@ async def test_a_viewer_flooding_nacks_gets_at_most_what_it_was_sent(
     finally:
         await client.delete(location)
         await pc.close()
+
+
+@pytest.mark.parametrize("profile", ["AES128_CM_SHA1_80", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM"])
+def test_protecting_in_place_makes_the_bytes_pylibsrtp_makes(profile: str) -> None:
+    from pylibsrtp import Policy, Session
+
+    from web.live_sender import _RunProtector
+
+    srtp_profile = getattr(Policy, f"SRTP_PROFILE_{profile}")
+    key = os.urandom({"AES128_CM_SHA1_80": 30, "AEAD_AES_128_GCM": 28, "AEAD_AES_256_GCM": 44}[profile])
+
+    def session() -> Session:
+        return Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=srtp_profile))
+
+    nal = bytes([0x65]) + os.urandom(30_000)
+    cut = LivePacketizer("t").cut(_packet(b""), b"\x00\x00\x00\x01" + nal)
+    tail = (123456).to_bytes(4, "big") + (0xCAFE).to_bytes(4, "big") + b"\xbe\xde\x00\x01\x10\x30\x00\x00"
+    fast, slow = _RunProtector(session()), _RunProtector(session())
+    assert fast._protect is not None  # libsrtp through pylibsrtp's binding, in place
+    slow._protect = None  # the fallback: pylibsrtp's protect and a join
+    last = len(cut.payloads) - 1
+    for start, stop in cut.runs:
+        data, size = fast.protect(fast.session.protect, cut.payloads, start, stop, last, 0x90, 102, 30_000, tail)
+        expected, expected_size = slow.protect(slow.session.protect, cut.payloads, start, stop, last, 0x90, 102,
+                                               30_000, tail)
+        assert bytes(data) == expected and size == expected_size
+    # and a viewer's decryption takes them: the last datagram carries the marker bit
+    receiver = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=srtp_profile))
+    start, stop = cut.runs[-1]
+    data, size = slow.protect(slow.session.protect, cut.payloads, start, stop, last, 0x90, 102, 40_000, tail)
+    plain = receiver.unprotect(bytes(data[-(len(data) - size * (stop - start - 1)):]))
+    assert plain[1] == 0x80 | 102 and plain.endswith(cut.payloads[-1])

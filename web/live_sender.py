@@ -55,6 +55,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpSender
@@ -68,7 +69,7 @@ from aiortc.utils import random32
 
 from web.aiortc_fixes import current_ntp_time
 from web.live_feed import FeedClosed, LiveFeed
-from web.live_packetizer import LivePacketizer
+from web.live_packetizer import Cut, LivePacketizer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,64 @@ _SENDER_STATE = (
 _TRANSPORT_STATE = ("_RTCDtlsTransport__tx_bytes", "_RTCDtlsTransport__tx_packets", "_tx_srtp", "_state")
 
 
+class _RunProtector:
+    """SRTP-protects a run of an access unit's packets into one buffer, the datagrams end to end.
+
+    pylibsrtp's ``protect`` copies each packet into its own buffer and out again as new bytes; called through
+    pylibsrtp's own cffi binding, libsrtp protects every packet in place in one preallocated buffer per viewer,
+    which then goes to the kernel as it is (one ``sendmsg`` for the run).  Where pylibsrtp's internals are not
+    what this was written for, its ``protect`` and a join make the same bytes.
+    """
+
+    __slots__ = ("session", "_ctx", "_buf", "_view", "_memory", "_length", "_protect")
+
+    BUFFER_BYTES = 66 * 1024  # a run is at most 65,000 bytes (web.live_packetizer.MAX_RUN_BYTES)
+
+    def __init__(self, session: Any) -> None:
+        self.session = session  # the viewer's pylibsrtp.Session, whose keys and state these are
+        self._protect: Any = None
+        try:
+            from pylibsrtp._binding import ffi, lib
+
+            self._ctx = session._srtp[0]
+            self._buf = ffi.new("char[]", self.BUFFER_BYTES)
+            self._view = ffi.buffer(self._buf)
+            self._memory = memoryview(self._view)
+            self._length = ffi.new("int *")
+            self._protect = lib.srtp_protect
+        except (ImportError, AttributeError, TypeError) as exc:
+            log.info("pylibsrtp's binding is not the one expected (%s): packets are protected one by one", exc)
+
+    def protect(self, protect: Callable[[bytes], bytes], payloads: tuple[bytes, ...], start: int, stop: int,
+                last: int, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> tuple[Any, int]:
+        """Packets ``start``..``stop`` of a unit, protected end to end, and the size of the first (all but the last)."""
+        head = _HEAD.pack
+        c_protect = self._protect
+        if c_protect is None:
+            datagrams = [protect(b"".join((head(first_byte, payload_type | (0x80 if i == last else 0),
+                                                (sequence + i) & 0xFFFF), tail, payloads[i])))
+                         for i in range(start, stop)]
+            return b"".join(datagrams), len(datagrams[0])
+        view, buf, length, ctx = self._view, self._buf, self._length, self._ctx
+        tail_end = 4 + len(tail)
+        marked = payload_type | 0x80
+        offset = size = 0
+        for i in range(start, stop):
+            payload = payloads[i]
+            view[offset:offset + 4] = head(first_byte, marked if i == last else payload_type, (sequence + i) & 0xFFFF)
+            view[offset + 4:offset + tail_end] = tail
+            end = offset + tail_end + len(payload)
+            view[offset + tail_end:end] = payload
+            length[0] = end - offset
+            status = c_protect(ctx, buf + offset, length)
+            if status:
+                raise RuntimeError(f"SRTP protection failed (libsrtp status {status})")
+            if not size:
+                size = length[0]
+            offset += length[0]
+        return self._memory[:offset], size
+
+
 class _Sent:
     """One access unit as this viewer sent it: what a retransmission needs."""
 
@@ -115,6 +174,7 @@ class LiveRtpSender(RTCRtpSender):
     _live_history: deque[_Sent]
     _live_history_packets: int
     _live_rtx_sequence: int
+    _live_runs: _RunProtector | None
     _live_gso: bool  # send runs of equal datagrams with one sendmsg (UDP_SEGMENT) until the kernel refuses
     _live_retransmit_budget: int
     retransmitted: int  # packets sent again on a NACK
@@ -141,6 +201,7 @@ class LiveRtpSender(RTCRtpSender):
         sender._live_history_packets = 0
         sender._live_rtx_sequence = random_sequence_number()
         sender._live_gso = True
+        sender._live_runs = None
         sender._live_retransmit_budget = 0
         sender.retransmitted = 0
         sender.nack_refused = 0
@@ -196,8 +257,6 @@ class LiveRtpSender(RTCRtpSender):
         sequence = random_sequence_number()
         timestamp_origin = random32()
         history = self._live_history
-        head = _HEAD.pack
-        join = b"".join
         packets = 0
         octets = 0
         while True:
@@ -220,15 +279,7 @@ class LiveRtpSender(RTCRtpSender):
             extensions = _EXT_HEAD.pack(profile, len(value) // 4) + value if value else b""
             first_byte = 0x90 if extensions else 0x80
             tail = _TS_SSRC.pack(timestamp, ssrc) + extensions
-            protect = self._protect()
-            last = len(payloads) - 1
-            datagrams = [
-                protect(join((head(first_byte, payload_type, (sequence + i) & 0xFFFF), tail, payload)))
-                for i, payload in enumerate(payloads[:last])
-            ]
-            datagrams.append(protect(join((head(first_byte, payload_type | 0x80, (sequence + last) & 0xFFFF), tail,
-                                           payloads[last]))))
-            await self._transmit(datagrams, cut.runs)
+            await self._send_unit(cut, first_byte, payload_type, sequence, tail)
 
             history.append(_Sent(sequence, timestamp, extensions, payloads))
             self._live_history_packets += len(payloads)
@@ -252,41 +303,60 @@ class LiveRtpSender(RTCRtpSender):
         protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
         return protect
 
-    async def _transmit(self, datagrams: list[bytes], runs: tuple[tuple[int, int], ...]) -> None:
-        """Send protected datagrams on the selected ICE pair; each run of equal ones in one GSO ``sendmsg``."""
+    async def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> None:
+        """Protect and send one access unit, run by run; each run of equal datagrams in one GSO ``sendmsg``."""
         dtls = self.transport
+        protect = self._protect()
+        runs = self._live_runs
+        if runs is None or runs.session is not dtls._tx_srtp:
+            runs = self._live_runs = _RunProtector(dtls._tx_srtp)
         ice = dtls.transport
         pair = ice._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         protocol = pair.protocol
         transport = getattr(protocol, "transport", None)
-        if type(protocol).send_data is not StunProtocol.send_data or transport is None:
-            for datagram in datagrams:  # not aioice's plain protocol: its own path
-                await ice._send(datagram)
-        else:
-            addr = pair.remote_addr
-            sock = getattr(transport, "_sock", None) if self._live_gso else None
-            for start, stop in runs:
-                # Only while asyncio queues nothing for the socket: its queue would go out after these.
-                if sock is not None and stop - start > 1 and not transport.get_write_buffer_size():
-                    try:
-                        sock.sendmsg([b"".join(datagrams[start:stop])],
-                                     [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(len(datagrams[start])))], 0, addr)
+        plain = type(protocol).send_data is StunProtocol.send_data and transport is not None
+        sock = getattr(transport, "_sock", None) if plain else None
+        addr = pair.remote_addr
+        payloads = cut.payloads
+        last = len(payloads) - 1
+        sent = 0
+        for start, stop in cut.runs:
+            data, size = runs.protect(protect, payloads, start, stop, last, first_byte, payload_type, sequence, tail)
+            sent += len(data)
+            if not plain:  # not aioice's plain UDP protocol: its own path, a copy per datagram (it may send later)
+                for offset in range(0, len(data), size):
+                    await ice._send(bytes(data[offset:offset + size]))
+                continue
+            assert transport is not None
+            # Straight to the socket only while asyncio queues nothing for it: its queue would go out after these.
+            if sock is not None and not transport.get_write_buffer_size():
+                try:
+                    if stop - start == 1:
+                        sock.sendto(data, addr)
+                        continue
+                    if self._live_gso:
+                        sock.sendmsg([data], [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
                         self.gso_sends += 1
                         continue
-                    except (BlockingIOError, InterruptedError):
-                        self.gso_blocked += 1  # the socket buffer is full: asyncio's transport queues them
-                    except OSError as exc:  # no GSO here (old kernel, a device without checksum offload...)
-                        self._live_gso, sock = False, None
+                except (BlockingIOError, InterruptedError):
+                    self.gso_blocked += 1  # the socket buffer is full: asyncio's transport queues them
+                except OSError as exc:
+                    if stop - start > 1:  # no GSO here (old kernel, a device without checksum offload...)
+                        self._live_gso = False
                         log.info("[%s] UDP segmentation offload not available (%s): one send per packet",
                                  self._live_feed.name, exc)
-                for datagram in datagrams[start:stop]:
-                    transport.sendto(datagram, addr)
+            for offset in range(0, len(data), size):  # asyncio copies what it has to queue, and reports errors
+                transport.sendto(data[offset:offset + size], addr)
         setattr(dtls, "_RTCDtlsTransport__tx_bytes",  # noqa: B010 - mangled names
-                getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sum(map(len, datagrams)))  # noqa: B009
+                getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sent)  # noqa: B009
         setattr(dtls, "_RTCDtlsTransport__tx_packets",  # noqa: B010
-                getattr(dtls, "_RTCDtlsTransport__tx_packets") + len(datagrams))  # noqa: B009
+                getattr(dtls, "_RTCDtlsTransport__tx_packets") + len(payloads))  # noqa: B009
+
+    async def _send_datagram(self, datagram: bytes) -> None:
+        """One protected datagram, as aiortc sends (a retransmission is rare: no shortcut)."""
+        await self.transport.transport._send(datagram)
 
     async def _retransmit(self, sequence_number: int) -> None:
         """Send a NACKed packet again, from the history (as RTX when negotiated)."""
@@ -316,7 +386,7 @@ class LiveRtpSender(RTCRtpSender):
             header = _HEAD.pack(first_byte, marker | ((codec.payloadType or 0) & 0x7F), sequence_number)
             tail = _TS_SSRC.pack(sent.timestamp, self._ssrc)
         try:
-            await self._transmit([self._protect()(header + tail + sent.extensions + payload)], ((0, 1),))
+            await self._send_datagram(self._protect()(header + tail + sent.extensions + payload))
         except ConnectionError:
             return
         self.retransmitted += 1
