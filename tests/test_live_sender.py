@@ -202,3 +202,54 @@ def test_protecting_in_place_makes_the_bytes_pylibsrtp_makes(profile: str) -> No
     data, size = slow.protect(slow.session.protect, cut.payloads, start, stop, last, 0x90, 102, 40_000, tail)
     plain = receiver.unprotect(bytes(data[-(len(data) - size * (stop - start - 1)):]))
     assert plain[1] == 0x80 | 102 and plain.endswith(cut.payloads[-1])
+
+
+class _AlwaysFull:
+    """A socket whose send buffer never drains (a link far slower than the camera)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendto(self, *_args: Any) -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    sendmsg = sendto
+
+
+async def test_a_viewer_whose_socket_never_drains_holds_bounded_memory_and_recovers(
+        relay_app: tuple[TestClient, Station, Publisher], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    bound = 30_000  # the test camera sends some 10 kB a second; the daemon's 1 MB would take minutes to fill
+    monkeypatch.setattr("web.live_sender.MAX_QUEUED_BYTES", bound)
+    client, daemon, _ = relay_app
+    pc, location, _ = await whep_viewer(client)
+    other, other_location, _ = await whep_viewer(client)
+    try:
+        await frames(pc, 3)
+        await frames(other, 3)
+        sessions = list(client.app[WHEP].sessions.values())
+        sender = next(s.sender for s in sessions if s.id in location)
+        assert isinstance(sender, LiveRtpSender)
+        transport = sender.transport.transport._connection._nominated[1].protocol.transport
+        real = transport._sock
+        transport._sock = _AlwaysFull(real)
+        try:
+            # The stuck viewer's queue fills to the bound and stops there; the other viewer plays on.
+            got = await frames(other, 45)
+            assert len(got) == 45
+            await until(lambda: sender.units_unsent > 10, 30, "the stuck viewer's queue was never bounded")
+            assert transport.get_write_buffer_size() <= bound + 20_000  # one unit past the bound at most
+        finally:
+            transport._sock = real
+        got = await frames(pc, 20, timeout=30)  # the link is back: asyncio drains its queue, the picture resumes
+        assert all(f.width == 320 for f in got)
+        listing = await (await client.get("/api/live/sessions")).json()
+        assert any(s["unsent_units"] > 10 for s in listing["sessions"])
+        assert daemon.cameras["hall"].view_hub.readers  # the hub never waited for anyone
+    finally:
+        await client.delete(location)
+        await client.delete(other_location)
+        await pc.close()
+        await other.close()

@@ -78,6 +78,10 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 # Packets a NACK can still be answered from: a 1080p keyframe is 100-200 packets, and a viewer on a lossy link
 # NACKs a burst a round trip after it was sent.
 HISTORY_PACKETS = 1024
+# What asyncio may hold queued for one viewer's socket (a link slower than the camera, a full send buffer) before
+# the sender stops adding to it: units past it are not sent (counted), as if lost on the way, and the viewer's
+# NACKs and keyframe requests recover it.  About two seconds of a 4 Mbit/s camera.
+MAX_QUEUED_BYTES = 1 << 20
 
 _HEAD = struct.Struct("!BBH")  # version and extension bit, marker and payload type, sequence number
 _TS_SSRC = struct.Struct("!II")
@@ -181,6 +185,7 @@ class LiveRtpSender(RTCRtpSender):
     nack_refused: int  # NACKed packets not resent: the viewer asked for more than it was sent
     gso_sends: int  # sendmsg calls that carried a run of datagrams
     gso_blocked: int  # runs the full socket buffer refused, queued by asyncio instead
+    units_unsent: int  # access units not sent: asyncio already held MAX_QUEUED_BYTES for the socket
     nack_missed: int  # NACKed packets no longer (or never) in the history
 
     @classmethod
@@ -207,6 +212,7 @@ class LiveRtpSender(RTCRtpSender):
         sender.nack_refused = 0
         sender.gso_sends = 0
         sender.gso_blocked = 0
+        sender.units_unsent = 0
         sender.nack_missed = 0
         return True
 
@@ -320,6 +326,9 @@ class LiveRtpSender(RTCRtpSender):
         sock = getattr(transport, "_sock", None) if plain else None
         addr = pair.remote_addr
         payloads = cut.payloads
+        if plain and transport is not None and transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
+            self.units_unsent += 1  # memory stays bounded whatever the viewer's link; see MAX_QUEUED_BYTES
+            return
         last = len(payloads) - 1
         sent = 0
         for start, stop in cut.runs:

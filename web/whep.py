@@ -194,6 +194,7 @@ class WhepSession:
             "nacks_unanswered": self.sender.nack_missed + self.sender.nack_refused if self.sender is not None else None,
             "gso_sends": self.sender.gso_sends if self.sender is not None else None,
             "gso_blocked": self.sender.gso_blocked if self.sender is not None else None,
+            "unsent_units": self.sender.units_unsent if self.sender is not None else None,
             "queued_packets": feed.reader.queued if feed.reader is not None else 0,
             "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
             if feed.relay_delay_count else None,
