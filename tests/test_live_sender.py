@@ -102,17 +102,22 @@ def _sender(client: TestClient) -> LiveRtpSender:
     return session.sender
 
 
-class _NoSegmentation:
-    """A socket whose kernel refuses UDP_SEGMENT (an old kernel, a device without checksum offload)."""
+class _FailingSocket:
+    """A viewer's socket as a kernel in trouble shows it: ``sendmsg`` (and ``sendto`` if asked) raise ``error``."""
 
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
+    def __init__(self, sock: Any, error: OSError, sendto_too: bool = False) -> None:
+        self._sock, self._error, self._sendto_too = sock, error, sendto_too
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
     def sendmsg(self, *_args: Any) -> int:
-        raise OSError(errno.EIO, "Input/output error")
+        raise self._error
+
+    def sendto(self, *args: Any) -> int:
+        if self._sendto_too:
+            raise self._error
+        return int(self._sock.sendto(*args))
 
 
 async def test_a_viewer_keeps_playing_when_the_kernel_refuses_segmentation_offload(
@@ -126,7 +131,8 @@ async def test_a_viewer_keeps_playing_when_the_kernel_refuses_segmentation_offlo
         assert sender.gso_sends > 0  # the keyframe went out in runs
         transport = sender.transport.transport._connection._nominated[1].protocol.transport
         real = transport._sock
-        transport._sock = _NoSegmentation(real)
+        # An old kernel, a device without checksum offload.
+        transport._sock = _FailingSocket(real, OSError(errno.EIO, "Input/output error"))
         try:
             got = await frames(pc, 30)  # two keyframes' worth: runs of fragments now go one by one
         finally:
@@ -204,21 +210,6 @@ def test_protecting_in_place_makes_the_bytes_pylibsrtp_makes(profile: str) -> No
     assert plain[1] == 0x80 | 102 and plain.endswith(cut.payloads[-1])
 
 
-class _AlwaysFull:
-    """A socket whose send buffer never drains (a link far slower than the camera)."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-    def sendto(self, *_args: Any) -> int:
-        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-
-    sendmsg = sendto
-
-
 async def test_a_viewer_whose_socket_never_drains_holds_bounded_memory_and_recovers(
         relay_app: tuple[TestClient, Station, Publisher], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     bound = 30_000  # the test camera sends some 10 kB a second; the daemon's 1 MB would take minutes to fill
@@ -234,7 +225,9 @@ async def test_a_viewer_whose_socket_never_drains_holds_bounded_memory_and_recov
         assert isinstance(sender, LiveRtpSender)
         transport = sender.transport.transport._connection._nominated[1].protocol.transport
         real = transport._sock
-        transport._sock = _AlwaysFull(real)
+        # A link far slower than the camera: the send buffer never drains.
+        transport._sock = _FailingSocket(real, BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
+                                         sendto_too=True)
         try:
             # The stuck viewer's queue fills to the bound and stops there; the other viewer plays on.
             got = await frames(other, 45)
