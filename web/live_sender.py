@@ -356,8 +356,10 @@ class LiveRtpSender(RTCRtpSender):
                         self._live_gso = False
                         log.info("[%s] UDP segmentation offload not available (%s): one send per packet",
                                  self._live_feed.name, exc)
-            for offset in range(0, len(data), size):  # asyncio copies what it has to queue, and reports errors
-                transport.sendto(data[offset:offset + size], addr)
+            # Copies: ``data`` is this viewer's buffer, rewritten by the next run, and a transport may send later
+            # (asyncio's when the socket is full; aioice's TURN transport always, from a task).
+            for offset in range(0, len(data), size):
+                transport.sendto(bytes(data[offset:offset + size]), addr)
         setattr(dtls, "_RTCDtlsTransport__tx_bytes",  # noqa: B010 - mangled names
                 getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sent)  # noqa: B009
         setattr(dtls, "_RTCDtlsTransport__tx_packets",  # noqa: B010
