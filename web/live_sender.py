@@ -193,6 +193,8 @@ class LiveRtpSender(RTCRtpSender):
         """Make ``sender`` (not started yet) send ``feed`` this way; False, and aiortc's own loop, if aiortc changed."""
         missing = [name for name in _SENDER_STATE if not hasattr(sender, name)]
         missing += [name for name in _TRANSPORT_STATE if not hasattr(sender.transport, name)]
+        if not hasattr(getattr(sender.transport.transport, "_connection", None), "_nominated"):
+            missing.append("RTCIceTransport._connection._nominated")  # aioice's selected pair, sent on directly
         if type(sender) is not RTCRtpSender or missing:
             log.warning("aiortc's sender is not the one the shared live sender was written for (%s): "
                         "each viewer packetizes on its own", ", ".join(missing) or type(sender).__name__)
