@@ -9,19 +9,25 @@ Phases (each prints one JSON line, also appended to bench/results/results.jsonl)
   with ICE gathering, POST→answer (and the daemon's own time to answer),
   answer→connected, POST→first decoded frame.  Goal: POST→first frame under
   250 ms.
-- ``live_relay_delay``: the daemon's own added latency, from a packet
-  arriving in the hub to it being handed to aiortc's packetizer (mean per
-  session, with the viewers of the CPU phase).
+- relay delay (in each ``live_cpu`` line): the daemon's own added latency,
+  from a packet arriving in the hub to it being handed to the sender; the
+  largest per-session mean over the measuring window
+  (``relay_delay_ms_window_max``) and over the whole session, the GOP burst
+  that starts it included (``relay_delay_ms_session_max``).
 - ``live_cpu``: one 1080p25 4 Mbit/s camera (pre-encoded clip), recorded;
   daemon CPU with no viewer, then with 1, 4 and 16 headless aiortc viewers
-  (they assemble frames but do not decode them: sixteen Python decoders would
-  take the cores from the daemon).  Reports the first viewer's cost and each
-  extra viewer's, as percent of one core.
+  spread over up to four load-generator processes (they complete ICE, DTLS
+  and SRTP, then only count RTP packets, marker bits and sequence gaps: a
+  Python receiver that parses and assembles fell behind at 16 viewers and its
+  NACKs inflated the daemon's figure).  Reports the first viewer's cost and
+  each extra viewer's, as percent of one core, for the shared-packetization
+  sender and for aiortc's own (``live.shared_packetization: false``), in
+  interleaved rounds (``--rounds``); ``live_cpu_extra_viewer`` sums them up.
 - ``live_cpu_wall``: 16 such cameras, all recorded, one viewer each.
 - ``live_transcode_cpu``: an H.265 720p15 camera with ``live.transcode: h264``,
   1 and 4 viewers: the transcode's CPU and what extra viewers add.
 
-    python bench/bench_live.py [--runs 20] [--viewers 1 4 16] [--cameras 16] [--seconds 15]
+    python bench/bench_live.py [--runs 20] [--viewers 1 4 16] [--cameras 16] [--seconds 15] [--rounds 2]
         [--skip first_frame|cpu|wall|transcode]
 """
 
@@ -30,10 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
-from aiortc.mediastreams import MediaStreamError  # noqa: E402
 
-from bench.common import clip_1080p, cpu_seconds, report  # noqa: E402
+from bench.common import clip_1080p, cpu_seconds, kernel_cpu_seconds, report  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
 from tests.conftest import StationProcess, wait_until  # noqa: E402
 from tests.test_live import CHROMIUM_ARGS  # noqa: E402
@@ -130,24 +138,34 @@ def first_frame_phase(root: Path, runs: int) -> None:
         cam.stop()
 
 
-class _CountingDecoder:
-    """Stands in for aiortc's H.264 decoder in the load viewers: counts whole frames, decodes nothing.
+class _Count:
+    """What one load-generator process received: RTP packets, access units (marker bits), sequence gaps."""
 
-    Sixteen Python decoders of 1080p would take the two cores from the daemon being measured; the
-    daemon's work (relaying and packetizing) is the same whether or not the viewer decodes.
+    packets = 0
+    units = 0
+    lost = 0
+    last_seq: dict[int, int] = {}
+
+
+async def _counting_rtp(transport: Any, data: bytes, arrival_time_ms: int) -> None:
+    """Stands in for aiortc's RTP receive path in the load viewers: counts, parses, assembles, decodes nothing.
+
+    aiortc's receiver (header parsing, jitter buffer, frame assembly, NACK generator) cost more than the daemon's
+    sender once the shared packetization was in: with 16 viewers in one process it fell behind, the kernel
+    dropped packets, the viewers NACKed and the daemon's figure grew by the retransmissions.  The daemon's work
+    per packet is the same whether or not the viewer parses it; SRTP is still checked (aiortc, in C).
     """
-
-    frames = 0
-
-    def decode(self, _frame: Any) -> list[Any]:
-        _CountingDecoder.frames += 1
-        return []
-
-
-def _headless_viewers() -> None:
-    import aiortc.rtcrtpreceiver
-
-    aiortc.rtcrtpreceiver.get_decoder = lambda _codec: _CountingDecoder()  # type: ignore[assignment,return-value]
+    _Count.packets += 1
+    if data[1] & 0x80:
+        _Count.units += 1
+    key = id(transport)
+    seq = (data[2] << 8) | data[3]
+    last = _Count.last_seq.get(key)
+    if last is not None:
+        gap = (seq - last - 1) & 0xFFFF
+        if gap < 0x8000:
+            _Count.lost += gap
+    _Count.last_seq[key] = seq
 
 
 async def _viewer(base_url: str, camera_id: str, token: str) -> RTCPeerConnection:
@@ -161,42 +179,112 @@ async def _viewer(base_url: str, camera_id: str, token: str) -> RTCPeerConnectio
         answer = await resp.text()
         assert resp.status == 201, answer
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    track = pc.getTransceivers()[0].receiver.track
-
-    async def drain() -> None:
-        try:
-            while True:
-                await track.recv()
-        except MediaStreamError:
-            pass  # the viewer was closed
-
-    asyncio.get_running_loop().create_task(drain())
     return pc
 
 
-async def _measure(daemon: StationProcess, targets: list[str], seconds: float) -> dict[str, Any]:
-    """Daemon CPU (% of one core) while one headless viewer per entry of ``targets`` watches."""
+def _receiver_main(base_url: str, token: str, targets: list[str], conn: Connection) -> None:
+    """One load-generator process: a viewer per entry of ``targets``; counts between "start" and "stop"."""
+    import aiortc.rtcdtlstransport
+
+    aiortc.rtcdtlstransport.RTCDtlsTransport._handle_rtp_data = _counting_rtp  # type: ignore[method-assign]
+    # Below the daemon: on a two-core machine the receivers it wakes would otherwise preempt it in the middle of
+    # a frame (the monitoring-room browsers are on other machines), which shows as relay delay that is not its own.
+    os.nice(10)
+
+    async def run() -> None:
+        pcs = [await _viewer(base_url, camera_id, token) for camera_id in targets]
+        loop = asyncio.get_running_loop()
+        conn.send("ready")
+        for command in ("start", "stop"):
+            assert await loop.run_in_executor(None, conn.recv) == command
+            conn.send((_Count.packets, _Count.units, _Count.lost))
+        await loop.run_in_executor(None, conn.recv)  # "close", once the daemon's figures are read
+        for pc in pcs:
+            await pc.close()
+
+    asyncio.run(run())
+
+
+def _measure(daemon: StationProcess, targets: list[str], seconds: float, processes: int = 4) -> dict[str, Any]:
+    """Daemon CPU (% of one core) while one headless viewer per entry of ``targets`` watches.
+
+    The viewers are spread over up to ``processes`` load-generator processes, so that the receiving side is
+    not one process's single core.
+    """
     assert daemon.proc is not None
     pid = daemon.proc.pid
-    pcs = [await _viewer(daemon.base_url, camera_id, daemon.token) for camera_id in targets]
-    await asyncio.sleep(3)  # connected, past the GOP burst
-    c0, w0, f0 = cpu_seconds(pid), time.monotonic(), _CountingDecoder.frames
-    await asyncio.sleep(seconds)
-    elapsed = time.monotonic() - w0
-    percent = (cpu_seconds(pid) - c0) / elapsed * 100
-    frames = _CountingDecoder.frames - f0
-    live = await asyncio.to_thread(daemon.get, "/api/live/sessions")
-    sessions = live[1]["sessions"]
-    for pc in pcs:
-        await pc.close()
-    await asyncio.sleep(1)
+    ctx = multiprocessing.get_context("spawn")
+    groups = [targets[i::processes] for i in range(min(processes, len(targets)))]
+    links, procs = [], []
+    for group in groups:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_receiver_main, args=(daemon.base_url, daemon.token, group, child), daemon=True)
+        proc.start()
+        links.append(parent)
+        procs.append(proc)
+    try:
+        for link in links:
+            if not link.poll(120) or link.recv() != "ready":
+                raise RuntimeError("a load-generator process never connected its viewers")
+        time.sleep(3)  # connected, past the GOP burst
+        before = {s["id"]: s for s in daemon.request("GET", "/api/live/sessions", timeout=60)[1]["sessions"]}
+        for link in links:
+            link.send("start")
+        start = [link.recv() for link in links]
+        c0, k0, w0, r0 = cpu_seconds(pid), kernel_cpu_seconds(pid), time.monotonic(), _udp_receive_errors()
+        time.sleep(seconds)
+        percent = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
+        kernel = (kernel_cpu_seconds(pid) - k0) / (time.monotonic() - w0) * 100
+        overflowed = _udp_receive_errors() - r0
+        for link in links:
+            link.send("stop")
+        stop = [link.recv() for link in links]
+        elapsed = time.monotonic() - w0
+        live = daemon.request("GET", "/api/live/sessions", timeout=60)[1]
+        sessions = live["sessions"]
+        for link in links:
+            link.send("close")
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    time.sleep(1)
+    packets, units, lost = (sum(b[i] - a[i] for a, b in zip(start, stop, strict=True)) for i in range(3))
     return {
         "cpu_percent": percent,
-        "frames_per_viewer_per_second": round(frames / elapsed / max(1, len(targets)), 1),
+        "kernel_cpu_percent": kernel,
+        "frames_per_viewer_per_second": round(units / elapsed / max(1, len(targets)), 1),
+        "packets_per_viewer_per_second": round(packets / elapsed / max(1, len(targets))),
+        "viewer_lost_packets": lost,
+        "viewer_socket_overflows": overflowed,
         "dropped_packets": sum(s["dropped_packets"] for s in sessions),
+        "retransmitted_packets": sum(s.get("retransmitted_packets") or 0 for s in sessions),
         "relay_delay_ms": [s["relay_delay_ms"] for s in sessions if s["relay_delay_ms"] is not None],
-        "transcoders": live[1].get("transcoders", {}),
+        "relay_delay_window_ms": [d for d in (_window_delay(before.get(s["id"]), s) for s in sessions)
+                                  if d is not None],
+        "gso_sends": sum(s.get("gso_sends") or 0 for s in sessions),
+        "gso_blocked": sum(s.get("gso_blocked") or 0 for s in sessions),
+        "transcoders": live.get("transcoders", {}),
+        "load_processes": len(groups),
     }
+
+
+def _udp_receive_errors() -> int:
+    """Datagrams the kernel dropped for a full receive buffer, in this network namespace (/proc/net/snmp)."""
+    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def _window_delay(before: dict[str, Any] | None, after: dict[str, Any]) -> float | None:
+    """A session's mean relay delay over the measuring window only (past the GOP burst that starts a session)."""
+    if before is None or not before["relay_delay_ms"] or not after["relay_delay_ms"]:
+        return None
+    samples = after["relay_delay_samples"] - before["relay_delay_samples"]
+    if samples <= 0:
+        return None
+    return (after["relay_delay_ms"] * after["relay_delay_samples"]
+            - before["relay_delay_ms"] * before["relay_delay_samples"]) / samples
 
 
 def _idle_cpu(daemon: StationProcess, seconds: float) -> float:
@@ -208,47 +296,83 @@ def _idle_cpu(daemon: StationProcess, seconds: float) -> float:
     return (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
 
 
-def _station(root: Path, cams: list[SimCamera], **sections: Any) -> StationProcess:
+def _station(root: Path, cams: list[SimCamera], cameras: list[dict[str, Any]] | None = None,
+             **sections: Any) -> StationProcess:
+    """A daemon recording ``cams`` (started here) as cam0, cam1...; or the ``cameras`` given, already started."""
     for cam in cams:
         cam.start()
-    root.mkdir()
-    daemon = StationProcess(root, [{"id": f"cam{i}", "name": f"Cam {i}", "url": cam.url} for i, cam in enumerate(cams)],
-                            log={"level": "info"}, **sections)
+    cameras = cameras or [{"id": f"cam{i}", "name": f"Cam {i}", "url": cam.url} for i, cam in enumerate(cams)]
+    root.mkdir(parents=True)
+    daemon = StationProcess(root, cameras, log={"level": "info"}, **sections)
     daemon.start(timeout=60)
-    for i in range(len(cams)):
-        daemon.wait_state(f"cam{i}", "online", timeout=60)
+    for camera in cameras:
+        daemon.wait_state(camera["id"], "online", timeout=60)
     return daemon
 
 
-def cpu_phase(root: Path, counts: list[int], seconds: float) -> None:
-    """One recorded 1080p25 camera; N headless viewers of it, for each N in ``counts``."""
+def cpu_phase(root: Path, counts: list[int], seconds: float, rounds: int) -> None:
+    """One recorded 1080p25 camera; N headless viewers of it, for each N in ``counts``.
+
+    Both senders, in turns (``live.shared_packetization`` true, then false, the order alternating by round), on
+    the same camera and machine, so that the noise of a shared machine falls on both alike.
+    """
     cam = SimCamera("cpu", file=clip_1080p(), fps=25)
-    daemon = _station(root, [cam])
+    cam.start()
+    extra: dict[bool, list[float]] = {True: [], False: []}
     try:
-        wait_until(lambda: daemon.camera("cam0")["last_segment_at"], 90, "recording never started")
-        recording_only = _idle_cpu(daemon, seconds)
-        bitrate = daemon.camera("cam0")["bitrate_bps"]
-        results = {n: asyncio.run(_measure(daemon, ["cam0"] * n, seconds)) for n in counts}
-        first = results[counts[0]]["cpu_percent"] - recording_only
-        for n, result in results.items():
-            added = result["cpu_percent"] - recording_only
-            report(
-                "live_cpu", camera="1920x1080@25, recorded", camera_bitrate_kbps=round(bitrate / 1000), viewers=n,
-                seconds=seconds, client="aiortc, frames assembled but not decoded",
-                daemon_cpu_percent_recording_only=round(recording_only, 1),
-                daemon_cpu_percent_with_viewers=round(result["cpu_percent"], 1),
-                added_cpu_percent=round(added, 2),
-                first_viewer_cpu_percent=round(first, 2),
-                extra_viewer_cpu_percent=round((added - first) / (n - 1), 2) if n > 1 else None,
-                viewer_frames_per_second=result["frames_per_viewer_per_second"],
-                relay_dropped_packets=result["dropped_packets"],
-            )
-        delays = results[counts[-1]]["relay_delay_ms"]
-        report("live_relay_delay", sessions=len(delays), camera="1920x1080@25",
-               mean_ms_per_session=[round(d, 2) for d in delays])
+        for round_no in range(rounds):
+            for shared in ((True, False) if round_no % 2 == 0 else (False, True)):
+                daemon = _station(root / f"r{round_no}-{'shared' if shared else 'aiortc'}", [],
+                                  cameras=[{"id": "cam0", "name": "Cam 0", "url": cam.url}],
+                                  live={"shared_packetization": shared})
+                try:
+                    extra[shared] += _cpu_round(daemon, counts, seconds, shared, round_no)
+                finally:
+                    daemon.stop()
+        for shared, values in extra.items():
+            if values:
+                report("live_cpu_extra_viewer", sender="shared packetization" if shared else "aiortc's own",
+                       rounds=rounds, extra_viewer_cpu_percent_min=round(min(values), 2),
+                       extra_viewer_cpu_percent_max=round(max(values), 2),
+                       extra_viewer_cpu_percent_median=round(statistics.median(values), 2), goal=0.5)
     finally:
-        daemon.stop()
         cam.stop()
+
+
+def _cpu_round(daemon: StationProcess, counts: list[int], seconds: float, shared: bool, round_no: int) -> list[float]:
+    wait_until(lambda: daemon.camera("cam0")["last_segment_at"], 90, "recording never started")
+    recording_only = _idle_cpu(daemon, seconds)
+    bitrate = daemon.camera("cam0")["bitrate_bps"]
+    results = {n: _measure(daemon, ["cam0"] * n, seconds) for n in counts}
+    first = results[counts[0]]["cpu_percent"] - recording_only
+    extras = []
+    for n, result in results.items():
+        added = result["cpu_percent"] - recording_only
+        extra = (added - first) / (n - 1) if n > 1 else None
+        if extra is not None:
+            extras.append(extra)
+        report(
+            "live_cpu", sender="shared packetization" if shared else "aiortc's own", round=round_no,
+            camera="1920x1080@25, recorded", camera_bitrate_kbps=round(bitrate / 1000), viewers=n,
+            seconds=seconds, client=f"aiortc in {result['load_processes']} process(es), RTP counted, not parsed",
+            daemon_cpu_percent_recording_only=round(recording_only, 1),
+            daemon_cpu_percent_with_viewers=round(result["cpu_percent"], 1),
+            daemon_kernel_cpu_percent_with_viewers=round(result["kernel_cpu_percent"], 1),
+            added_cpu_percent=round(added, 2),
+            first_viewer_cpu_percent=round(first, 2),
+            extra_viewer_cpu_percent=round(extra, 2) if extra is not None else None,
+            viewer_frames_per_second=result["frames_per_viewer_per_second"],
+            viewer_packets_per_second=result["packets_per_viewer_per_second"],
+            viewer_lost_packets=result["viewer_lost_packets"],
+            viewer_socket_overflows=result["viewer_socket_overflows"],
+            retransmitted_packets=result["retransmitted_packets"],
+            relay_dropped_packets=result["dropped_packets"],
+            relay_delay_ms_session_max=round(max(result["relay_delay_ms"]), 2) if result["relay_delay_ms"] else None,
+            relay_delay_ms_window_max=round(max(result["relay_delay_window_ms"]), 2)
+            if result["relay_delay_window_ms"] else None,
+            gso_sends=result["gso_sends"], gso_blocked=result["gso_blocked"],
+        )
+    return extras
 
 
 def cameras_phase(root: Path, cameras: int, seconds: float) -> None:
@@ -257,7 +381,7 @@ def cameras_phase(root: Path, cameras: int, seconds: float) -> None:
     daemon = _station(root, cams)
     try:
         recording_only = _idle_cpu(daemon, seconds)
-        result = asyncio.run(_measure(daemon, [f"cam{i}" for i in range(cameras)], seconds))
+        result = _measure(daemon, [f"cam{i}" for i in range(cameras)], seconds)
         added = result["cpu_percent"] - recording_only
         report("live_cpu_wall", cameras=cameras, camera="1920x1080@25 each, all recorded", viewers=cameras,
                seconds=seconds, daemon_cpu_percent_recording_only=round(recording_only, 1),
@@ -278,7 +402,7 @@ def transcode_phase(root: Path, seconds: float) -> None:
     try:
         recording_only = _idle_cpu(daemon, seconds)
         for n in (1, 4):
-            result = asyncio.run(_measure(daemon, ["cam0"] * n, seconds))
+            result = _measure(daemon, ["cam0"] * n, seconds)
             transcoder = result["transcoders"].get("cam0", {})
             report("live_transcode_cpu", camera="H.265 1280x720@15 1.5 Mbit/s, recorded",
                    output="H.264 1280x720 Constrained Baseline, libx264 ultrafast", viewers=n, seconds=seconds,
@@ -300,15 +424,15 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--cameras", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2, help="CPU phase: turns of each sender, interleaved")
     parser.add_argument("--skip", choices=["first_frame", "cpu", "wall", "transcode"], action="append", default=[])
     args = parser.parse_args()
-    _headless_viewers()
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         root = Path(tmp)
         if "first_frame" not in args.skip:
             first_frame_phase(root / "ff", args.runs)
         if "cpu" not in args.skip:
-            cpu_phase(root / "cpu", args.viewers, args.seconds)
+            cpu_phase(root / "cpu", args.viewers, args.seconds, args.rounds)
         if "wall" not in args.skip:
             cameras_phase(root / "wall", args.cameras, args.seconds)
         if "transcode" not in args.skip:

@@ -26,6 +26,29 @@ CHROMIUM_ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
+# A recvonly video peer with a <video> element, its gathered offer POSTed to the camera's WHEP endpoint; the
+# answer is not applied yet.  A JS function declaration, for the body of a page.evaluate() function.
+OPEN_VIEWER_JS = """
+async function openViewer(camera) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const video = document.createElement("video");
+  video.muted = true; video.autoplay = true; video.playsInline = true;
+  document.body.appendChild(video);
+  pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); video.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    const t = setTimeout(resolve, 2000);
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } };
+  });
+  const offer = pc.localDescription.sdp;
+  const response = await fetch(`/api/cameras/${camera}/whep`, {
+    method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
+  return { pc, video, offer, response, answer: await response.text() };
+}
+"""
+
 TILE_STATS = """async (id) => {
   const tile = document.querySelector(`.tile[data-camera-id="${id}"]`);
   const player = window.nvrConsole.players[id];

@@ -3,7 +3,8 @@
 The extended test in :mod:`tests.test_live_networks` does this with netem on a routed link; this one
 runs everywhere: a real aiortc viewer whose receive path loses 2 % of the RTP packets at random and
 delays everything by 100 ms, against the real daemon and a simulated camera.  The viewer NACKs what
-it misses; the daemon (aiortc's 128-packet history) resends it as RTX.
+it misses; the daemon's shared-packetization sender (web/live_sender.py) resends it as RTX from its
+per-viewer history.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ async def test_a_viewer_losing_two_percent_with_100_ms_delay_keeps_decoding(
         await asyncio.sleep(0.5)
         sessions = daemon.get("/api/live/sessions")[1]["sessions"]
         assert sessions[0]["keyframe_requests"] >= 1, sessions
+        # The daemon's own count agrees: its shared-packetization sender answered the NACKs.
+        assert sessions[0]["shared_packetization"], sessions
+        assert sessions[0]["retransmitted_packets"] >= resent * 0.9, (sessions, resent)
     finally:
         if impairment.pump is not None:
             impairment.pump.cancel()

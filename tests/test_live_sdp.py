@@ -16,7 +16,7 @@ import pytest
 from aiortc import sdp as aiortc_sdp
 
 from tests.conftest import StationProcess
-from tests.test_live import browser, recvonly_peer  # noqa: F401 - browser: the Chromium fixture
+from tests.test_live import OPEN_VIEWER_JS, browser, recvonly_peer  # noqa: F401 - browser: the Chromium fixture
 from web.h264_profile import NegotiationError, ProfileLevel, choose, honest_answer, offer_for_aiortc, video_section
 
 VIDEO = ("m=video 9 UDP/TLS/RTP/SAVPF {pts}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n"
@@ -137,23 +137,8 @@ async def test_the_daemon_answers_main_and_high_only_offers_for_a_high_profile_c
         await pc.close()
 
 
-PLAY_JS = """async (camera) => {
-  const pc = new RTCPeerConnection({ iceServers: [] });
-  pc.addTransceiver("video", { direction: "recvonly" });
-  const video = document.createElement("video");
-  video.muted = true; video.autoplay = true; video.playsInline = true;
-  document.body.appendChild(video);
-  pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); video.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    const t = setTimeout(resolve, 2000);
-    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } };
-  });
-  const offer = pc.localDescription.sdp;
-  const response = await fetch(`/api/cameras/${camera}/whep`, {
-    method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
-  const answer = await response.text();
+PLAY_JS = """async (camera) => {""" + OPEN_VIEWER_JS + """
+  const { pc, video, offer, response, answer } = await openViewer(camera);
   if (response.status !== 201) return { status: response.status, answer, offer };
   await pc.setRemoteDescription({ type: "answer", sdp: answer });
   let frames = 0;

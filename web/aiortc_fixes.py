@@ -13,6 +13,8 @@ Imported by :mod:`web.whep` before any peer connection exists.
 * **Keyframe requests** (per sender, :func:`on_keyframe_request`).  On a PLI or FIR aiortc only marks the
   next frame *it encodes* as a keyframe; a sender of pre-encoded packets never encodes, so the request
   is lost.  The daemon hears it: it counts it, and a transcoded stream encodes a keyframe.
+* **The RTP loop of relayed H.264** is replaced for each viewer's video sender by
+  :class:`web.live_sender.LiveRtpSender` (shared packetization, in-place SRTP, GSO sends; the why is there).
 """
 
 from __future__ import annotations

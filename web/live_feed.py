@@ -25,6 +25,7 @@ import logging
 import time
 from collections import deque
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 
@@ -41,6 +42,14 @@ PASSTHROUGH_AUDIO = {"pcm_mulaw": "PCMU", "pcm_alaw": "PCMA"}
 
 class FeedClosed(Exception):
     """The feed was closed (viewer gone or daemon shutting down)."""
+
+
+class VideoUnit(NamedTuple):
+    """One H.264 access unit as a viewer sends it."""
+
+    packet: MediaPacket  # the hub's shared packet (the key of the camera's shared packetization)
+    data: bytes  # its Annex B bytes, the session's SPS/PPS in front of a keyframe that lacks them
+    pts: int  # on the viewer's continuous 90 kHz RTP clock
 
 
 class RtpClock:
@@ -144,9 +153,13 @@ class LiveFeed:
             event.set()
 
     async def next_video(self) -> av.Packet:
+        unit = await self.next_video_unit()
+        return _av_packet(unit.data, unit.pts, VIDEO_CLOCK)
+
+    async def next_video_unit(self) -> VideoUnit:
         self._attach()
         while True:
-            out = self._video_packet(await self._next(TrackKind.VIDEO))
+            out = self._video_unit(await self._next(TrackKind.VIDEO))
             if out is not None:
                 return out
 
@@ -204,7 +217,7 @@ class LiveFeed:
                     self._keyframe_session = None
             other.append(item)
 
-    def _video_packet(self, packet: MediaPacket) -> av.Packet | None:
+    def _video_unit(self, packet: MediaPacket) -> VideoUnit | None:
         video = packet.session.video
         if video is None or video.codec != "h264":
             self.skipped += 1
@@ -226,7 +239,7 @@ class LiveFeed:
         if self.first_sent_mono is None:
             self.first_sent_mono = now
         self.video_sent += 1
-        return _av_packet(data, pts, VIDEO_CLOCK)
+        return VideoUnit(packet, data, pts)
 
     def _audio_packet(self, packet: MediaPacket) -> av.Packet | None:
         audio = packet.session.audio

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import secrets as pysecrets
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ from web.h264_profile import (
 from web.http import error_response, find_camera, read_body
 from web.ice_servers import IceServers
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
+from web.live_packetizer import LivePacketizer
+from web.live_sender import LiveRtpSender
 from web.live_track import LiveTrack
 from web.live_transcode import LiveTranscoder
 from web.ports import StationPort
@@ -163,6 +166,7 @@ class WhepSession:
     mdns_hidden: int = 0  # the offer's .local candidates, left to peer-reflexive discovery
     stream: LiveStream | None = None  # what the session reads (a transcoder's hub for H.265 cameras)
     relay_candidate: bool = False  # the daemon has a TURN relay candidate in its answer
+    sender: LiveRtpSender | None = None  # the video sender, when it is the shared-packetization one
 
     def to_json(self) -> dict[str, Any]:
         feed = self.feed
@@ -184,9 +188,17 @@ class WhepSession:
             "audio_packets": feed.audio_sent,
             "dropped_packets": feed.dropped + feed.parked_dropped,
             "keyframe_requests": feed.keyframe_requests,
+            "shared_packetization": self.sender is not None,
+            "retransmitted_packets": self.sender.retransmitted if self.sender is not None else None,
+            # NACKed packets no longer in the history, or beyond what the viewer was sent (a NACK flood)
+            "nacks_unanswered": self.sender.nack_missed + self.sender.nack_refused if self.sender is not None else None,
+            "gso_sends": self.sender.gso_sends if self.sender is not None else None,
+            "gso_blocked": self.sender.gso_blocked if self.sender is not None else None,
+            "unsent_units": self.sender.units_unsent if self.sender is not None else None,
             "queued_packets": feed.reader.queued if feed.reader is not None else 0,
             "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
             if feed.relay_delay_count else None,
+            "relay_delay_samples": feed.relay_delay_count,  # live packets the mean is over (the backlog is not)
         }
 
 
@@ -233,6 +245,8 @@ class WhepRelay:
         self.slots = Slots("sessions", "live sessions", config.max_sessions, config.max_sessions_per_user)
         self.ice = IceServers(config)
         self.transcoders: dict[str, LiveTranscoder] = {}  # camera id -> its shared transcode, while watched
+        # One packetization per live stream (a camera's view hub or its transcoder's), shared by its viewers.
+        self.packetizers: weakref.WeakKeyDictionary[Hub, LivePacketizer] = weakref.WeakKeyDictionary()
         unknown = sorted(set(config.cameras) - set(station.cameras))
         if unknown:
             log.warning("live.cameras names no configured camera: %s", ", ".join(unknown))
@@ -336,6 +350,9 @@ class WhepRelay:
         try:
             transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
             transceiver.setCodecPreferences(h264_preferences())
+            if self.config.shared_packetization and LiveRtpSender.adopt(
+                    transceiver.sender, feed, self.packetizer(stream.hub)):
+                session.sender = transceiver.sender  # type: ignore[assignment]  # adopt() changed its class
             aiortc_fixes.on_keyframe_request(transceiver.sender, lambda: self._keyframe_requested(session))
             if audio_mime is not None:
                 transceiver = pc.addTransceiver(LiveTrack(feed, "audio"), direction="sendonly")
@@ -377,6 +394,24 @@ class WhepRelay:
         )
         assert pc.localDescription is not None
         return session, pc.localDescription.sdp
+
+    def packetizer(self, hub: Hub) -> LivePacketizer:
+        """The shared packetization of ``hub``'s stream (made with its first viewer)."""
+        packetizer = self.packetizers.get(hub)
+        if packetizer is None:
+            packetizer = self.packetizers[hub] = LivePacketizer(hub.name)
+        return packetizer
+
+    def packetizer_stats(self, may_see: Callable[[str], bool]) -> dict[str, dict[str, int]]:
+        """Per watched camera: access units packetized, and taken by a viewer from the shared cut."""
+        stats: dict[str, dict[str, int]] = {}
+        for session in self.sessions.values():
+            if session.stream is None or session.camera_id in stats or not may_see(session.camera_id):
+                continue
+            packetizer = self.packetizers.get(session.stream.hub)
+            if packetizer is not None:
+                stats[session.camera_id] = {"units_cut": packetizer.units_cut, "units_shared": packetizer.units_shared}
+        return stats
 
     def _keyframe_requested(self, session: WhepSession) -> None:
         """A PLI/FIR: a relayed camera's next keyframe answers it; a transcoder encodes one."""
@@ -579,4 +614,5 @@ async def list_sessions(request: web.Request) -> web.Response:
         "readers": relay.readers(lambda camera_id: visible(request, camera_id)),
         "transcoders": {camera_id: t.to_json() for camera_id, t in relay.transcoders.items()
                         if visible(request, camera_id)},
+        "packetizers": relay.packetizer_stats(lambda camera_id: visible(request, camera_id)),
     })

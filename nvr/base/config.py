@@ -352,6 +352,11 @@ class Live(_Model):
     connect_timeout_seconds: Annotated[
         float, Field(gt=0, le=300, description="A session whose peer does not connect in time is closed")
     ] = 20.0
+    shared_packetization: bool = Field(
+        default=True, description="Cut each H.264 access unit into RTP packets once per camera and only write headers, "
+        "encrypt and send per viewer; false: aiortc's own sender packetizes for each viewer (several times the CPU "
+        "per viewer; for comparison and diagnosis)",
+    )
     transcode: LiveTranscode = Field(
         default=LiveTranscode.OFF, description="H.265 cameras: off (refused, explained on the tile) or h264"
     )
