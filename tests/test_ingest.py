@@ -28,7 +28,9 @@ def test_three_cameras_online_with_codec_and_size(cameras, daemon_factory) -> No
     expected = {"hall-1": ("h264", 640, 360, None), "cell-1": ("hevc", 480, 272, None),
                 "door-1": ("h264", 320, 240, "pcm_mulaw")}
     for cam_id, (codec, width, height, audio_codec) in expected.items():
-        cam = daemon.wait_state(cam_id, "online", timeout=20)
+        # The H.265 simulator's first session can miss the 10 s open timeout on a loaded machine (x265
+        # encoding live); the daemon's retry gets it, which is what is asserted here, not how fast.
+        cam = daemon.wait_state(cam_id, "online", timeout=45)
         assert (cam["codec"], cam["width"], cam["height"], cam["audio_codec"]) == (codec, width, height, audio_codec)
     status, listing = daemon.get("/api/cameras")
     assert status == 200 and [c["id"] for c in listing] == ["hall-1", "cell-1", "door-1"]
