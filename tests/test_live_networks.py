@@ -615,10 +615,11 @@ def viewer_over_the_link(tmp_path: Path, cameras: Callable[..., Any], daemon_fac
                           f"returned; PLIs {before[camera]['plis']} -> {after['plis']}, keyframes "
                           f"{before[camera]['keyframes']} -> {after['keyframes']}; daemon keyframe requests {asked}")
                     assert back_in < gop + 1.0, (how, camera, back_in)  # one GOP and the round trip at most
-                    # Chromium's keyframe requests reach the daemon (some may be lost: 2 %, and the cut).
-                    # With aiortc's 128-packet history the picture comes back at the next keyframe; a
-                    # sender with a longer history may repair the whole cut instead, which is no worse.
-                    if after["plis"] > 0:
+                    # Chromium's keyframe requests reach the daemon. Some are lost: 2 % at random, and all
+                    # that Chromium sends during the cut (the one PLI of a 2 s-GOP tile usually is, and the
+                    # shared sender's 1024-packet history then repairs the cut by retransmission instead,
+                    # which is no worse). Of three or more, one arriving is certain but for 1e-5.
+                    if after["plis"] >= 3:
                         assert asked >= 1, (how, camera, after, asked)
                 page.close()
             finally:
