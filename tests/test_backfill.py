@@ -102,7 +102,7 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
                             env={"ONVIF_PASS": PASSWORD}, storage={"segment_seconds": 3}, backfill=BACKFILL)
     wait_until(lambda: (daemon.camera("cell").get("onvif") or {}).get("edge_storage"), 30,
                "the link never reported edge storage")
-    daemon.wait_state("corridor", "online")
+    daemon.wait_state("corridor", "online", timeout=45)
     wait_until(lambda: rows(daemon.storage, "corridor"), 30, "the other camera recorded nothing")
     dropped_before = recorder_dropped(daemon, "corridor")  # frames before its first keyframe
     cut_at, back = cut_for(onvif, daemon, "cell", 8)
@@ -129,9 +129,14 @@ def test_a_network_cut_on_a_camera_with_edge_storage_is_filled_from_its_card_and
     assert sum(s.duration for s in corridor if s.end > cut_at and s.start < back) >= (back - cut_at) - 2
 
     # The audit trail says that footage joined the record later, from where, and how much.
-    status, audit = daemon.get("/api/audit?" + urllib.parse.urlencode({"action": "backfill.finished"}))
-    assert status == 200, audit
-    logged = next(e for e in audit["entries"] if e["camera"] == "cell")
+    def finished() -> dict[str, Any] | None:
+        status, audit = daemon.get("/api/audit?" + urllib.parse.urlencode({"action": "backfill.finished"}))
+        assert status == 200, audit
+        return next((e for e in audit["entries"] if e["camera"] == "cell"), None)
+
+    # More of the gap may still be arriving when the first 5 s are in: the job's entry comes at its end.
+    logged = wait_until(finished, 60, "the backfill job never finished")
+    got = backfilled(rows(daemon.storage, "cell"))
     assert logged["actor"] == "system" and logged["details"]["state"] == "done"
     assert logged["details"]["segments"] == len(got) and logged["details"]["retrieved_seconds"] > 5
     # Export and verify like any other footage; an insider's edit of a backfilled file is caught.
@@ -184,7 +189,7 @@ def test_what_the_card_did_not_have_stays_a_gap_edge_unavailable_and_a_camera_wi
     # A simulator's first session can miss the 10 s open timeout on a loaded machine; the retry gets it.
     daemon.wait_state("yard", "online", timeout=45)
     assert onvif.card is not None
-    daemon.wait_state("cell", "online")
+    daemon.wait_state("cell", "online", timeout=45)
     wait_until(lambda: len(rows(daemon.storage, "cell")) >= 2 and len(rows(daemon.storage, "yard")) >= 2, 30,
                "nothing recorded before the cut")
     cut_at = time.time()
@@ -416,7 +421,11 @@ def test_a_camera_that_replays_too_slowly_is_given_up_on_in_bounded_time_keeping
                         [camera])
     jobs = BackfillJobs(index)
     jobs.ensure_schema()
-    hole = (first + 1.0, first + 3.0)
+    # The hole starts on one of the card's keyframes, so the first footage that comes is keepable at once,
+    # however slowly the loaded machine lets even the throttled replay run.
+    keyframe = next(f.at for f in card_camera.card.frames(first + 1.0, first + 4.0)
+                    if f.keyframe and f.at >= first + 1.0)
+    hole = (keyframe, keyframe + 2.0)
     job = jobs.add("cell", *hole)
     card_camera.replay.speed_limit = 0.25  # two seconds of footage would take eight
     began = time.monotonic()
@@ -431,7 +440,8 @@ def test_a_camera_that_replays_too_slowly_is_given_up_on_in_bounded_time_keeping
     assert isinstance(outcome, ReplayError) and outcome.reason is ReplayReason.TIMEOUT, outcome
     assert 4.5 < took < 8, took  # the deadline: twice the footage plus a read timeout, at least four timeouts
     kept = index.all_segments("cell")
-    assert kept and all(hole[0] <= s.start and s.end <= hole[1] for s in kept)  # what came in time is kept
+    # (a millisecond of slack: the start comes back from the 90 kHz RTP clock, the hole from the card)
+    assert kept and all(hole[0] - 1e-3 <= s.start and s.end <= hole[1] + 1e-3 for s in kept), (hole, kept)
     assert jobs.all("cell")[0].segments == len(kept)
 
 
