@@ -386,6 +386,21 @@ def test_the_replay_server_serves_a_plain_rtsp_client_and_an_onvif_replay_of_exa
         assert abs(frame.at - unit.at) < 1e-6 and units(frame.data) == units(unit.data)  # NTP: 2^-32 s steps
 
 
+def test_the_bandwidth_cap_holds_a_replay_that_the_camera_could_send_faster(card_camera: OnvifCamera) -> None:
+    # backfill.max_bitrate_kbps reaches the client as bytes a second: the card replays as fast as TCP takes it
+    # (Rate-Control: no), and the client must not read faster than the cap, whatever the camera sends.
+    assert card_camera.card is not None and card_camera.replay is not None
+    first, _ = card_camera.card.span()  # type: ignore[misc]
+    uri = card_camera.replay.base_url + card_camera.recording_token
+    began = time.monotonic()
+    got, client, failure = replay(uri, first, first + 4.0, max_bytes_per_second=100_000)
+    took = time.monotonic() - began
+    assert failure is None and got, failure
+    assert client.stats.bytes > 150_000, client.stats  # enough footage that the cap has to bite
+    # Pacing may run at most one read ahead of the cap, never more.
+    assert client.stats.bytes / 100_000 - 1.0 <= took, (client.stats.bytes, took)
+
+
 def test_junk_among_the_rtp_a_replay_cut_half_way_and_wrong_credentials_are_each_reported(
         card_camera: OnvifCamera) -> None:
     assert card_camera.card is not None and card_camera.replay is not None
