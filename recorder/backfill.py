@@ -46,7 +46,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -399,11 +399,6 @@ class BackfillStatus:
     active: int | None = None  # the job being retrieved
 
 
-@dataclass(slots=True)
-class _Snapshot:
-    jobs: list[Job] = field(default_factory=list)
-
-
 class Backfill:
     def __init__(self, root: Path, storage: Storage, settings: BackfillSettings, clock_tolerance: float,
                  index: SegmentIndex, cameras: Sequence[BackfillCamera]) -> None:
@@ -413,7 +408,7 @@ class Backfill:
         self.jobs = BackfillJobs(index)
         self.cameras = {c.id: c for c in cameras}
         self.status = BackfillStatus()
-        self._snapshot = _Snapshot()
+        self._jobs: list[Job] = []  # the table as last read: what the timeline and the queue read on the loop
         self._stopping = False
         self._wake = asyncio.Event()
         self._thread: ThreadPoolExecutor | None = None  # made by run(), ended when it ends
@@ -428,10 +423,10 @@ class Backfill:
     def causes(self, camera: str, start: float, end: float) -> list[Cause]:
         if camera not in self.cameras:  # no longer backfilled: its old jobs explain nothing now
             return []
-        return job_causes(self._snapshot.jobs, camera, start, end)
+        return job_causes(self._jobs, camera, start, end)
 
     def list_jobs(self, camera: str | None = None) -> list[Job]:
-        return [j for j in self._snapshot.jobs if camera is None or j.camera == camera]
+        return [j for j in self._jobs if camera is None or j.camera == camera]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -468,7 +463,7 @@ class Backfill:
                 pass
 
     async def _refresh(self) -> None:
-        self._snapshot = _Snapshot(await self.index.call(self.jobs.all))
+        self._jobs = await self.index.call(self.jobs.all)
 
     def _edge(self, camera: BackfillCamera) -> bool:
         return camera.onvif.backfill and camera.link.edge_storage is True
@@ -505,7 +500,7 @@ class Backfill:
 
     def _next_job(self) -> Job | None:
         now = self.now()
-        for job in self._snapshot.jobs:
+        for job in self._jobs:
             camera = self.cameras.get(job.camera)
             if job.state == PENDING and job.next_try <= now and camera is not None and self._edge(camera):
                 return job

@@ -38,10 +38,8 @@ class EdgeReason(StrEnum):
     BAD_ANSWER = "bad_answer"
 
 
-class EdgeError(Exception):
-    def __init__(self, reason: EdgeReason, message: str) -> None:
-        super().__init__(secrets.redact(message))
-        self.reason, self.message = reason, secrets.redact(message)
+class EdgeError(secrets.ReasonedError[EdgeReason]):
+    """Why searching the card failed (``reason``) and what to tell the technician (``message``, no secrets)."""
 
 
 @dataclass(frozen=True, slots=True)

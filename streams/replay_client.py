@@ -60,11 +60,8 @@ class ReplayReason(StrEnum):
     STOPPED = "stopped"  # the camera ended the replay before the end of the range
 
 
-class ReplayError(Exception):
-    def __init__(self, reason: ReplayReason, message: str) -> None:
-        super().__init__(secrets.redact(message))
-        self.reason = reason
-        self.message = secrets.redact(message)
+class ReplayError(secrets.ReasonedError[ReplayReason]):
+    """Why a replay failed (``reason``) and what to tell the technician (``message``, no secrets)."""
 
 
 @dataclass(frozen=True, slots=True)

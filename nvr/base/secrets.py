@@ -12,6 +12,8 @@ import logging
 import re
 import threading
 import urllib.parse
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 MASK = "***"
 
@@ -90,3 +92,15 @@ class RedactingFilter(logging.Filter):
             record.msg = cleaned
             record.args = None
         return True
+
+
+R = TypeVar("R", bound=StrEnum)
+
+
+class ReasonedError(Exception, Generic[R]):
+    """An error with a stable ``reason`` and a ``message`` cleaned of secrets when it is made."""
+
+    def __init__(self, reason: R, message: str) -> None:
+        self.message = redact(message)
+        super().__init__(self.message)
+        self.reason = reason
