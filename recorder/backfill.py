@@ -42,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -102,6 +103,12 @@ CREATE TABLE IF NOT EXISTS backfill_jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS backfill_jobs_camera ON backfill_jobs(camera, start);
+CREATE TABLE IF NOT EXISTS backfill_totals (
+    camera TEXT PRIMARY KEY,
+    segments INTEGER NOT NULL,
+    retrieved_seconds REAL NOT NULL,
+    overlap_dropped INTEGER NOT NULL
+);
 """
 _JOB_COLUMNS = ("id, camera, start, end, state, attempts, next_try, reason, detail, segments, retrieved_seconds,"
                 " overlap_dropped, created_at, finished_at")
@@ -110,6 +117,7 @@ PENDING, ACTIVE, DONE, FAILED = "pending", "active", "done", "failed"
 _TIME_BASE = Fraction(1, 90000)
 _HOLE_ON_CARD_SECONDS = 2.0  # frames further apart than this are two runs on the card
 _BATCH = 30  # access units handed to the backfill thread at a time
+PRUNE_SECONDS = 600.0  # how often finished jobs whose time retention deleted are forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +158,44 @@ class BackfillJobs:
         return self.index.db.execute("UPDATE backfill_jobs SET state = ?, next_try = 0 WHERE state = ?",
                                      (PENDING, ACTIVE)).rowcount
 
-    def all(self, camera: str | None = None) -> list[Job]:
-        query = f"SELECT {_JOB_COLUMNS} FROM backfill_jobs"
-        args: tuple[Any, ...] = ()
-        if camera is not None:
-            query, args = query + " WHERE camera = ?", (camera,)
-        return [Job(*row) for row in self.index.db.execute(query + " ORDER BY id", args)]
+    def all(self) -> list[Job]:
+        return [Job(*row) for row in self.index.db.execute(f"SELECT {_JOB_COLUMNS} FROM backfill_jobs ORDER BY id")]
+
+    def ranges(self, camera: str, since: float) -> list[tuple[float, float]]:
+        """The times of ``camera``'s jobs that end after ``since`` (a hole there is queued already)."""
+        rows = self.index.db.execute("SELECT start, end FROM backfill_jobs WHERE camera = ? AND end > ?",
+                                     (camera, since))
+        return [(float(s), float(e)) for s, e in rows]
+
+    def prune(self) -> list[int]:
+        """Forget finished jobs whose time retention has already deleted; the ids forgotten.
+
+        A finished job only labels its gap on the timeline (``edge_unavailable`` and why) and adds to the
+        metrics' totals.  Once the camera's oldest segment is newer than the job's end, the timeline there
+        is retention's, and the job would only make every read of the queue longer, day after day: its
+        retrieved figures move into ``backfill_totals`` (the counters never go back) and the row goes.
+        """
+        rows = self.index.db.execute(
+            "SELECT j.id, j.camera, j.segments, j.retrieved_seconds, j.overlap_dropped FROM backfill_jobs AS j"
+            " WHERE j.state IN (?, ?) AND j.end <= (SELECT MIN(s.start) FROM segments AS s WHERE s.camera = j.camera)",
+            (DONE, FAILED)).fetchall()
+        if not rows:
+            return []
+        with self.index.transaction() as db:
+            for _id, camera, segments, seconds, dropped in rows:
+                db.execute("INSERT INTO backfill_totals (camera, segments, retrieved_seconds, overlap_dropped)"
+                           " VALUES (?,?,?,?) ON CONFLICT(camera) DO UPDATE SET"
+                           " segments = segments + excluded.segments,"
+                           " retrieved_seconds = retrieved_seconds + excluded.retrieved_seconds,"
+                           " overlap_dropped = overlap_dropped + excluded.overlap_dropped",
+                           (camera, segments, seconds, dropped))
+            db.executemany("DELETE FROM backfill_jobs WHERE id = ?", [(row[0],) for row in rows])
+        return [int(row[0]) for row in rows]
+
+    def totals(self) -> dict[str, tuple[int, float, int]]:
+        """Per camera, what forgotten jobs retrieved: segments, seconds, overlapping frames dropped."""
+        rows = self.index.db.execute("SELECT camera, segments, retrieved_seconds, overlap_dropped FROM backfill_totals")
+        return {camera: (int(a), float(b), int(c)) for camera, a, b, c in rows}
 
     def add(self, camera: str, start: float, end: float) -> Job:
         cursor = self.index.db.execute(
@@ -362,7 +402,7 @@ def _add_unless_overlapping(index: SegmentIndex, segment: NewSegment) -> Segment
     return index.add_segment(segment)
 
 
-def job_causes(jobs: Sequence[Job], camera: str, start: float, end: float) -> list[Cause]:
+def job_causes(jobs: Iterable[Job], camera: str, start: float, end: float) -> list[Cause]:
     """The timeline's causes from backfill jobs: ``edge_pending`` while one is to come, then ``edge_unavailable``
     with the reason for what is still missing (the retrieved parts are footage, not gaps)."""
     found: list[Cause] = []
@@ -408,7 +448,11 @@ class Backfill:
         self.jobs = BackfillJobs(index)
         self.cameras = {c.id: c for c in cameras}
         self.status = BackfillStatus()
-        self._jobs: list[Job] = []  # the table as last read: what the timeline and the queue read on the loop
+        # The table, by id, as the loop knows it (every change goes through here): what the timeline and the
+        # queue read.  Finished jobs leave it once retention has deleted their time (BackfillJobs.prune).
+        self._jobs: dict[int, Job] = {}
+        self._totals: dict[str, tuple[int, float, int]] = {}  # what the forgotten jobs retrieved, per camera
+        self._pruned_mono = -math.inf
         self._stopping = False
         self._wake = asyncio.Event()
         self._thread: ThreadPoolExecutor | None = None  # made by run(), ended when it ends
@@ -423,10 +467,14 @@ class Backfill:
     def causes(self, camera: str, start: float, end: float) -> list[Cause]:
         if camera not in self.cameras:  # no longer backfilled: its old jobs explain nothing now
             return []
-        return job_causes(self._jobs, camera, start, end)
+        return job_causes(self._jobs.values(), camera, start, end)
 
     def list_jobs(self, camera: str | None = None) -> list[Job]:
-        return [j for j in self._jobs if camera is None or j.camera == camera]
+        return [j for j in self._jobs.values() if camera is None or j.camera == camera]
+
+    def totals(self, camera: str) -> tuple[int, float, int]:
+        """Segments, seconds retrieved and overlapping frames dropped by jobs no longer listed."""
+        return self._totals.get(camera, (0, 0.0, 0))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -449,6 +497,7 @@ class Backfill:
         await self._refresh()
         while not self._stopping:
             try:
+                await self._prune()
                 await self._scan()
                 job = self._next_job()
                 if job is not None:
@@ -463,7 +512,17 @@ class Backfill:
                 pass
 
     async def _refresh(self) -> None:
-        self._jobs = await self.index.call(self.jobs.all)
+        self._jobs = {job.id: job for job in await self.index.call(self.jobs.all)}
+        self._totals = await self.index.call(self.jobs.totals)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._pruned_mono < PRUNE_SECONDS:
+            return
+        self._pruned_mono = time.monotonic()
+        pruned = await self.index.call(self.jobs.prune)
+        if pruned:
+            log.info("%d finished backfill job(s) forgotten: retention has deleted their time", len(pruned))
+            await self._refresh()
 
     def _edge(self, camera: BackfillCamera) -> bool:
         return camera.onvif.backfill and camera.link.edge_storage is True
@@ -471,7 +530,6 @@ class Backfill:
     async def _scan(self) -> None:
         now = self.now()
         since = now - self.settings.max_age_seconds
-        added = False
         for camera in self.cameras.values():
             if not self._edge(camera):
                 continue
@@ -479,11 +537,9 @@ class Backfill:
                                           now)
             for lo, hi in found:
                 job = await self.index.call(self.jobs.add, camera.id, lo, hi)
+                self._jobs[job.id] = job
                 log.info("[%s] gap %s s queued for backfill from the camera's card (job %d)", camera.id,
                          f"{hi - lo:.1f}", job.id)
-                added = True
-        if added:
-            await self._refresh()
 
     def _new_holes(self, camera: str, since: float, now: float) -> list[tuple[float, float]]:
         """On the index thread: holes not covered by a job nor made by retention."""
@@ -493,14 +549,13 @@ class Backfill:
             segments.insert(0, before)
         if segments:  # the newest segment is read again next time: a hole after it needs its end
             self._scanned[camera] = max(s.end for s in segments) - 0.001
-        taken = [(j.start, j.end) for j in self.jobs.all(camera) if j.end > since]
-        taken += self.jobs.deleted_ranges(camera, since)
+        taken = self.jobs.ranges(camera, since) + self.jobs.deleted_ranges(camera, since)
         return [(lo, hi) for lo, hi in holes(segments, since, now, self.settings.min_gap_seconds)
                 if not any(s < hi and e > lo for s, e in taken)]
 
     def _next_job(self) -> Job | None:
         now = self.now()
-        for job in self._jobs:
+        for job in self._jobs.values():
             camera = self.cameras.get(job.camera)
             if job.state == PENDING and job.next_try <= now and camera is not None and self._edge(camera):
                 return job
@@ -508,7 +563,7 @@ class Backfill:
 
     async def _save(self, job: Job) -> Job:
         await self.index.call(self.jobs.update, job)
-        await self._refresh()
+        self._jobs[job.id] = job
         return job
 
     # -- one job --------------------------------------------------------------------------
@@ -658,9 +713,10 @@ class BackfillCollector(Collector):
                                       "already recorded (dropped)", labels=["camera"])
         for camera in sorted(self.backfill.cameras):
             mine = self.backfill.list_jobs(camera)
+            old_segments, old_seconds, old_dropped = self.backfill.totals(camera)
             for state in (PENDING, ACTIVE, DONE, FAILED):
                 jobs.add_metric([camera, state], sum(1 for j in mine if j.state == state))
-            seconds.add_metric([camera], sum(j.retrieved_seconds for j in mine))
-            segments.add_metric([camera], sum(j.segments for j in mine))
-            dropped.add_metric([camera], sum(j.overlap_dropped for j in mine))
+            seconds.add_metric([camera], old_seconds + sum(j.retrieved_seconds for j in mine))
+            segments.add_metric([camera], old_segments + sum(j.segments for j in mine))
+            dropped.add_metric([camera], old_dropped + sum(j.overlap_dropped for j in mine))
         yield from (jobs, seconds, segments, dropped)

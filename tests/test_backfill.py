@@ -20,6 +20,7 @@ import time
 import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +458,7 @@ def test_a_camera_that_replays_too_slowly_is_given_up_on_in_bounded_time_keeping
     kept = index.all_segments("cell")
     # (a millisecond of slack: the start comes back from the 90 kHz RTP clock, the hole from the card)
     assert kept and all(hole[0] - 1e-3 <= s.start and s.end <= hole[1] + 1e-3 for s in kept), (hole, kept)
-    assert jobs.all("cell")[0].segments == len(kept)
+    assert [j.segments for j in jobs.all() if j.camera == "cell"] == [len(kept)]
 
 
 class _Hostile:
@@ -611,6 +612,60 @@ def test_card_footage_overlapping_what_was_recorded_is_dropped_and_counted_and_s
     again = BackfillWriter("cell", root, Storage(path=root, segment_seconds=2), index, (base + 3.2, base + 7.5), {})
     again.feed([(base + n / 15, AccessUnit(base + n / 15, data, key)) for n, (data, key) in enumerate(units)])
     assert again.finish().segments == 0 and len(index.all_segments("cell")) == len(rows_now)
+
+
+def test_finished_jobs_are_forgotten_once_retention_deleted_their_time_and_the_counters_never_go_back(
+        store: tuple[Path, SegmentIndex]) -> None:
+    from nvr.base.config import Backfill as BackfillSettings
+    from recorder.backfill import DONE, FAILED, PENDING, Backfill, BackfillCamera, BackfillCollector, BackfillJobs
+    from streams.onvif import OnvifLink
+
+    root, index = store
+    base = 1_800_000_000.0
+    rows = [index.add_segment(NewSegment(camera=camera, start=base + 10 * n, end=base + 10 * n + 8, frames=1,
+                                         bytes=1, sha256="0" * 64, codec="h264", width=320, height=180,
+                                         params="{}", path=f"recordings/{camera}/x/{n}.mp4"))
+            for camera in ("cell", "hall") for n in range(4)]
+    jobs = BackfillJobs(index)
+    jobs.ensure_schema()
+    made = {}
+    for camera in ("cell", "hall"):
+        for n in range(3):  # the holes between the four segments
+            job = jobs.add(camera, base + 10 * n + 8, base + 10 * n + 10)
+            state = PENDING if (camera, n) == ("cell", 0) else (DONE if n % 2 else FAILED)
+            jobs.update(replace(job, state=state, segments=n + 1, retrieved_seconds=1.5 * (n + 1),
+                                overlap_dropped=n))
+            made[camera, n] = job.id
+    onvif = Onvif(url="http://127.0.0.1:9/onvif/device_service")
+    backfill = Backfill(root, Storage(path=root, segment_seconds=2), BackfillSettings(), 2.0, index,
+                        [BackfillCamera(c, onvif, OnvifLink(c, onvif, Backoff())) for c in ("cell", "hall")])
+    collector = BackfillCollector(backfill)
+
+    def counters() -> dict[tuple[str, str], float]:
+        return {(metric.name, sample.labels["camera"]): sample.value for metric in collector.collect()
+                if metric.type == "counter" for sample in metric.samples if sample.name.endswith("_total")}
+
+    asyncio.run(backfill._refresh())
+    before = counters()
+    assert before[("nvr_backfill_retrieved_seconds", "cell")] == pytest.approx(1.5 * 6)
+    # Retention deletes the two oldest segments of "cell" and nothing of "hall".
+    for row in rows[:2]:
+        index.record_deletion(row, "retention: age")
+    forgotten = jobs.prune()
+    # Only finished jobs wholly before the oldest segment left: cell's hole 1 (done); its hole 0 is still
+    # pending (a queue never loses work), its hole 2 lies after the oldest segment kept; hall keeps all.
+    assert forgotten == [made["cell", 1]]
+    assert jobs.prune() == []  # idempotent
+    asyncio.run(backfill._refresh())
+    assert sorted(j.id for j in backfill.list_jobs()) == sorted(set(made.values()) - {made["cell", 1]})
+    assert counters() == before  # what forgotten jobs retrieved still counts
+    kinds = {c.cause for c in backfill.causes("cell", base, base + 40)}
+    assert kinds == {"edge_pending", "edge_unavailable"}
+    # The queue's in-memory copy follows every change without reading the table back.
+    job = backfill.list_jobs("cell")[0]
+    asyncio.run(backfill._save(replace(job, state=DONE, segments=9)))
+    assert backfill.list_jobs("cell")[0].segments == 9
+    assert [j.segments for j in jobs.all() if j.id == job.id] == [9]
 
 
 # -- config ---------------------------------------------------------------------------------------------
