@@ -5,7 +5,11 @@ encoder, its SD card) does not, so cutting the relay is a network outage, not
 a camera failure.  While cut, connections open through the relay are reset
 and new ones are accepted but never answered (as a dead link looks to a
 client: its request times out); on :meth:`NetworkRelay.restore` those are
-closed and the relay forwards again.  Runs on a thread of its own with its
+closed and the relay forwards again.  :meth:`NetworkRelay.hold_media` is the
+other failure: an encoder hung behind a live RTSP stack.  The connection stays
+up and the camera's RTSP answers and RTCP still come, but the RTP media
+interleaved on the connection (even channels, RFC 2326 10.12) is dropped
+until :meth:`NetworkRelay.release_media`.  Runs on a thread of its own with its
 own event loop, so synchronous test code can drive it.
 """
 
@@ -21,7 +25,11 @@ class NetworkRelay:
         self.target = (target_host, target_port)
         self.host, self.port = host, port
         self.cut_now = False
+        self.media_held = False
+        self.held_frames = 0  # interleaved media frames dropped while held
+        self.passed_rtcp = 0  # interleaved RTCP frames passed while media was held
         self.connections = 0  # relayed connections opened, for tests
+        self.closed = 0  # relayed connections ended (by either side)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
@@ -62,6 +70,12 @@ class NetworkRelay:
             for writer in list(self._held):
                 writer.transport.abort()
         self._call(go)
+
+    def hold_media(self) -> None:
+        self.media_held = True
+
+    def release_media(self) -> None:
+        self.media_held = False
 
     def _call(self, fn: object) -> None:
         done = threading.Event()
@@ -106,11 +120,35 @@ class NetworkRelay:
         self.connections += 1
         self._open.update((writer, up_writer))
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer), self._from_camera(up_reader, writer))
         finally:
             for w in (writer, up_writer):
                 self._open.discard(w)
                 w.transport.abort()
+            self.closed += 1
+
+
+    async def _from_camera(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Camera to client: RTSP messages and interleaved frames, whole, media dropped while held."""
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            while True:
+                first = await reader.readexactly(1)
+                if first == b"$":
+                    head = await reader.readexactly(3)
+                    frame = first + head + await reader.readexactly(int.from_bytes(head[1:], "big"))
+                    if self.media_held:
+                        if head[0] % 2 == 0:
+                            self.held_frames += 1
+                            continue
+                        self.passed_rtcp += 1
+                else:  # an RTSP message: its head, then its body
+                    frame = first + await reader.readuntil(b"\r\n\r\n")
+                    length = next((int(line.split(b":", 1)[1]) for line in frame.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    frame += await reader.readexactly(length)
+                writer.write(frame)
+                await writer.drain()
+        writer.transport.abort()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -6,13 +6,15 @@ counts it, turns it into a :class:`MediaPacket` and feeds the hub, whose
 thread-side sinks (the recorder) consume it right there; the event loop is
 woken only for what it needs (state changes, and the packets its readers ask
 for, in batches; see :mod:`streams.hub`).  The open and every read are
-bounded by FFmpeg's socket timeout and by PyAV's timeouts
-(``ingest.open_timeout_seconds``, ``ingest.read_timeout_seconds``); the
-supervisor on the loop bounds every phase from outside as well: a stream that
-stays connected but delivers nothing is declared ``stalled`` after
-``health.stall_seconds`` without waiting for TCP, and the old session is torn
-down before a new one is opened, with capped exponential backoff between
-attempts.  The backoff holds for the set-up only: while waiting, a cheap probe
+bounded by FFmpeg's socket timeout, the open by PyAV's open timeout
+(``ingest.open_timeout_seconds``), and the first read of a session by PyAV's
+read timeout (``ingest.read_timeout_seconds``).  Once a session streams, the
+supervisor on the loop bounds it from outside: a stream that stays connected
+but delivers nothing is declared ``stalled`` after ``health.stall_seconds``
+without waiting for TCP, and ending a session interrupts the read its thread
+is blocked in (:mod:`streams.read_interrupt`: no Python callback per socket
+read).  The old session is torn down before a new one is opened, with capped
+exponential backoff between attempts.  The backoff holds for the set-up only: while waiting, a cheap probe
 (:func:`probe_rtsp`, an RTSP ``OPTIONS`` bounded by
 ``ingest.probe_timeout_seconds``) runs every ``ingest.probe_interval_seconds``,
 and a camera seen down and then answering is set up at once.  A session
@@ -45,6 +47,7 @@ from nvr.base.config import Health, Ingest
 from streams import bitstream
 from streams.hub import Hub
 from streams.media import MediaPacket, Session, TrackInfo, TrackKind
+from streams.read_interrupt import ReadInterrupt
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,20 @@ class RateMeter:
                 return 0.0
             span = max(now - self._bytes[0][0], 1.0)
             return self._byte_sum * 8 / span
+
+
+class _SessionStop(threading.Event):
+    """The loop's end of one session: setting it also interrupts the read its demux thread is blocked in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: ReadInterrupt | None = None  # the session's container, once open (its thread sets it)
+
+    def set(self) -> None:
+        super().set()
+        reads = self.reads
+        if reads is not None:
+            reads.interrupt()
 
 
 class RtspSource:
@@ -288,7 +305,7 @@ class RtspSource:
 
     async def _run_session(self) -> tuple[OfflineReason, str, bool]:
         loop = asyncio.get_running_loop()
-        stop = threading.Event()
+        stop = _SessionStop()
         finished: asyncio.Future[tuple[OfflineReason, str]] = loop.create_future()
         packets_before = self.packets
         self._abandoned = [t for t in self._abandoned if t.is_alive()]
@@ -351,7 +368,7 @@ class RtspSource:
     def _demux_thread(
         self,
         loop: asyncio.AbstractEventLoop,
-        stop: threading.Event,
+        stop: _SessionStop,
         finished: asyncio.Future[tuple[OfflineReason, str]],
     ) -> None:
         try:
@@ -365,7 +382,7 @@ class RtspSource:
         except RuntimeError:
             pass  # loop closed during shutdown
 
-    def _demux(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> tuple[OfflineReason, str]:
+    def _demux(self, loop: asyncio.AbstractEventLoop, stop: _SessionStop) -> tuple[OfflineReason, str]:
         options = {
             "rtsp_transport": "tcp",
             # FFmpeg's socket timeout bounds every read (and the connect) without a Python callback.
@@ -373,10 +390,11 @@ class RtspSource:
             "analyzeduration": "2000000",
             "probesize": "5000000",
         }
-        # PyAV's timeouts stay: FFmpeg's socket timeout alone does not end a read while the camera sends
-        # RTCP but no media (an encoder hung behind a live RTSP stack), nor an open whose probing waits for
-        # media that never comes. Their price is PyAV's interrupt callback, which takes the GIL on every
-        # socket read (see the README's ingest analysis).
+        # PyAV's timeouts: FFmpeg's socket timeout alone does not end a read while the camera sends RTCP but
+        # no media (an encoder hung behind a live RTSP stack), nor an open whose probing waits for media that
+        # never comes.  Their price is PyAV's interrupt callback, which takes the GIL on every socket read:
+        # once the session streams, the read timeout is switched off and the loop's stall watch ends the
+        # session instead (streams.read_interrupt).
         container = av.open(
             self._url,
             options=options,
@@ -384,6 +402,7 @@ class RtspSource:
         )
         tracker: _SessionTracker | None = None
         outcome: tuple[OfflineReason, str] = (OfflineReason.STOPPED, "stopped")
+        reads = stop.reads = ReadInterrupt(container)
         try:
             video_stream = next((s for s in container.streams if s.type == "video"), None)
             audio_stream = next((s for s in container.streams if s.type == "audio"), None)
@@ -410,8 +429,15 @@ class RtspSource:
                     if consecutive_errors > 50:
                         outcome = (OfflineReason.STREAM_ERROR, "too many invalid packets in a row")
                         return outcome
-                    demux = container.demux(streams)
+                    demux = container.demux(streams)  # PyAV's read timeout again, until its first packet
+                    reads.relaxed = False
                     continue
+                except av.error.ExitError:
+                    if stop.is_set():
+                        return outcome  # the loop ended the session and interrupted the read
+                    raise
+                if not reads.relaxed:
+                    reads.relax()
                 consecutive_errors = 0
                 if packet.size == 0:
                     continue

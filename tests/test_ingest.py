@@ -89,6 +89,39 @@ def test_stalled_stream_detected_without_tcp_timeout(cameras, daemon_factory) ->
     daemon.wait_state("stall", "online", timeout=20)
 
 
+def test_a_camera_sending_rtcp_but_no_media_is_stalled_and_its_blocked_read_ended_at_once(  # type: ignore[no-untyped-def]
+        cameras, daemon_factory) -> None:
+    """An encoder hung behind a live RTSP stack: the connection stays up and RTCP keeps coming, so no socket
+    timeout ever fires; reads run without PyAV's per-read callback, and ending the session interrupts the read."""
+    from sim.network import NetworkRelay
+
+    cam = cameras("hung")
+    parts = urllib.parse.urlsplit(cam.url)
+    relay = NetworkRelay(parts.hostname or "127.0.0.1", parts.port or 554).start()
+    try:
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{relay.port}"))
+        daemon = daemon_factory([cam_entry("hung", url)])
+        daemon.wait_state("hung", "online")
+        closed = relay.closed
+        relay.hold_media()
+        held = time.monotonic()
+        daemon.wait_state("hung", "offline", reason="stalled", timeout=8)
+        stalled = time.monotonic() - held
+        assert stalled < 3 + 1.5, stalled  # stall_seconds is 3 in tests
+        # The stalled session's connection is closed by the daemon at once, not after the 10 s read timeout
+        # (nor never: its RTCP would keep a socket timeout from firing).
+        wait_until(lambda: relay.closed > closed, 3, "the stalled session closed its connection")
+        assert time.monotonic() - held < stalled + 2.5
+        wait_until(lambda: relay.passed_rtcp > 0, 10, "RTCP while media is held")  # the camera did keep talking meanwhile
+        relay.release_media()
+        daemon.wait_state("hung", "online", timeout=25)
+        log = daemon.log()
+        assert "abandoning" not in log and "Traceback" not in log, log[-3000:]
+        assert relay.held_frames > 0
+    finally:
+        relay.stop()
+
+
 def test_wrong_credentials_auth_failed_and_password_never_leaks(cameras, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     secure = cameras("secure", user="viewer", password=PASSWORD)
     wrong = "Wr0ng@pass:%41!"
