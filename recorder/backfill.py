@@ -325,7 +325,7 @@ class BackfillWriter:
             self._template = Template(probe, unit.data)
             context = self._template.stream.codec_context
             self._video = replace(probe, width=context.width or 0, height=context.height or 0)
-        writer = SegmentWriter(self.root, self.camera, at, self._video, None, self._template, self.disk)
+        writer = SegmentWriter(self.root, self.camera, at, self._video, None, self._template, self.disk, ORIGIN)
         self._open = _Open(writer, at)
         return self._open
 

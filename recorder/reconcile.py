@@ -18,8 +18,16 @@ from pathlib import Path
 import av
 import av.error
 
-from recorder.index import NewSegment, SegmentIndex
-from recorder.storage import PART_SUFFIX, RECORDINGS, fsync_dir, fsync_file, sha256_file, start_from_name
+from recorder.index import NewSegment, SegmentIndex, encode_meta
+from recorder.storage import (
+    PART_SUFFIX,
+    RECORDINGS,
+    fsync_dir,
+    fsync_file,
+    origin_from_name,
+    sha256_file,
+    start_from_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +102,13 @@ def probe_segment(path: Path, relpath: str, camera: str, status: str) -> NewSegm
     duration = float((last - first + last_duration) * time_base)
     digest, size = sha256_file(path)
     params = {"extradata": extradata.hex(), "time_base": str(time_base), "audio": None, "camera_audio": None}
+    # What the writer would have put in the row's meta is lost with the crash, but not where the footage came from.
+    origin = origin_from_name(path.name)
+    meta = encode_meta({"origin": origin, "indexed_from": status}) if origin is not None else "{}"
     return NewSegment(
         camera=camera, start=round(start, 6), end=round(start + max(duration, 0.001), 6), frames=frames, bytes=size,
         sha256=digest, codec=codec, width=width, height=height, params=json.dumps(params, sort_keys=True),
-        path=relpath, status=status,
+        path=relpath, status=status, meta=meta,
     )
 
 

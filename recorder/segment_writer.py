@@ -124,6 +124,7 @@ class SegmentFile:
     root: Path
     camera: str
     part_path: Path
+    origin: str | None = None  # recorder.storage.ORIGINS; None: the live stream
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     size: int = 0
     error: str | None = None  # set by the disk thread; the recorder reads it
@@ -147,7 +148,7 @@ class SegmentFile:
         assert self.file is not None
         os.fsync(self.file.fileno())
         self.file.close()
-        relpath = segment_relpath(self.camera, final_start)
+        relpath = segment_relpath(self.camera, final_start, self.origin)
         final = self.root / relpath
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.part_path, final)
@@ -296,12 +297,13 @@ class SegmentWriter:
         audio: TrackInfo | None,
         template: Template,
         disk: DiskWriter,
+        origin: str | None = None,
     ) -> None:
         self.root = root
         self.camera = camera
         self.video_info = video
         self.disk = disk
-        self.file = SegmentFile(root, camera, root / (segment_relpath(camera, start) + PART_SUFFIX))
+        self.file = SegmentFile(root, camera, root / (segment_relpath(camera, start, origin) + PART_SUFFIX), origin)
         self.sink = MemorySink()
         self.frames = 0
         self.audio_failed = False

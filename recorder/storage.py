@@ -81,11 +81,25 @@ def check_storage(root: Path, station: str, expected_id: str | None) -> Marker:
     return marker
 
 
-def segment_relpath(camera: str, start: float) -> str:
-    """``recordings/<camera>/<YYYY-MM-DD>/<camera>_<YYYYMMDDTHHMMSS.mmmZ>.mp4`` (UTC)."""
+# Footage that did not come from the live stream says so in its file name too: the index row's meta says it
+# (``origin``), but a segment cut off by a crash is indexed again from its file alone (recorder.reconcile).
+ORIGINS = ("backfill",)
+
+
+def segment_relpath(camera: str, start: float, origin: str | None = None) -> str:
+    """``recordings/<camera>/<YYYY-MM-DD>/<camera>_<YYYYMMDDTHHMMSS.mmmZ>[-<origin>].mp4`` (UTC)."""
+    if origin is not None and origin not in ORIGINS:
+        raise ValueError(f"unknown segment origin {origin!r}")
     moment = datetime.fromtimestamp(start, tz=UTC)
     stamp = moment.strftime("%Y%m%dT%H%M%S") + f".{moment.microsecond // 1000:03d}Z"
-    return f"{RECORDINGS}/{camera}/{moment:%Y-%m-%d}/{camera}_{stamp}.mp4"
+    marker = f"-{origin}" if origin is not None else ""
+    return f"{RECORDINGS}/{camera}/{moment:%Y-%m-%d}/{camera}_{stamp}{marker}.mp4"
+
+
+def origin_from_name(name: str) -> str | None:
+    """The origin a segment's file name carries (None: the live stream)."""
+    stem = name.removesuffix(PART_SUFFIX).removesuffix(".mp4")
+    return next((origin for origin in ORIGINS if stem.endswith(f"Z-{origin}")), None)
 
 
 def segment_file(root: Path, relpath: str) -> Path:
@@ -115,6 +129,9 @@ def sha256_file(path: Path) -> tuple[str, int]:
 def start_from_name(name: str) -> float | None:
     """Inverse of :func:`segment_relpath` for a file name (``.part`` allowed)."""
     stem = name.removesuffix(PART_SUFFIX).removesuffix(".mp4")
+    origin = origin_from_name(name)
+    if origin is not None:
+        stem = stem.removesuffix(f"-{origin}")
     _, _, stamp = stem.rpartition("_")
     try:
         return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()

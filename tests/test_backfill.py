@@ -668,6 +668,39 @@ def test_finished_jobs_are_forgotten_once_retention_deleted_their_time_and_the_c
     assert [j.segments for j in jobs.all() if j.id == job.id] == [9]
 
 
+def test_backfilled_footage_cut_off_by_a_crash_is_recovered_still_saying_it_came_from_the_card(
+        store: tuple[Path, SegmentIndex]) -> None:
+    from recorder.reconcile import reconcile
+
+    root, index = store
+    units = encode_h264(120, fps=15, gop=15)  # 8 s
+    base = 1_800_000_000.0
+    for start, end, name in ((base - 2, base, "a"), (base + 8, base + 10, "b")):
+        index.add_segment(NewSegment(camera="cell", start=start, end=end, frames=1, bytes=1, sha256="0" * 64,
+                                     codec="h264", width=320, height=180, params="{}",
+                                     path=f"recordings/cell/x/{name}.mp4"))
+    writer = BackfillWriter("cell", root, Storage(path=root, segment_seconds=60), index, (base, base + 8),
+                            {"origin": "backfill", "source": {"recording": "SD_1", "camera": "cell"}})
+    writer.feed([(base + n / 15, AccessUnit(base + n / 15, data, key)) for n, (data, key) in enumerate(units[:75])])
+    # The daemon dies here: the segment is a .part file with a few complete fragments and no index row.
+    parts = list((root / "recordings" / "cell").rglob("*.mp4.part"))
+    assert len(parts) == 1 and parts[0].name.endswith("-backfill.mp4.part"), parts
+    report = reconcile(root, index)
+    assert len(report.recovered) == 1
+    row = next(r for r in index.all_segments("cell") if r.path == report.recovered[0])
+    assert decode_meta(row.meta) == {"origin": "backfill", "indexed_from": "recovered"}
+    assert row.status == "recovered" and row.start == pytest.approx(base) and row.end > base + 1
+    assert probe(root / row.path)["streams"][0]["codec_name"] == "h264"
+    # A live segment's file carries no origin, and a finished backfill segment keeps its writer's meta.
+    again = BackfillWriter("cell", root, Storage(path=root, segment_seconds=60), index, (row.end, base + 8),
+                           {"origin": "backfill", "source": {"recording": "SD_1", "camera": "cell"}})
+    again.feed([(base + n / 15, AccessUnit(base + n / 15, data, key)) for n, (data, key) in enumerate(units)])
+    again.finish()
+    done = [r for r in index.all_segments("cell") if r.start > row.start and "/x/" not in r.path]
+    assert done and all(r.path.endswith("-backfill.mp4") for r in done)
+    assert all(decode_meta(r.meta)["source"] == {"recording": "SD_1", "camera": "cell"} for r in done)
+
+
 # -- config ---------------------------------------------------------------------------------------------
 
 
