@@ -39,6 +39,7 @@ import struct
 import uuid
 
 from sim.rtsp_wire import (
+    NTP_EPOCH,
     BadRequest,
     answer,
     h264_media,
@@ -50,7 +51,6 @@ from sim.rtsp_wire import (
 )
 from sim.sd_card import CardFrame, SdCard
 
-_NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _CLOCK = re.compile(r"^(\d{8}T\d{6}(?:\.\d+)?Z)?-(\d{8}T\d{6}(?:\.\d+)?Z)?$")
 
 
@@ -268,7 +268,7 @@ class ReplayServer:
     @staticmethod
     def _rtp(payload: bytes, seq: int, stamp: int, ssrc: int, marker: bool, at: float, flags: int,
              cseq: int) -> bytes:
-        seconds = int(at) + _NTP_EPOCH
+        seconds = int(at) + NTP_EPOCH
         fraction = int((at - int(at)) * (1 << 32)) & 0xFFFFFFFF
         extension = struct.pack(">HHIIBBH", 0xABAC, 3, seconds & 0xFFFFFFFF, fraction, flags, cseq, 0)
         header = struct.pack(">BBHII", 0x90, (0x80 if marker else 0) | 96, seq, stamp, ssrc)

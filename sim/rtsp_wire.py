@@ -13,8 +13,10 @@ import re
 import struct
 from dataclasses import dataclass
 
+NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 MTU = 1400  # RTP payload bytes before a NAL unit is cut into FU-A fragments
 MAX_HEAD = 16384  # an RTSP request head longer than this is refused
+_METHOD = re.compile(r"^[A-Z][A-Z_]{1,31}$")
 
 
 class BadRequest(ValueError):
@@ -56,7 +58,7 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
         raise BadRequest("431 Request Header Fields Too Large", "request head too long")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("RTSP/") or not parts[0].isalpha():
+    if len(parts) != 3 or not parts[2].startswith("RTSP/") or not _METHOD.match(parts[0]):
         raise BadRequest("400 Bad Request", "not an RTSP request line")
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
     length = headers.get("content-length", "0") or "0"
