@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,6 +234,10 @@ class CameraFleet:
         self._sims += sims
         return list(sims)
 
+    def dropped_frames(self) -> int | None:
+        """Frames the light server(s) dropped so far for clients that did not keep up; GStreamer does not say."""
+        return sum(light.dropped_frames() for light in self._lights) if self.server == "light" else None
+
     def stop(self) -> None:
         for server in [*self._lights, *self._sims]:
             server.stop()
@@ -241,21 +246,32 @@ class CameraFleet:
 def run_count(cameras: int, seconds: float, settle: float, work: Path, substream: bool, server: str) -> None:
     fleet = CameraFleet(server)
     subs: list[Camera] = []
+    phases: dict[str, Measured] = {}
+    dropped: dict[str, int | None] = {}
+
+    def phase(name: str, run: Callable[[], Measured]) -> None:
+        before = fleet.dropped_frames()
+        phases[name] = run()
+        after = fleet.dropped_frames()
+        dropped[name] = None if before is None or after is None else after - before
+
     try:
         cams = fleet.start(cameras, clip_1080p(), "b")
-        phases: dict[str, Measured] = {"ffmpeg_before": ffmpeg_phase(cams, seconds, work, settle)}
-        phases["ingest"] = nvr_phase(cams, seconds, work, "ingest", record=False, health=False, settle=settle)
-        phases["recording"] = nvr_phase(cams, seconds, work, "recording", record=True, health=False, settle=settle)
-        phases["recording_health"] = nvr_phase(cams, seconds, work, "recording_health", record=True, health=True,
-                                               settle=settle)
+        phase("ffmpeg_before", lambda: ffmpeg_phase(cams, seconds, work, settle))
+        phase("ingest", lambda: nvr_phase(cams, seconds, work, "ingest", record=False, health=False, settle=settle))
+        phase("recording", lambda: nvr_phase(cams, seconds, work, "recording", record=True, health=False,
+                                             settle=settle))
+        phase("recording_health", lambda: nvr_phase(cams, seconds, work, "recording_health", record=True,
+                                                    health=True, settle=settle))
         if substream:
             small = bench_clip(640, 360, bitrate_kbps=512)
             subs = fleet.start(cameras, small, "b-sub", 640, 360)
             for analyse in ("main", "auto"):
                 name = f"recording_health_substream_{analyse}"
-                phases[name] = nvr_phase(cams, seconds, work, name, record=True, health=True, settle=settle,
-                                         subs=subs, analyse_stream=analyse)
-        phases["ffmpeg_after"] = ffmpeg_phase(cams, seconds, work, settle)
+                phase(name, lambda name=name, analyse=analyse: nvr_phase(
+                    cams, seconds, work, name, record=True, health=True, settle=settle, subs=subs,
+                    analyse_stream=analyse))
+        phase("ffmpeg_after", lambda: ffmpeg_phase(cams, seconds, work, settle))
     finally:
         fleet.stop()
     ff = sum(percent_per_camera(phases[p], cameras) for p in ("ffmpeg_before", "ffmpeg_after")) / 2
@@ -269,6 +285,8 @@ def run_count(cameras: int, seconds: float, settle: float, work: Path, substream
         if not name.startswith("ffmpeg"):
             entry["ratio_to_ffmpeg"] = round(percent_per_camera(m, cameras) / ff, 2) if ff else None
             entry["rss_mb_per_camera"] = round(m.rss / cameras / (1 << 20), 1)
+        if dropped[name] is not None:  # frames the camera server dropped for a reader that fell behind
+            entry["camera_server_dropped_frames"] = dropped[name]
         if m.coverage is not None:
             entry["coverage_percent"] = round(100 * m.coverage, 2)
         if m.analysis_cpu is not None:

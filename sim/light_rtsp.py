@@ -27,6 +27,7 @@ for N cameras from one process at a small fraction of that:
   bytes past a socket send buffer of ``send_buffer``, as small as a camera's
   rather than Linux's autotuned megabytes) loses frames, counted, until it has drained to half of that, and
   resumes on a keyframe; one stuck for a whole session timeout is closed.
+  Past ``max_sessions`` connections a new one is answered 503 and closed.
   No client can hold up another, or another camera.
 
 Everything runs on one event loop thread.  Standard library only::
@@ -34,7 +35,9 @@ Everything runs on one event loop thread.  Standard library only::
     python sim/light_rtsp.py --cameras 64 --clip bench/results/clip-1080p-4000k-25fps-10s.h264 --fps 25
 
 prints ``{"port": ..., "urls": [...]}`` on one line once it listens, and runs
-until SIGTERM or SIGINT (or its parent exits).  :class:`LightCameras` starts it
+until SIGTERM or SIGINT (or its parent exits); on SIGUSR1 it prints
+``{"dropped_frames": {camera: count}}``, the frames lost so far by clients
+that did not read (also on stderr at exit if any were).  :class:`LightCameras` starts it
 as a child process from Python.
 """
 
@@ -147,14 +150,16 @@ class LiveCamera:
     rtp_base: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
     packets: int = 0
     octets: int = 0
+    dropped_frames: int = 0  # frames its clients lost for not reading, all sessions since start
     clients: list[Session] = field(default_factory=list)
 
 
 class LightRtspServer:
     def __init__(self, clip: Clip, cameras: int, *, host: str = "127.0.0.1", port: int = 0,
                  max_buffer: int = 2 << 20, send_buffer: int = 512 << 10, session_timeout: float = 60.0,
-                 sr_seconds: float = 5.0) -> None:
+                 sr_seconds: float = 5.0, max_sessions: int = 1024) -> None:
         self.clip = clip
+        self.max_sessions = max_sessions
         self.host, self.port = host, port
         self.max_buffer = max_buffer
         self.send_buffer = send_buffer
@@ -188,6 +193,10 @@ class LightRtspServer:
             self._server.close()
         for session in list(self.sessions):
             session.transport.abort()
+
+    def stats(self) -> dict[str, int]:
+        """Frames lost by clients that did not read, per camera, since start."""
+        return {c.name: c.dropped_frames for c in self.cameras.values()}
 
     def rtp_time(self, tick: int) -> int:
         return tick * 90000 // self.clip.fps
@@ -226,7 +235,7 @@ class LightRtspServer:
         data = bytes(wire)
         other: dict[int, bytes] = {}
         for session in camera.clients:
-            if not self._room(session, frame.keyframe, len(data)):
+            if not self._room(camera, session, frame.keyframe, len(data)):
                 continue
             if session.resync:
                 session.resync = False
@@ -242,7 +251,7 @@ class LightRtspServer:
                 other[channel] = bytes(patched)
             session.transport.write(other[channel])
 
-    def _room(self, session: Session, keyframe: bool, size: int) -> bool:
+    def _room(self, camera: LiveCamera, session: Session, keyframe: bool, size: int) -> bool:
         """Whether this frame goes to that client; a client that does not read loses frames, never the others."""
         pending = session.transport.get_write_buffer_size()
         if session.full_since is None and pending + size <= self.max_buffer:
@@ -253,6 +262,7 @@ class LightRtspServer:
         if session.full_since is None:
             session.full_since = asyncio.get_running_loop().time()
         session.dropped_frames += 1
+        camera.dropped_frames += 1
         return False
 
     def _sender_report(self, camera: LiveCamera, channel: int) -> bytes:
@@ -293,6 +303,10 @@ class LightRtspServer:
         loop = asyncio.get_running_loop()
         transport = writer.transport
         assert isinstance(transport, asyncio.Transport)
+        if len(self.sessions) >= self.max_sessions:  # a flood of connections: the ones there keep playing
+            transport.write(rtsp.answer("503 Service Unavailable", "0", _SERVER))
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and self.send_buffer:
             # a camera's socket buffer, not Linux's autotuned megabytes: a client that stops reading shows here
@@ -436,6 +450,17 @@ class LightCameras:
             raise RuntimeError(f"the light RTSP server did not start (exit status {self._proc.poll()})")
         self.urls = json.loads(line)["urls"]
 
+    def dropped_frames(self, timeout: float = 5.0) -> int:
+        """Frames the server's clients have lost so far for not reading (all cameras; it is asked by SIGUSR1)."""
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        proc.send_signal(signal.SIGUSR1)
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            raise RuntimeError("the light RTSP server did not answer")
+        return sum(json.loads(line)["dropped_frames"].values())
+
     def stop(self) -> None:
         proc = self._proc
         if proc is None:
@@ -466,21 +491,20 @@ async def _serve(args: argparse.Namespace) -> None:
     server = LightRtspServer(Clip(Path(args.clip), args.fps), args.cameras, host=args.host, port=args.port,
                              max_buffer=args.max_buffer_kb * 1024, session_timeout=args.timeout)
     await server.start()
-    print(json.dumps({"port": server.port, "urls": server.urls}), flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"dropped_frames": server.stats()}), flush=True))
+    print(json.dumps({"port": server.port, "urls": server.urls}), flush=True)  # ready: the handlers are in place
     parent = os.getppid()
     while not stop.is_set() and os.getppid() == parent:  # an orphaned server stops
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
         except TimeoutError:
             pass
-    dropped = {c.name: sum(s.dropped_frames for s in server.sessions if s.camera is c)
-               for c in server.cameras.values()}
     await server.close()
-    if any(dropped.values()):
-        print(json.dumps({"dropped_frames": dropped}), file=sys.stderr, flush=True)
+    if any(server.stats().values()):
+        print(json.dumps({"dropped_frames": server.stats()}), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

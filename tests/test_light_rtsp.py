@@ -238,6 +238,7 @@ def test_a_client_that_stops_reading_loses_frames_and_does_not_hold_up_another_c
         largest = max(len(f.wire) for f in server.clip.frames)
         assert session.transport.get_write_buffer_size() <= limit + largest  # bounded, not all it was not sent
         assert session.dropped_frames >= 10  # counted
+        assert server.stats()["cam0"] == session.dropped_frames and server.stats()["cam1"] == 0
         stuck.close()
         reading.close()
 
@@ -291,6 +292,28 @@ def test_requests_that_are_not_rtsp_get_a_4xx_and_the_camera_plays_on(clip_path:
     run(clip_path, story)
 
 
+def test_a_flood_of_connections_is_answered_503_past_the_limit_and_the_players_play_on(clip_path: Path) -> None:
+    async def story(server: LightRtspServer) -> None:
+        watching = await RawClient.connect(server.port)
+        await watching.play(server.urls[0])
+        idle = await RawClient.connect(server.port)
+        assert (await idle.request("OPTIONS", server.urls[0]))[0] == 200
+        flood = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(20)]
+        for reader, _ in flood:
+            assert (await read_answer(reader))[0] == 503
+            assert await reader.read() == b""  # and closed
+        idle.close()
+        await asyncio.sleep(0.2)
+        again = await RawClient.connect(server.port)
+        assert (await again.request("OPTIONS", server.urls[0]))[0] == 200  # room again
+        await watching.receive(1.0)
+        assert sum(1 for _, body in watching.rtp if body[1] & 0x80) >= 0.8 * FPS
+        again.close()
+        watching.close()
+
+    run(clip_path, story, max_sessions=2)
+
+
 def test_the_light_server_process_serves_every_camera_and_stops(light: LightCameras) -> None:
     assert [c.name for c in light.cameras] == ["cam0", "cam1"]
     assert len({c.url for c in light.cameras}) == 2 and {c.pid for c in light.cameras} == {light.pid}
@@ -303,6 +326,7 @@ def test_the_light_server_process_serves_every_camera_and_stops(light: LightCame
                 assert chunk, answer
                 answer += chunk
         assert answer.startswith(b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n") and b"sprop-parameter-sets=Z" in answer
+    assert light.dropped_frames() == 0  # what the benchmark asks after each phase
     pid = light.pid
     assert pid is not None
     light.stop()
