@@ -11,7 +11,9 @@ for N cameras from one process at a small fraction of that:
   the current frame, every client of a camera the same stream (one SSRC,
   sequence numbers and 90 kHz timestamps that continue across loops);
   cameras start at different places in the clip, so their keyframes do not
-  all fall on the same tick;
+  all fall on the same tick, and they send in ``send_slots`` groups (4)
+  spread over the frame interval, so that their readers are not all woken
+  at the same instant, as with independent cameras;
 - RTSP as cameras speak it to FFmpeg: OPTIONS, DESCRIBE (SDP with
   ``sprop-parameter-sets``), SETUP of ``RTP/AVP/TCP;interleaved=a-b`` only
   (anything else is 461), PLAY with ``RTP-Info``, GET_PARAMETER and OPTIONS as
@@ -68,6 +70,9 @@ from sim import rtsp_wire as rtsp
 _SERVER = "nvr light camera"
 _PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN"
 _PATCH = struct.Struct(">HII")  # sequence number, timestamp, SSRC: bytes 2..11 of an RTP header
+# Groups of cameras sending at different moments of a frame interval.  All at once (1) is cheapest here but
+# wakes every reader together, which cost the daemon 1.5x its CPU with GStreamer's cameras; 4 cost it the same.
+_SLOTS = 4
 _MAX_LAG = 2.0  # seconds behind the clock after which the frames missed are skipped, as a live camera does
 
 
@@ -145,6 +150,7 @@ class Session:
 class LiveCamera:
     name: str
     offset: int  # where in the clip this camera's frame 0 is
+    group: int = 0  # which of the frame interval's send slots is this camera's
     ssrc: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
     seq: int = field(default_factory=lambda: int.from_bytes(os.urandom(2), "big"))
     rtp_base: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
@@ -157,7 +163,7 @@ class LiveCamera:
 class LightRtspServer:
     def __init__(self, clip: Clip, cameras: int, *, host: str = "127.0.0.1", port: int = 0,
                  max_buffer: int = 2 << 20, send_buffer: int = 512 << 10, session_timeout: float = 60.0,
-                 sr_seconds: float = 5.0, max_sessions: int = 1024) -> None:
+                 sr_seconds: float = 5.0, max_sessions: int = 1024, send_slots: int = _SLOTS) -> None:
         self.clip = clip
         self.max_sessions = max_sessions
         self.host, self.port = host, port
@@ -166,12 +172,14 @@ class LightRtspServer:
         self.session_timeout = session_timeout
         self.sr_seconds = sr_seconds
         spread = len(clip.frames)
-        self.cameras = {f"cam{i}": LiveCamera(f"cam{i}", (i * 37) % spread) for i in range(cameras)}
+        self._slots = max(1, min(cameras, send_slots))
+        self.cameras = {f"cam{i}": LiveCamera(f"cam{i}", (i * 37) % spread, i % self._slots) for i in range(cameras)}
+        self._groups = [[c for c in self.cameras.values() if c.group == g] for g in range(self._slots)]
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._t0 = 0.0
-        self._tick = 0  # frames since start, the same for every camera
+        self._slot = 0  # send slots since start: frames since start times the slots per frame
 
     @property
     def urls(self) -> list[str]:
@@ -205,17 +213,17 @@ class LightRtspServer:
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
-        fps = self.clip.fps
+        fps, slots = self.clip.fps, self._slots
         while True:
-            late = loop.time() - (self._t0 + self._tick / fps)
+            late = loop.time() - (self._t0 + self._slot / (fps * slots))
             if late < 0:
                 await asyncio.sleep(-late)
             elif late > _MAX_LAG:  # the process was stopped or starved: the cameras' clocks ran on
-                self._tick += int(late * fps)
+                self._slot += int(late * fps) * slots
                 continue
-            tick = self._tick
-            self._tick += 1
-            for camera in self.cameras.values():
+            tick, group = divmod(self._slot, slots)
+            self._slot += 1
+            for camera in self._groups[group]:
                 self._send(camera, tick)
             if late > 0:
                 await asyncio.sleep(0)  # catching up: let requests through between frames
@@ -269,7 +277,8 @@ class LightRtspServer:
         """An RTCP compound packet (RFC 3550 6.4.1, 6.5): a sender report and an SDES with the CNAME."""
         loop = asyncio.get_running_loop()
         wall = time.time() + rtsp.NTP_EPOCH
-        stamp = (camera.rtp_base + round((loop.time() - self._t0) * 90000)) & 0xFFFFFFFF
+        sent_at = self._t0 + camera.group / (self.clip.fps * self._slots)  # when its frame 0 went out
+        stamp = (camera.rtp_base + round((loop.time() - sent_at) * 90000)) & 0xFFFFFFFF
         sr = struct.pack(">BBHIIIIII", 0x80, 200, 6, camera.ssrc, int(wall) & 0xFFFFFFFF,
                          int((wall % 1) * (1 << 32)) & 0xFFFFFFFF, stamp, camera.packets & 0xFFFFFFFF,
                          camera.octets & 0xFFFFFFFF)
@@ -397,7 +406,8 @@ class LightRtspServer:
         if "session" not in request.headers:
             session.transport.write(rtsp.answer("454 Session Not Found", cseq, _SERVER))
             return
-        stamp = (camera.rtp_base + self.rtp_time(self._tick)) & 0xFFFFFFFF
+        tick = (self._slot + (camera.group - self._slot) % self._slots) // self._slots  # its next frame's
+        stamp = (camera.rtp_base + self.rtp_time(tick)) & 0xFFFFFFFF
         session.transport.write(rtsp.answer("200 OK", cseq, _SERVER, {
             "Session": session.id, "Range": "npt=now-",
             "RTP-Info": f"url={request.url.rstrip('/')};seq={camera.seq};rtptime={stamp}"}))
@@ -422,10 +432,11 @@ class LightCameras:
     """The light server as a child process: ``start()``, ``cameras``, ``urls``, ``pid``, ``stop()``."""
 
     def __init__(self, count: int, clip: Path, *, fps: int = 25, host: str = "127.0.0.1", port: int = 0,
-                 max_buffer: int = 2 << 20, prefix: str = "cam") -> None:
+                 max_buffer: int = 2 << 20, prefix: str = "cam", send_slots: int = _SLOTS) -> None:
         self.count, self.clip, self.fps, self.host, self.port = count, clip, fps, host, port
         self.max_buffer = max_buffer
         self.prefix = prefix
+        self.send_slots = send_slots
         self.urls: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -440,7 +451,7 @@ class LightCameras:
     def start(self, timeout: float = 30.0) -> None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--cameras", str(self.count), "--clip",
                 str(self.clip), "--fps", str(self.fps), "--host", self.host, "--port", str(self.port),
-                "--max-buffer-kb", str(self.max_buffer // 1024)]
+                "--max-buffer-kb", str(self.max_buffer // 1024), "--send-slots", str(self.send_slots)]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
@@ -489,7 +500,8 @@ class LightCameras:
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     server = LightRtspServer(Clip(Path(args.clip), args.fps), args.cameras, host=args.host, port=args.port,
-                             max_buffer=args.max_buffer_kb * 1024, session_timeout=args.timeout)
+                             max_buffer=args.max_buffer_kb * 1024, session_timeout=args.timeout,
+                             send_slots=args.send_slots)
     await server.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -517,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-buffer-kb", type=int, default=2048,
                         help="unsent bytes a client may hold before it loses frames")
     parser.add_argument("--timeout", type=float, default=60, help="session timeout, seconds")
+    parser.add_argument("--send-slots", type=int, default=_SLOTS,
+                        help="groups of cameras sending at different moments of a frame interval (1: all at once)")
     args = parser.parse_args(argv)
     if args.cameras < 1 or args.fps < 1:
         parser.error("--cameras and --fps must be at least 1")
