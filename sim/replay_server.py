@@ -38,10 +38,19 @@ import re
 import struct
 import uuid
 
+from sim.rtsp_wire import (
+    NTP_EPOCH,
+    BadRequest,
+    answer,
+    h264_media,
+    interleaved_channels,
+    nals,
+    packetise,
+    parameter_sets,
+    read_request,
+)
 from sim.sd_card import CardFrame, SdCard
 
-_NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
-_MTU = 1400
 _CLOCK = re.compile(r"^(\d{8}T\d{6}(?:\.\d+)?Z)?-(\d{8}T\d{6}(?:\.\d+)?Z)?$")
 
 
@@ -54,11 +63,6 @@ def _parse_clock(text: str) -> float:
     base, _, fraction = text.rstrip("Z").partition(".")
     when = dt.datetime.strptime(base, "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
     return when.timestamp() + (float("0." + fraction) if fraction else 0.0)
-
-
-def _nals(data: bytes) -> list[bytes]:
-    parts = re.split(b"\x00\x00\x01", data)
-    return [p.rstrip(b"\x00") if i < len(parts) - 1 else p for i, p in enumerate(parts) if p.strip(b"\x00")]
 
 
 class ReplayServer:
@@ -94,23 +98,15 @@ class ReplayServer:
         session = {"id": uuid.uuid4().hex[:16], "channel": None, "task": None}
         try:
             while True:
-                first = await reader.readexactly(1)
-                if first == b"$":  # interleaved from the client (RTCP receiver reports): skipped
-                    header = await reader.readexactly(3)
-                    await reader.readexactly(struct.unpack(">H", header[1:])[0])
+                request = await read_request(reader)
+                if request is None:  # interleaved from the client (RTCP receiver reports): skipped
                     continue
-                head = first + await reader.readuntil(b"\r\n\r\n")
-                if len(head) > 16384:
+                self.requests.append((request.method, request.headers))
+                if not await self._answer(request.method, request.url, request.headers, session, writer):
                     break
-                lines = head.decode("latin-1").split("\r\n")
-                method, url, _ = (lines[0].split(" ") + ["", ""])[:3]
-                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-                if int(headers.get("content-length", "0") or 0):
-                    await reader.readexactly(int(headers["content-length"]))
-                self.requests.append((method, headers))
-                if not await self._answer(method, url, headers, session, writer):
-                    break
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        except BadRequest as e:
+            writer.write(answer(e.status, "0", "SimCam replay"))
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             task = session["task"]
@@ -120,11 +116,7 @@ class ReplayServer:
 
     def _reply(self, writer: asyncio.StreamWriter, status: str, cseq: str, extra: dict[str, str] | None = None,
                body: str = "") -> None:
-        lines = [f"RTSP/1.0 {status}", f"CSeq: {cseq}", "Server: SimCam replay"]
-        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        if body:
-            lines += ["Content-Type: application/sdp", f"Content-Length: {len(body.encode())}"]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n" + body).encode())
+        writer.write(answer(status, cseq, "SimCam replay", extra, body))
 
     def _authorized(self, method: str, headers: dict[str, str]) -> bool:
         if self.user is None:
@@ -168,15 +160,13 @@ class ReplayServer:
                 self._reply(writer, "200 OK", cseq, {"Content-Base": f"{self.base_url}{self.token}/"}, sdp)
             return True
         if method == "SETUP":
-            transport = headers.get("transport", "")
-            found = re.search(r"interleaved=(\d+)(?:-(\d+))?", transport)
-            if "RTP/AVP/TCP" not in transport.upper() or found is None:
+            channels = interleaved_channels(headers.get("transport", ""))
+            if channels is None:
                 self._reply(writer, "461 Unsupported Transport", cseq)
                 return True
-            channel = int(found.group(1))
-            session["channel"] = channel
+            session["channel"] = channels[0]
             self._reply(writer, "200 OK", cseq, {
-                "Transport": f"RTP/AVP/TCP;unicast;interleaved={channel}-{found.group(2) or channel + 1}",
+                "Transport": f"RTP/AVP/TCP;unicast;interleaved={channels[0]}-{channels[1]}",
                 "Session": f"{session['id']};timeout=60"})
             return True
         if method in ("PLAY", "PAUSE", "TEARDOWN") and headers.get("session", "").split(";")[0] != session["id"]:
@@ -229,19 +219,13 @@ class ReplayServer:
         key = next((f for f in frames if f.keyframe), None)
         if key is None:
             return None
-        units = _nals(key.data)
-        sps = next((n for n in units if n[0] & 0x1F == 7), None)
-        pps = next((n for n in units if n[0] & 0x1F == 8), None)
-        if sps is None or pps is None:
+        sets = parameter_sets(nals(key.data))
+        if sets is None:
             return None
         span = self.card.span()
         assert span is not None
-        sprop = base64.b64encode(sps).decode() + "," + base64.b64encode(pps).decode()
         return ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=ONVIF replay\r\nt=0 0\r\na=control:*\r\n"
-                f"a=range:clock={clock_text(span[0])}-{clock_text(span[1])}\r\n"
-                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
-                f"a=fmtp:96 packetization-mode=1;profile-level-id={sps[1:4].hex()};sprop-parameter-sets={sprop}\r\n"
-                "a=control:track1\r\n")
+                f"a=range:clock={clock_text(span[0])}-{clock_text(span[1])}\r\n" + h264_media(*sets, "track1"))
 
     # -- RTP ------------------------------------------------------------------------------
 
@@ -265,7 +249,7 @@ class ReplayServer:
                 last = n == len(frames) - 1
                 before_hole = not last and frames[n + 1].run != frame.run
                 after_hole = n == 0 or frames[n - 1].run != frame.run
-                payloads = self._packetise(frame.data)
+                payloads = packetise(frame.data)
                 for k, payload in enumerate(payloads):
                     flags = (0x80 if frame.keyframe else 0) | (0x40 if (last or before_hole) else 0) | \
                         (0x20 if after_hole and k == 0 else 0) | (0x10 if last and k == len(payloads) - 1 else 0)
@@ -282,34 +266,9 @@ class ReplayServer:
             pass
 
     @staticmethod
-    def _packetise(data: bytes) -> list[bytes]:
-        units = _nals(data)
-        out: list[bytes] = []
-        i = 0
-        while i < len(units):
-            unit = units[i]
-            if unit[0] & 0x1F == 7 and i + 1 < len(units) and units[i + 1][0] & 0x1F == 8:
-                # SPS and PPS together in one STAP-A (RFC 6184 5.7.1), in their place in the access unit
-                pair = units[i:i + 2]
-                out.append(bytes([(unit[0] & 0x60) | 24]) + b"".join(struct.pack(">H", len(u)) + u for u in pair))
-                i += 2
-                continue
-            i += 1
-            if len(unit) <= _MTU:
-                out.append(unit)
-                continue
-            indicator = (unit[0] & 0xE0) | 28  # FU-A (RFC 6184 5.8)
-            kind, body = unit[0] & 0x1F, unit[1:]
-            pieces = [body[k:k + _MTU] for k in range(0, len(body), _MTU)]
-            for k, piece in enumerate(pieces):
-                fu = kind | (0x80 if k == 0 else 0) | (0x40 if k == len(pieces) - 1 else 0)
-                out.append(bytes([indicator, fu]) + piece)
-        return out
-
-    @staticmethod
     def _rtp(payload: bytes, seq: int, stamp: int, ssrc: int, marker: bool, at: float, flags: int,
              cseq: int) -> bytes:
-        seconds = int(at) + _NTP_EPOCH
+        seconds = int(at) + NTP_EPOCH
         fraction = int((at - int(at)) * (1 << 32)) & 0xFFFFFFFF
         extension = struct.pack(">HHIIBBH", 0xABAC, 3, seconds & 0xFFFFFFFF, fraction, flags, cseq, 0)
         header = struct.pack(">BBHII", 0x90, (0x80 if marker else 0) | 96, seq, stamp, ssrc)
