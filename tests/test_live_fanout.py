@@ -13,15 +13,27 @@ import errno
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
 
 from nvr.station import Station
-from tests.test_live_relay import FPS, Publisher, frames, relay_app, units, until, whep_viewer  # noqa: F401
+from tests.test_live_relay import (  # noqa: F401 - fixtures
+    FPS,
+    Publisher,
+    admin_headers,
+    frames,
+    make_config,
+    relay_app,
+    units,
+    until,
+    whep_viewer,
+)
 from tests.test_live_sender import _FailingSocket
+from web.app import create_app
 from web.live_fanout import FanoutUnit, LiveFanout
 from web.live_sender import LiveRtpSender
 from web.whep import WHEP
@@ -247,3 +259,23 @@ async def test_keyframe_requests_and_nacks_are_answered_per_viewer(
         assert asked["retransmitted_packets"] >= 1 and other["retransmitted_packets"] == 0
         got = await frames(asking, 10)
         assert all(f.width == 320 for f in got)
+
+
+async def test_aiortcs_own_sender_still_plays_when_shared_packetization_is_off(
+        tmp_path: Path, units: list[tuple[bytes, bool]]) -> None:  # noqa: F811
+    daemon = Station(make_config(tmp_path, shared_packetization=False))
+    async with TestClient(TestServer(create_app(daemon), host="127.0.0.1"), headers=admin_headers(daemon)) as client:
+        publisher = Publisher(daemon.cameras["hall"].view_hub, units)
+        publisher.start()
+        try:
+            pc, location, _ = await whep_viewer(client)
+            got = await frames(pc, 20)
+            assert all(f.width == 320 for f in got)
+            (session,) = client.app[WHEP].sessions.values()
+            assert session.sender is None and not client.app[WHEP].fanouts  # per viewer: a feed of its own
+            assert [r.name for r in daemon.cameras["hall"].view_hub.readers] == [session.feed.name]
+            await client.delete(location)
+            await pc.close()
+            assert not daemon.cameras["hall"].view_hub.readers
+        finally:
+            await publisher.stop()

@@ -100,8 +100,10 @@ class LiveFanout:
             self.task = asyncio.get_running_loop().create_task(self._run(self.reader),
                                                                name=f"live-fanout:{self.hub.name}")
         else:
-            for unit in tuple(self._gop):
+            gop = tuple(self._gop)
+            for unit in gop:
                 viewer.deliver(unit)
+            self.packetizer.units_shared += len(gop)  # the newcomer's burst: cut once, for an earlier viewer
         self.viewers.append(viewer)
 
     def detach(self, viewer: FanoutViewer) -> None:
