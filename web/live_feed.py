@@ -15,7 +15,10 @@ Nothing is decoded or encoded here.  The feed
 
 Video and audio of one viewer share one bounded hub reader: whichever
 track asks first pulls from it and parks the other kind's packets in a small
-bounded queue of its own.
+bounded queue of its own.  A viewer whose video goes out through the camera's
+:class:`~web.live_fanout.LiveFanout` (the shared-packetization sender) reads
+no video here: :meth:`LiveFeed.video_elsewhere` makes the feed an audio-only
+one, with a hub reader only when the viewer takes the camera's audio.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -127,6 +131,8 @@ class LiveFeed:
         self.relay_delay_sum = 0.0  # hub arrival → handed to the sender, live packets only
         self.relay_delay_count = 0
         self.keyframe_requests = 0  # PLI/FIR from the viewer (answered by the camera's next keyframe)
+        self.video_fanned_out = False  # video comes through the camera's fan-out, not this feed's reader
+        self._on_close: list[Callable[[], None]] = []
 
     @property
     def dropped(self) -> int:
@@ -141,6 +147,31 @@ class LiveFeed:
             self._audio_ready.set()
         return self.reader
 
+    def video_elsewhere(self) -> None:
+        """The viewer's video now goes out through the camera's fan-out: this feed serves its audio only.
+
+        Audio may start from now on (it waits for the picture): a hub reader is attached for it if the viewer
+        takes audio, and video packets that reader brings are dropped on the spot, never parked.
+        """
+        if self.closed:
+            raise FeedClosed(self.name)
+        self.video_fanned_out = True
+        self.attached_mono = time.monotonic()
+        if self.want_audio and self.reader is None:
+            self.reader = self.hub.reader(self.name, maxsize=self.maxsize)
+        self._audio_ready.set()
+
+    def picture_started(self, session: Session) -> None:
+        """The fan-out sent this viewer the first keyframe of ``session``: its audio may follow."""
+        self._keyframe_session = session
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when the feed closes."""
+        if self.closed:
+            callback()
+        else:
+            self._on_close.append(callback)
+
     def close(self) -> None:
         """Detach from the hub. Idempotent."""
         if self.closed:
@@ -151,6 +182,9 @@ class LiveFeed:
         self._audio_ready.set()
         for event in self._wake.values():
             event.set()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     async def next_video(self) -> av.Packet:
         unit = await self.next_video_unit()
@@ -164,7 +198,7 @@ class LiveFeed:
                 return out
 
     async def next_audio(self) -> av.Packet:
-        while self.reader is None:
+        while self.reader is None or (self.video_fanned_out and not self.want_audio):
             if self.closed:
                 raise FeedClosed(self.name)
             # Audio waits until video has attached: it is pointless without a picture.
@@ -208,6 +242,8 @@ class LiveFeed:
                 return item
             if item.kind is TrackKind.AUDIO and not self.want_audio:
                 continue
+            if item.kind is TrackKind.VIDEO and self.video_fanned_out:
+                continue  # the camera's fan-out sends this viewer's video
             other = self._parked[item.kind]
             if len(other) >= self.maxsize:
                 # That track's sender stopped pulling: start it over at a keyframe.
@@ -222,24 +258,25 @@ class LiveFeed:
         if video is None or video.codec != "h264":
             self.skipped += 1
             return None
-        data = packet.data
         if packet.session is not self._keyframe_session:
             if not packet.is_keyframe:
                 self.skipped += 1
                 return None
             self._keyframe_session = packet.session
-        if packet.is_keyframe and video.extradata and not bitstream.parameter_sets("h264", data):
-            data = video.extradata + data
         now = time.monotonic()
         backlog = packet.received_mono < self.attached_mono
         pts = self.video_clock.map(packet, backlog, now)
+        self.count_video(packet, backlog, now)
+        return VideoUnit(packet, with_parameter_sets(packet), pts)
+
+    def count_video(self, packet: MediaPacket, backlog: bool, now: float) -> None:
+        """A video unit handed to the sender at ``now``: the counters and the relay delay (live units only)."""
         if not backlog:
             self.relay_delay_sum += now - packet.received_mono
             self.relay_delay_count += 1
         if self.first_sent_mono is None:
             self.first_sent_mono = now
         self.video_sent += 1
-        return VideoUnit(packet, data, pts)
 
     def _audio_packet(self, packet: MediaPacket) -> av.Packet | None:
         audio = packet.session.audio
@@ -254,6 +291,15 @@ class LiveFeed:
         pts = self.audio_clock.map(packet, False, time.monotonic())
         self.audio_sent += 1
         return _av_packet(packet.data, pts, AUDIO_CLOCK)
+
+
+def with_parameter_sets(packet: MediaPacket) -> bytes:
+    """An H.264 unit's bytes as viewers get them: the session's SPS/PPS in front of a keyframe that lacks them."""
+    video = packet.session.video
+    data = packet.data
+    if packet.is_keyframe and video is not None and video.extradata and not bitstream.parameter_sets("h264", data):
+        return video.extradata + data
+    return data
 
 
 def _av_packet(data: bytes, pts: int, rate: int) -> av.Packet:

@@ -65,6 +65,7 @@ class Cut:
     payloads: tuple[bytes, ...]
     # (start, stop) slices of ``payloads``: all of one length but the last, which is no longer; each one send.
     runs: tuple[tuple[int, int], ...]
+    octets: int = 0  # the payloads' bytes, for the RTCP sender reports
 
 
 def runs_of(payloads: tuple[bytes, ...]) -> tuple[tuple[int, int], ...]:
@@ -107,7 +108,7 @@ class LivePacketizer:
             self.units_shared += 1
             return entry[1]
         payloads = tuple(_EvenFragments._packetize(H264Encoder._split_bitstream(data)))
-        cut = Cut(payloads, runs_of(payloads))
+        cut = Cut(payloads, runs_of(payloads), sum(map(len, payloads)))
         self.units_cut += 1
         self._cache[key] = (packet, cut)
         if len(self._cache) > self.cached_units:

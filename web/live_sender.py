@@ -53,6 +53,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -67,9 +68,11 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import pack_header_extensions
 from aiortc.utils import random32
 
+from streams.media import Session
 from web.aiortc_fixes import current_ntp_time
+from web.live_fanout import FanoutEnded, FanoutUnit, LiveFanout
 from web.live_feed import FeedClosed, LiveFeed
-from web.live_packetizer import Cut, LivePacketizer
+from web.live_packetizer import Cut
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ MAX_QUEUED_BYTES = 1 << 20
 _HEAD = struct.Struct("!BBH")  # version and extension bit, marker and payload type, sequence number
 _TS_SSRC = struct.Struct("!II")
 _EXT_HEAD = struct.Struct("!HH")
+_ABS_PLACEHOLDER = b"\xff\xfe\xfd"  # stands for a unit's abs-send-time in the prebuilt extension block
 _OSN = struct.Struct("!H")  # RTX: the original sequence number in front of the payload (RFC 4588)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: the size the kernel cuts a send into
 _SEGMENT = struct.Struct("=H")
@@ -108,7 +112,7 @@ class _RunProtector:
     what this was written for, its ``protect`` and a join make the same bytes.
     """
 
-    __slots__ = ("session", "_ctx", "_buf", "_view", "_memory", "_length", "_protect")
+    __slots__ = ("session", "_ctx", "_buf", "_memory", "_length", "_protect")
 
     BUFFER_BYTES = 66 * 1024  # a run is at most 65,000 bytes (web.live_packetizer.MAX_RUN_BYTES)
 
@@ -120,8 +124,7 @@ class _RunProtector:
 
             self._ctx = session._srtp[0]
             self._buf = ffi.new("char[]", self.BUFFER_BYTES)
-            self._view = ffi.buffer(self._buf)
-            self._memory = memoryview(self._view)
+            self._memory = memoryview(ffi.buffer(self._buf))
             self._length = ffi.new("int *")
             self._protect = lib.srtp_protect
         except (ImportError, AttributeError, TypeError) as exc:
@@ -137,16 +140,17 @@ class _RunProtector:
                                                 (sequence + i) & 0xFFFF), tail, payloads[i])))
                          for i in range(start, stop)]
             return b"".join(datagrams), len(datagrams[0])
-        view, buf, length, ctx = self._view, self._buf, self._length, self._ctx
+        memory, buf, length, ctx = self._memory, self._buf, self._length, self._ctx
+        head_into = _HEAD.pack_into
         tail_end = 4 + len(tail)
         marked = payload_type | 0x80
         offset = size = 0
         for i in range(start, stop):
             payload = payloads[i]
-            view[offset:offset + 4] = head(first_byte, marked if i == last else payload_type, (sequence + i) & 0xFFFF)
-            view[offset + 4:offset + tail_end] = tail
+            head_into(memory, offset, first_byte, marked if i == last else payload_type, (sequence + i) & 0xFFFF)
+            memory[offset + 4:offset + tail_end] = tail
             end = offset + tail_end + len(payload)
-            view[offset + tail_end:end] = payload
+            memory[offset + tail_end:end] = payload
             length[0] = end - offset
             status = c_protect(ctx, buf + offset, length)
             if status:
@@ -173,7 +177,7 @@ class LiveRtpSender(RTCRtpSender):
     """aiortc's sender with a shared-packetization RTP loop for one viewer's relayed H.264 track."""
 
     _live_feed: LiveFeed
-    _live_packetizer: LivePacketizer
+    _live_fanout: LiveFanout
     _live_parameters: RTCRtpSendParameters | None
     _live_history: deque[_Sent]
     _live_history_packets: int
@@ -181,20 +185,45 @@ class LiveRtpSender(RTCRtpSender):
     _live_runs: _RunProtector | None
     _live_gso: bool  # send runs of equal datagrams with one sendmsg (UDP_SEGMENT) until the kernel refuses
     _live_retransmit_budget: int
+    _live_session: Session | None  # the camera session whose first keyframe this viewer was sent
+    _live_resume: bool  # units went unsent (the socket's queue was full): nothing more until a keyframe
+    _live_outbox: deque[bytes]  # datagrams for a transport that is not a plain UDP socket (TURN), sent by the task
+    _live_outbox_bytes: int
+    _live_wake: asyncio.Event
+    _live_ended: BaseException | None
+    _live_dropped_at: int | None  # the fan-out's drops when this viewer attached
+    _live_dropped_final: int | None  # ... and this viewer's share once it left
+    # Per unit: set by _live_start from the negotiated parameters.
+    _live_payload_type: int
+    _live_sequence: int
+    _live_timestamp_origin: int
+    _live_first_byte: int
+    _live_ext_fixed: bytes  # the extension block when it has no abs-send-time (or b"")
+    _live_ext_before: bytes  # ... else the block up to the 3 abs-send-time bytes, and what follows them
+    _live_ext_after: bytes
+    _live_packets: int
+    _live_octets: int
+    # aiortc's own state the RTCP loop reads (mangled names, written as such).
+    _RTCRtpSender__ntp_timestamp: int
+    _RTCRtpSender__rtp_timestamp: int
+    _RTCRtpSender__packet_count: int
+    _RTCRtpSender__octet_count: int
     retransmitted: int  # packets sent again on a NACK
     nack_refused: int  # NACKed packets not resent: the viewer asked for more than it was sent
     gso_sends: int  # sendmsg calls that carried a run of datagrams
     gso_blocked: int  # runs the full socket buffer refused, queued by asyncio instead
-    units_unsent: int  # access units not sent: asyncio already held MAX_QUEUED_BYTES for the socket
+    units_unsent: int  # access units not sent: MAX_QUEUED_BYTES were queued for the socket, or waiting for a keyframe
     nack_missed: int  # NACKed packets no longer (or never) in the history
 
     @classmethod
-    def adopt(cls, sender: RTCRtpSender, feed: LiveFeed, packetizer: LivePacketizer) -> bool:
-        """Make ``sender`` (not started yet) send ``feed`` this way; False, and aiortc's own loop, if aiortc changed."""
+    def adopt(cls, sender: RTCRtpSender, feed: LiveFeed, fanout: LiveFanout) -> bool:
+        """Make ``sender`` (not started yet) send ``feed``'s viewer ``fanout``'s video; False if aiortc changed."""
         missing = [name for name in _SENDER_STATE if not hasattr(sender, name)]
         missing += [name for name in _TRANSPORT_STATE if not hasattr(sender.transport, name)]
         if not hasattr(getattr(sender.transport.transport, "_connection", None), "_nominated"):
             missing.append("RTCIceTransport._connection._nominated")  # aioice's selected pair, sent on directly
+        if not hasattr(sender, "_enabled"):
+            missing.append("RTCRtpSender._enabled")
         if type(sender) is not RTCRtpSender or missing:
             log.warning("aiortc's sender is not the one the shared live sender was written for (%s): "
                         "each viewer packetizes on its own", ", ".join(missing) or type(sender).__name__)
@@ -202,7 +231,7 @@ class LiveRtpSender(RTCRtpSender):
         sender.__class__ = cls
         assert isinstance(sender, LiveRtpSender)
         sender._live_feed = feed
-        sender._live_packetizer = packetizer
+        sender._live_fanout = fanout
         sender._live_parameters = None
         sender._live_history = deque()
         sender._live_history_packets = 0
@@ -210,6 +239,13 @@ class LiveRtpSender(RTCRtpSender):
         sender._live_gso = True
         sender._live_runs = None
         sender._live_retransmit_budget = 0
+        sender._live_session = None
+        sender._live_resume = False
+        sender._live_outbox = deque()
+        sender._live_outbox_bytes = 0
+        sender._live_wake = asyncio.Event()
+        sender._live_ended = None
+        sender._live_dropped_at = sender._live_dropped_final = None
         sender.retransmitted = 0
         sender.nack_refused = 0
         sender.gso_sends = 0
@@ -217,6 +253,24 @@ class LiveRtpSender(RTCRtpSender):
         sender.units_unsent = 0
         sender.nack_missed = 0
         return True
+
+    @property
+    def viewer_name(self) -> str:
+        return self._live_feed.name
+
+    @property
+    def fanout_dropped(self) -> int:
+        """Video packets this viewer missed because the camera's fan-out fell behind (skipped to a keyframe)."""
+        if self._live_dropped_final is not None:
+            return self._live_dropped_final
+        if self._live_dropped_at is None:
+            return 0
+        return self._live_fanout.dropped - self._live_dropped_at
+
+    @property
+    def fanout_queued(self) -> int:
+        """Packets waiting in the fan-out's hub reader (while this viewer is attached)."""
+        return self._live_fanout.queued if self._live_dropped_at is not None and self._live_ended is None else 0
 
     async def send(self, parameters: RTCRtpSendParameters) -> None:
         if self._live_parameters is None:
@@ -246,62 +300,121 @@ class LiveRtpSender(RTCRtpSender):
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         getattr(self, "_RTCRtpSender__rtp_started").set()  # noqa: B009 - a mangled name
         try:
-            await self._relay(codec)
-        except (asyncio.CancelledError, ConnectionError, FeedClosed, MediaStreamError):
+            self._live_start(codec)
+            await self._serve()
+        except (asyncio.CancelledError, ConnectionError, FeedClosed, FanoutEnded, MediaStreamError):
             pass  # cancelled by stop(), the transport closed, or the viewer's feed ended: as aiortc's loop
         except Exception:  # noqa: BLE001 - stop() waits for rtp_exited: never leave without setting it
             log.warning("[%s] live sender stopped", self._live_feed.name, exc_info=True)
+        finally:
+            self._live_dropped_final = self.fanout_dropped
+            self._live_fanout.detach(self)
         track = self.track
         if track is not None:
             track.stop()
         getattr(self, "_RTCRtpSender__rtp_exited").set()  # noqa: B009
 
-    async def _relay(self, codec: RTCRtpCodecParameters) -> None:
-        feed = self._live_feed
-        packetizer = self._live_packetizer
+    def _live_start(self, codec: RTCRtpCodecParameters) -> None:
+        """What every unit's header takes from the negotiation: built once, as aiortc would serialize it."""
         mid_id, abs_id, mid = self._extension_ids()
-        payload_type = (codec.payloadType or 0) & 0x7F
-        ssrc = self._ssrc
-        sequence = random_sequence_number()
-        timestamp_origin = random32()
-        history = self._live_history
-        packets = 0
-        octets = 0
-        while True:
-            unit = await feed.next_video_unit()
-            if not self._enabled:
-                continue
-            cut = packetizer.cut(unit.packet, unit.data)
-            payloads = cut.payloads
-            if not payloads:
-                continue
-            timestamp = (timestamp_origin + unit.pts) & 0xFFFFFFFF
-            ntp = current_ntp_time()
-            elements: list[tuple[int, bytes]] = []
-            if mid_id:
-                elements.append((mid_id, mid))
-            if abs_id:
-                # The send time of the whole unit: it leaves in one burst, with no await between its packets.
-                elements.append((abs_id, ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")))
-            profile, value = pack_header_extensions(elements)
-            extensions = _EXT_HEAD.pack(profile, len(value) // 4) + value if value else b""
-            first_byte = 0x90 if extensions else 0x80
-            tail = _TS_SSRC.pack(timestamp, ssrc) + extensions
-            await self._send_unit(cut, first_byte, payload_type, sequence, tail)
+        self._live_payload_type = (codec.payloadType or 0) & 0x7F
+        self._live_sequence = random_sequence_number()
+        self._live_timestamp_origin = random32()
+        self._live_packets = self._live_octets = 0
+        elements: list[tuple[int, bytes]] = [(mid_id, mid)] if mid_id else []
+        if abs_id:
+            elements.append((abs_id, _ABS_PLACEHOLDER))  # where each unit's send time goes
+        profile, value = pack_header_extensions(elements)
+        block = _EXT_HEAD.pack(profile, len(value) // 4) + value if value else b""
+        self._live_first_byte = 0x90 if block else 0x80
+        self._live_ext_fixed = block
+        self._live_ext_before = self._live_ext_after = b""
+        if abs_id:
+            at = block.rindex(_ABS_PLACEHOLDER)  # after the mid, which is text: never these bytes
+            self._live_ext_before, self._live_ext_after = block[:at], block[at + 3:]
 
-            history.append(_Sent(sequence, timestamp, extensions, payloads))
-            self._live_history_packets += len(payloads)
-            while self._live_history_packets - len(history[0].payloads) >= HISTORY_PACKETS:
-                self._live_history_packets -= len(history.popleft().payloads)
-            sequence = (sequence + len(payloads)) & 0xFFFF
-            self._live_retransmit_budget = min(HISTORY_PACKETS, self._live_retransmit_budget + len(payloads))
-            packets += len(payloads)
-            octets += sum(map(len, payloads))
-            # What aiortc's loop keeps for its RTCP sender reports and getStats().
-            setattr(self, "_RTCRtpSender__ntp_timestamp", ntp)  # noqa: B010 - mangled names
-            setattr(self, "_RTCRtpSender__rtp_timestamp", timestamp)  # noqa: B010
-            setattr(self, "_RTCRtpSender__packet_count", packets)  # noqa: B010
-            setattr(self, "_RTCRtpSender__octet_count", octets)  # noqa: B010
+    async def _serve(self) -> None:
+        """Attached to the camera's fan-out until the viewer ends; sends what a non-UDP transport was given."""
+        feed = self._live_feed
+        feed.video_elsewhere()  # FeedClosed if the session already ended
+        feed.on_close(lambda: self.end(FeedClosed(feed.name)))
+        if self._live_ended is not None:
+            raise self._live_ended
+        self._live_dropped_at = self._live_fanout.dropped
+        self._live_fanout.attach(self)
+        outbox = self._live_outbox
+        ice = self.transport.transport
+        while True:
+            if self._live_ended is not None:
+                raise self._live_ended
+            if outbox:
+                datagram = outbox.popleft()
+                self._live_outbox_bytes -= len(datagram)
+                await ice._send(datagram)
+                continue
+            self._live_wake.clear()
+            await self._live_wake.wait()
+
+    def end(self, reason: BaseException) -> None:
+        """Nothing more for this viewer (its feed closed, its transport failed, the hub closed). Idempotent."""
+        if self._live_ended is None:
+            self._live_ended = reason
+        self._live_fanout.detach(self)
+        self._live_wake.set()
+
+    def deliver(self, unit: FanoutUnit) -> None:
+        """Send one access unit to this viewer, now (called by the fan-out, once per unit per viewer)."""
+        if not self._enabled or self._live_ended is not None:
+            return
+        packet = unit.packet
+        feed = self._live_feed
+        if packet.session is not self._live_session:
+            if not packet.is_keyframe:
+                feed.skipped += 1  # each camera session starts on a keyframe for this viewer
+                return
+            self._live_session = packet.session
+            self._live_resume = False
+            feed.picture_started(packet.session)
+        elif self._live_resume and not packet.is_keyframe:
+            self.units_unsent += 1  # what the viewer still has would not decode: wait for a keyframe
+            return
+        cut = unit.cut
+        payloads = cut.payloads
+        if not payloads:
+            return
+        now = time.monotonic()
+        backlog = packet.received_mono < feed.attached_mono
+        timestamp = (self._live_timestamp_origin + feed.video_clock.map(packet, backlog, now)) & 0xFFFFFFFF
+        ntp = current_ntp_time()
+        if self._live_ext_before:
+            # The send time of the whole unit: it leaves in one burst.
+            extensions = self._live_ext_before + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big") + self._live_ext_after
+        else:
+            extensions = self._live_ext_fixed
+        sequence = self._live_sequence
+        if not self._send_unit(cut, self._live_first_byte, self._live_payload_type, sequence,
+                               _TS_SSRC.pack(timestamp, self._ssrc) + extensions):
+            # Memory stays bounded whatever the viewer's link (see MAX_QUEUED_BYTES); it resumes at a keyframe.
+            self.units_unsent += 1
+            self._live_resume = True
+            return
+        self._live_resume = False
+        feed.count_video(packet, backlog, now)
+        history = self._live_history
+        count = len(payloads)
+        history.append(_Sent(sequence, timestamp, extensions, payloads))
+        self._live_history_packets += count
+        while self._live_history_packets - len(history[0].payloads) >= HISTORY_PACKETS:
+            self._live_history_packets -= len(history.popleft().payloads)
+        self._live_sequence = (sequence + count) & 0xFFFF
+        self._live_retransmit_budget = min(HISTORY_PACKETS, self._live_retransmit_budget + count)
+        self._live_packets += count
+        self._live_octets += cut.octets
+        # What aiortc's loop keeps for its RTCP sender reports and getStats().
+        self._RTCRtpSender__ntp_timestamp = ntp
+        self._RTCRtpSender__rtp_timestamp = timestamp
+        self._RTCRtpSender__packet_count = self._live_packets
+        self._RTCRtpSender__octet_count = self._live_octets
 
     def _protect(self) -> Callable[[bytes], bytes]:
         """This viewer's SRTP protection (ConnectionError before DTLS is up or after it closed, as aiortc)."""
@@ -311,34 +424,44 @@ class LiveRtpSender(RTCRtpSender):
         protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
         return protect
 
-    async def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> None:
-        """Protect and send one access unit, run by run; each run of equal datagrams in one GSO ``sendmsg``."""
+    def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> bool:
+        """Protect and send one access unit, run by run (each run of equal datagrams in one GSO ``sendmsg``).
+
+        False, and nothing sent, if :data:`MAX_QUEUED_BYTES` are already queued for this viewer's transport.
+        """
         dtls = self.transport
         protect = self._protect()
         runs = self._live_runs
         if runs is None or runs.session is not dtls._tx_srtp:
             runs = self._live_runs = _RunProtector(dtls._tx_srtp)
-        ice = dtls.transport
-        pair = ice._connection._nominated.get(1)
+        pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         protocol = pair.protocol
         transport = getattr(protocol, "transport", None)
-        plain = type(protocol).send_data is StunProtocol.send_data and transport is not None
+        plain = transport is not None and type(protocol).send_data is StunProtocol.send_data
+        if plain:
+            assert transport is not None
+            if transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
+                return False
+        elif self._live_outbox_bytes > MAX_QUEUED_BYTES:
+            return False
         sock = getattr(transport, "_sock", None) if plain else None
         addr = pair.remote_addr
         payloads = cut.payloads
-        if plain and transport is not None and transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
-            self.units_unsent += 1  # memory stays bounded whatever the viewer's link; see MAX_QUEUED_BYTES
-            return
         last = len(payloads) - 1
         sent = 0
         for start, stop in cut.runs:
             data, size = runs.protect(protect, payloads, start, stop, last, first_byte, payload_type, sequence, tail)
             sent += len(data)
-            if not plain:  # not aioice's plain UDP protocol: its own path, a copy per datagram (it may send later)
+            if not plain:
+                # Not aioice's plain UDP protocol (TURN): its own path, awaited, so from this viewer's task,
+                # with a copy of each datagram (``data`` is rewritten by the next run).
+                outbox = self._live_outbox
                 for offset in range(0, len(data), size):
-                    await ice._send(bytes(data[offset:offset + size]))
+                    outbox.append(bytes(data[offset:offset + size]))
+                self._live_outbox_bytes += len(data)
+                self._live_wake.set()
                 continue
             assert transport is not None
             # Straight to the socket only while asyncio queues nothing for it: its queue would go out after these.
@@ -359,13 +482,14 @@ class LiveRtpSender(RTCRtpSender):
                         log.info("[%s] UDP segmentation offload not available (%s): one send per packet",
                                  self._live_feed.name, exc)
             # Copies: ``data`` is this viewer's buffer, rewritten by the next run, and a transport may send later
-            # (asyncio's when the socket is full; aioice's TURN transport always, from a task).
+            # (asyncio's when the socket is full).
             for offset in range(0, len(data), size):
                 transport.sendto(bytes(data[offset:offset + size]), addr)
         setattr(dtls, "_RTCDtlsTransport__tx_bytes",  # noqa: B010 - mangled names
                 getattr(dtls, "_RTCDtlsTransport__tx_bytes") + sent)  # noqa: B009
         setattr(dtls, "_RTCDtlsTransport__tx_packets",  # noqa: B010
                 getattr(dtls, "_RTCDtlsTransport__tx_packets") + len(payloads))  # noqa: B009
+        return True
 
     async def _send_datagram(self, datagram: bytes) -> None:
         """One protected datagram, as aiortc sends (a retransmission is rare: no shortcut)."""

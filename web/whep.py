@@ -58,6 +58,7 @@ from web.h264_profile import (
 )
 from web.http import error_response, find_camera, read_body
 from web.ice_servers import IceServers
+from web.live_fanout import LiveFanout
 from web.live_feed import PASSTHROUGH_AUDIO, LiveFeed
 from web.live_packetizer import LivePacketizer
 from web.live_sender import LiveRtpSender
@@ -186,7 +187,8 @@ class WhepSession:
             "audio_codec": self.audio_codec,
             "video_packets": feed.video_sent,
             "audio_packets": feed.audio_sent,
-            "dropped_packets": feed.dropped + feed.parked_dropped,
+            "dropped_packets": feed.dropped + feed.parked_dropped + (
+                self.sender.fanout_dropped if self.sender is not None else 0),
             "keyframe_requests": feed.keyframe_requests,
             "shared_packetization": self.sender is not None,
             "retransmitted_packets": self.sender.retransmitted if self.sender is not None else None,
@@ -195,7 +197,8 @@ class WhepSession:
             "gso_sends": self.sender.gso_sends if self.sender is not None else None,
             "gso_blocked": self.sender.gso_blocked if self.sender is not None else None,
             "unsent_units": self.sender.units_unsent if self.sender is not None else None,
-            "queued_packets": feed.reader.queued if feed.reader is not None else 0,
+            "queued_packets": (feed.reader.queued if feed.reader is not None else 0) + (
+                self.sender.fanout_queued if self.sender is not None else 0),
             "relay_delay_ms": round(feed.relay_delay_sum / feed.relay_delay_count * 1000, 2)
             if feed.relay_delay_count else None,
             "relay_delay_samples": feed.relay_delay_count,  # live packets the mean is over (the backlog is not)
@@ -247,6 +250,8 @@ class WhepRelay:
         self.transcoders: dict[str, LiveTranscoder] = {}  # camera id -> its shared transcode, while watched
         # One packetization per live stream (a camera's view hub or its transcoder's), shared by its viewers.
         self.packetizers: weakref.WeakKeyDictionary[Hub, LivePacketizer] = weakref.WeakKeyDictionary()
+        # One fan-out per live stream: its shared-sender viewers' video, taken from the hub once.
+        self.fanouts: weakref.WeakKeyDictionary[Hub, LiveFanout] = weakref.WeakKeyDictionary()
         unknown = sorted(set(config.cameras) - set(station.cameras))
         if unknown:
             log.warning("live.cameras names no configured camera: %s", ", ".join(unknown))
@@ -351,7 +356,7 @@ class WhepRelay:
             transceiver = pc.addTransceiver(LiveTrack(feed, "video"), direction="sendonly")
             transceiver.setCodecPreferences(h264_preferences())
             if self.config.shared_packetization and LiveRtpSender.adopt(
-                    transceiver.sender, feed, self.packetizer(stream.hub)):
+                    transceiver.sender, feed, self.fanout(stream.hub)):
                 session.sender = transceiver.sender  # type: ignore[assignment]  # adopt() changed its class
             aiortc_fixes.on_keyframe_request(transceiver.sender, lambda: self._keyframe_requested(session))
             if audio_mime is not None:
@@ -401,6 +406,13 @@ class WhepRelay:
         if packetizer is None:
             packetizer = self.packetizers[hub] = LivePacketizer(hub.name)
         return packetizer
+
+    def fanout(self, hub: Hub) -> LiveFanout:
+        """The fan-out of ``hub``'s stream to its shared-sender viewers (its task runs while one is attached)."""
+        fanout = self.fanouts.get(hub)
+        if fanout is None:
+            fanout = self.fanouts[hub] = LiveFanout(hub, self.packetizer(hub), self.config.viewer_queue_packets)
+        return fanout
 
     def packetizer_stats(self, may_see: Callable[[str], bool]) -> dict[str, dict[str, int]]:
         """Per watched camera: access units packetized, and taken by a viewer from the shared cut."""
@@ -475,7 +487,15 @@ class WhepRelay:
         def viewers(camera_id: str, hub: Hub) -> int:
             transcoder = self.transcoders.get(camera_id)
             hubs = (hub,) if transcoder is None else (hub, transcoder.hub)
-            return sum(1 for h in hubs for r in h.readers if r.name.startswith("whep:"))
+            names = {r.name for h in hubs for r in h.readers if r.name.startswith("whep:")}
+            leaked = 0
+            for h in hubs:
+                fanout = self.fanouts.get(h)
+                if fanout is not None:
+                    names.update(viewer.viewer_name for viewer in fanout.viewers)
+                    # A fan-out still reading the hub with nobody to send to would be a leak: count it.
+                    leaked += fanout.reader is not None and not fanout.viewers
+            return len(names) + leaked
 
         return {
             camera_id: viewers(camera_id, runtime.view_hub)
