@@ -180,6 +180,15 @@ async def test_a_stuck_viewer_never_delays_the_others_and_resumes_on_a_keyframe(
             assert elapsed < 3 * 2.5, f"the others got 3 s of video in {elapsed:.1f} s"  # loose: a loaded machine
             await until(lambda: stuck.units_unsent > 5, 30, "the stuck viewer's queue was never bounded")
             assert transport.get_write_buffer_size() <= bound + 20_000
+            # A browser NACKs its last losses again and again while nothing reaches it; none of those resends
+            # can leave, so none may be queued past the bound either.
+            queued = transport.get_write_buffer_size()
+            refused = stuck.nack_refused
+            last = stuck._live_history[-1]
+            for _ in range(200):
+                await stuck._retransmit(last.first_seq)
+            assert transport.get_write_buffer_size() <= queued + 2_000
+            assert stuck.nack_refused >= refused + 190
             # The relay delay of the others stays the daemon's own few milliseconds.
             listing = await (await client.get("/api/live/sessions")).json()
             delays = [s["relay_delay_ms"] for s in listing["sessions"] if s["id"] not in stuck_location]

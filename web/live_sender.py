@@ -209,7 +209,7 @@ class LiveRtpSender(RTCRtpSender):
     _RTCRtpSender__packet_count: int
     _RTCRtpSender__octet_count: int
     retransmitted: int  # packets sent again on a NACK
-    nack_refused: int  # NACKed packets not resent: the viewer asked for more than it was sent
+    nack_refused: int  # NACKed packets not resent: more asked than sent, or MAX_QUEUED_BYTES already queued
     gso_sends: int  # sendmsg calls that carried a run of datagrams
     gso_blocked: int  # runs the full socket buffer refused, queued by asyncio instead
     units_unsent: int  # access units not sent: MAX_QUEUED_BYTES were queued for the socket, or waiting for a keyframe
@@ -424,6 +424,17 @@ class LiveRtpSender(RTCRtpSender):
         protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
         return protect
 
+    def _queued_bytes(self) -> int:
+        """What waits to leave for this viewer: asyncio's queue for its UDP socket, or the TURN outbox."""
+        pair = self.transport.transport._connection._nominated.get(1)
+        if pair is None:
+            return self._live_outbox_bytes
+        protocol = pair.protocol
+        transport = getattr(protocol, "transport", None)
+        if transport is not None and type(protocol).send_data is StunProtocol.send_data:
+            return int(transport.get_write_buffer_size())
+        return self._live_outbox_bytes
+
     def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> bool:
         """Protect and send one access unit, run by run (each run of equal datagrams in one GSO ``sendmsg``).
 
@@ -504,7 +515,9 @@ class LiveRtpSender(RTCRtpSender):
         else:
             self.nack_missed += 1
             return
-        if self._live_retransmit_budget <= 0:
+        if self._live_retransmit_budget <= 0 or self._queued_bytes() > MAX_QUEUED_BYTES:
+            # A viewer whose link is stuck NACKs its last losses again and again, and none of the resends
+            # leaves: without this bound each would be queued for good.
             self.nack_refused += 1
             return
         self._live_retransmit_budget -= 1
