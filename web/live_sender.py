@@ -173,6 +173,12 @@ class _Sent:
         self.payloads = payloads
 
 
+def _plain_udp(protocol: Any) -> Any:
+    """The asyncio transport of aioice's plain UDP protocol, sent to directly; None for any other (TURN)."""
+    transport = getattr(protocol, "transport", None)
+    return transport if transport is not None and type(protocol).send_data is StunProtocol.send_data else None
+
+
 class LiveRtpSender(RTCRtpSender):
     """aiortc's sender with a shared-packetization RTP loop for one viewer's relayed H.264 track."""
 
@@ -427,13 +433,8 @@ class LiveRtpSender(RTCRtpSender):
     def _queued_bytes(self) -> int:
         """What waits to leave for this viewer: asyncio's queue for its UDP socket, or the TURN outbox."""
         pair = self.transport.transport._connection._nominated.get(1)
-        if pair is None:
-            return self._live_outbox_bytes
-        protocol = pair.protocol
-        transport = getattr(protocol, "transport", None)
-        if transport is not None and type(protocol).send_data is StunProtocol.send_data:
-            return int(transport.get_write_buffer_size())
-        return self._live_outbox_bytes
+        transport = _plain_udp(pair.protocol) if pair is not None else None
+        return int(transport.get_write_buffer_size()) if transport is not None else self._live_outbox_bytes
 
     def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> bool:
         """Protect and send one access unit, run by run (each run of equal datagrams in one GSO ``sendmsg``).
@@ -448,11 +449,9 @@ class LiveRtpSender(RTCRtpSender):
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
-        protocol = pair.protocol
-        transport = getattr(protocol, "transport", None)
-        plain = transport is not None and type(protocol).send_data is StunProtocol.send_data
-        if plain:
-            assert transport is not None
+        transport = _plain_udp(pair.protocol)
+        plain = transport is not None
+        if transport is not None:
             if transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
                 return False
         elif self._live_outbox_bytes > MAX_QUEUED_BYTES:
