@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -444,9 +445,20 @@ def test_the_central_fleet_page_gets_the_stations_turn_servers_and_shows_its_liv
                     wait_until(lambda: (s := page.evaluate(FRAMES, key))["frames"] >= 10 and s["width"] == 640, 60,
                                "no moving picture through the console", interval=0.3)
                     assert_through_the_relay(page.evaluate(FLEET_PAIR, key))
-                    # The tile learnt the TURN server from the relayed pre-flight (OPTIONS): one offer, one session.
+                    # The tile learnt the TURN server from the relayed pre-flight (OPTIONS), so its very first
+                    # offer carried a relay candidate and connected: the console has no other path. (Without
+                    # the pre-flight the first session never connects and the tile starts over at once with
+                    # the answer's servers.) A slow machine may still see the tile start over after STALL_MS
+                    # without a decoded frame (CI did, once); that second session is alice's too.
                     views = daemon.get("/api/audit?action=live.start")[1]["entries"]
-                    assert [e["details"].get("central_user") for e in views] == ["alice"], views
+                    assert views and all(e["details"].get("central_user") == "alice" for e in views), views
+                    first = views[0]["details"]["session"]
+                    live = {s["id"][:8]: s["state"] for s in daemon.get("/api/live/sessions")[1]["sessions"]}
+                    closed = re.search(rf"live view session {first} closed \((.*?)\) after .*?: (\d+) video packet",
+                                       daemon.log())
+                    assert live.get(first) == "connected" or (closed and int(closed.group(2)) > 0), (
+                        live, closed and closed.group(0),
+                        daemon.get("/api/audit?action=live.stop")[1]["entries"])
                     page.close()
                 finally:
                     browser.close()
