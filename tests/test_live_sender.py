@@ -67,9 +67,10 @@ def _packet(data: bytes) -> MediaPacket:
                                    [200_000], [5] * 12])
 def test_each_unit_is_cut_into_payloads_that_reassemble_and_fit_few_sends(sizes: list[int]) -> None:
     rng = random.Random(sum(sizes))
-    nals = [bytes([0x65 if i else 0x09]) + rng.randbytes(size - 1) for i, size in enumerate(sizes)]
+    nals = [bytes([0x09 if i == 0 and size == 2 else 0x65]) + rng.randbytes(size - 1) for i, size in enumerate(sizes)]
     cut = LivePacketizer("t").cut(_packet(b""), b"".join(b"\x00\x00\x00\x01" + nal for nal in nals))
-    assert _reassemble(cut.payloads) == nals  # byte for byte what the camera sent
+    # Byte for byte what the camera sent, but its AUD (see the next test).
+    assert _reassemble(cut.payloads) == [nal for nal in nals if nal[0] != 0x09]
     assert all(len(p) <= 1300 for p in cut.payloads)
     # The runs cover every payload once, in order; each is one GSO send: equal sizes, a shorter last one.
     assert [i for start, stop in cut.runs for i in range(start, stop)] == list(range(len(cut.payloads)))
@@ -79,6 +80,18 @@ def test_each_unit_is_cut_into_payloads_that_reassemble_and_fit_few_sends(sizes:
         assert len(run) <= MAX_RUN_SEGMENTS and len(run) * (len(run[0]) + MAX_OVERHEAD) <= MAX_RUN_BYTES
     if sizes == [200_000]:
         assert len(cut.runs) == 4  # 155 fragments in runs of at most 47
+
+
+def test_nal_units_a_decoder_ignores_are_not_sent() -> None:
+    """Access unit delimiters (one per picture) and filler cost a viewer a datagram each and decode to nothing."""
+    rng = random.Random(7)
+    aud, sei, eos, filler = b"\x09\xf0", b"\x06" + rng.randbytes(20), b"\x0a", b"\x0c" + b"\xff" * 300
+    slices = [b"\x65" + rng.randbytes(5000), b"\x65" + rng.randbytes(3000)]
+    unit = b"".join(b"\x00\x00\x00\x01" + nal for nal in [aud, sei, slices[0], filler, slices[1], eos])
+    cut = LivePacketizer("t").cut(_packet(unit), unit)
+    assert _reassemble(cut.payloads) == [sei, *slices]
+    assert len(cut.runs) == 3  # the SEI alone, then each slice's fragments in one send: no datagram for the AUD
+    assert LivePacketizer("t").cut(_packet(aud), b"\x00\x00\x01" + aud).payloads == ()
 
 
 def test_runs_never_put_a_longer_datagram_after_shorter_ones() -> None:

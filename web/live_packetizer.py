@@ -11,7 +11,8 @@ objects.  Only the RTP header, SRTP and the send stay per viewer
 
 The cut is aiortc's (``H264Encoder._split_bitstream`` and ``_packetize``:
 STAP-A for small NAL units, FU-A for large ones, payloads of at most 1300
-bytes) but for one thing: a NAL unit's FU-A fragments all have the same size
+bytes) but for two things: NAL units a decoder ignores (access unit
+delimiters, filler) are left out, and a NAL unit's FU-A fragments all have the same size
 but the last, which may be smaller (aiortc makes the first few one byte
 larger; both are valid RFC 6184).  A run of equal datagrams can then leave in
 one ``sendmsg`` with UDP generic segmentation offload (``UDP_SEGMENT``), which
@@ -38,6 +39,11 @@ CACHED_UNITS = 64
 MAX_OVERHEAD = 80
 MAX_RUN_BYTES = 65_000
 MAX_RUN_SEGMENTS = 64
+# NAL unit types a decoder ignores (H.264 7.4.1.2.3, 7.4.2.4 and 7.4.2.7): access unit delimiter, end of sequence, end
+# of stream, filler data. Cameras put an AUD in front of every picture; relayed, it is one datagram of a few bytes
+# per frame per viewer (its own send and SRTP), often a quarter of a viewer's sends. RTP has its own framing (the
+# marker bit, the timestamp), so it is not sent; the recording keeps every NAL unit.
+DISCARDABLE_NALS = frozenset({9, 10, 11, 12})
 
 
 class _EvenFragments(H264Encoder):
@@ -107,7 +113,8 @@ class LivePacketizer:
         if entry is not None and entry[0] is packet:
             self.units_shared += 1
             return entry[1]
-        payloads = tuple(_EvenFragments._packetize(H264Encoder._split_bitstream(data)))
+        nals = [nal for nal in H264Encoder._split_bitstream(data) if nal and nal[0] & 0x1F not in DISCARDABLE_NALS]
+        payloads = tuple(_EvenFragments._packetize(nals))
         cut = Cut(payloads, runs_of(payloads), sum(map(len, payloads)))
         self.units_cut += 1
         self._cache[key] = (packet, cut)
