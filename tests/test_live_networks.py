@@ -468,10 +468,10 @@ def test_the_central_fleet_page_gets_the_stations_turn_servers_and_shows_its_liv
         assert TURN_SECRET not in central.log_path.read_text()
 
 
-def _netem(ns: str, dev: str) -> bool:
-    """``tc netem`` 100 ms and 2 % loss on ``dev``'s egress; False when the kernel has no ``sch_netem``."""
-    return in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "100ms", "loss", "2%",
-                 check=False).returncode == 0
+def _netem(ns: str, dev: str, delay_ms: int = 100, loss: float = 0.02) -> bool:
+    """``tc netem`` delay and loss on ``dev``'s egress; False when the kernel has no ``sch_netem``."""
+    return in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", f"{delay_ms}ms",
+                 "loss", f"{loss * 100:g}%", check=False).returncode == 0
 
 
 @dataclass
@@ -482,23 +482,25 @@ class ImpairedLink:
 
 
 @contextlib.contextmanager
-def impaired(router: str, interfaces: tuple[str, ...], log: Path) -> Iterator[ImpairedLink]:
-    """100 ms delay and 2 % loss each way through ``router``.
+def impaired(router: str, interfaces: tuple[str, ...], log: Path, delay_ms: int = 100,
+             loss: float = 0.02) -> Iterator[ImpairedLink]:
+    """``delay_ms`` of delay and ``loss`` (0..1) each way through ``router``.
 
     ``tc netem`` on each of the router's interfaces when the kernel has it; otherwise the router forwards
     through the userspace impairment of :mod:`tests.netimpair` (a TUN device), with the same figures.
     """
-    if all([_netem(router, dev) for dev in interfaces]):
-        def loss(percent: str) -> None:
+    if all([_netem(router, dev, delay_ms, loss) for dev in interfaces]):
+        def set_loss(percent: str) -> None:
             for dev in interfaces:
-                in_ns(router, "tc", "qdisc", "change", "dev", dev, "root", "netem", "delay", "100ms", "loss", percent)
+                in_ns(router, "tc", "qdisc", "change", "dev", dev, "root", "netem", "delay", f"{delay_ms}ms",
+                      "loss", percent)
 
-        yield ImpairedLink("tc netem", lambda: loss("100%"), lambda: loss("2%"))
+        yield ImpairedLink("tc netem", lambda: set_loss("100%"), lambda: set_loss(f"{loss * 100:g}%"))
         return
     for dev in interfaces:  # one may have taken it
         in_ns(router, "tc", "qdisc", "del", "dev", dev, "root", check=False)
     argv = ["ip", "netns", "exec", router, sys.executable, str(Path(__file__).with_name("netimpair.py")),
-            "--delay-ms", "100", "--loss", "0.02"]
+            "--delay-ms", str(delay_ms), "--loss", str(loss)]
     for dev in interfaces:
         argv += ["--via", dev]
     with process(argv, "ready", log) as proc:
@@ -524,20 +526,29 @@ def probe(client_ns: str, server_ns: str, server_addr: str) -> netimpair.PathPro
         return netimpair.probe_path(client, echo, count=300)
 
 
+def routed(topo: Topology, net: int) -> tuple[str, str, str, tuple[str, str]]:
+    """Station (10.<net>.1.2) and console (10.<net>.2.2) namespaces, a forwarding router between them.
+
+    Returns the three namespaces and the router's two interfaces (where an impairment goes).
+    """
+    station, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
+    topo.link(station, f"10.{net}.1.2/24", router, f"10.{net}.1.1/24")
+    station_side = topo.last_link
+    topo.link(console, f"10.{net}.2.2/24", router, f"10.{net}.2.1/24")
+    console_side = topo.last_link
+    in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    in_ns(station, "ip", "route", "add", "default", "via", f"10.{net}.1.1")
+    in_ns(console, "ip", "route", "add", "default", "via", f"10.{net}.2.1")
+    return station, router, console, (station_side[1], console_side[1])
+
+
 def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
         tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],
         record_property: Callable[[str, object], None]) -> None:
     pytest.importorskip("playwright.sync_api")
     with topology("n") as topo:
-        station, router, console = topo.ns("station"), topo.ns("router"), topo.ns("console")
-        topo.link(station, "10.78.1.2/24", router, "10.78.1.1/24")
-        station_side = topo.last_link
-        topo.link(console, "10.78.2.2/24", router, "10.78.2.1/24")
-        console_side = topo.last_link
-        in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        in_ns(station, "ip", "route", "add", "default", "via", "10.78.1.1")
-        in_ns(console, "ip", "route", "add", "default", "via", "10.78.2.1")
-        with impaired(router, (station_side[1], console_side[1]), tmp_path / "impair.log") as link:
+        station, router, console, router_ifs = routed(topo, 78)
+        with impaired(router, router_ifs, tmp_path / "impair.log") as link:
             how = link.how
             record_property("impairment", how)
             # The impairment is really on the path: a round trip of about 2 x 100 ms, and some loss
@@ -547,6 +558,44 @@ def test_a_viewer_over_a_slow_lossy_link_keeps_decoding_and_recovers(
             assert 0.19 <= path.rtt_median <= 0.5 and path.lost >= 1, (how, path)
             assert path.lost <= 0.15 * path.sent, (how, path)
             viewer_over_the_link(tmp_path, cameras, daemon_factory, station, console, link)
+
+
+def test_a_console_over_a_slow_link_gets_its_picture_though_connecting_takes_longer_than_a_stall(
+        tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess]) -> None:
+    """1.5 s each way (a satellite or badly congested uplink): ICE and DTLS take four or more round trips, about
+    10 s after the answer, longer than a playing tile waits for a new picture (8 s). The tile must wait for its
+    connection (up to the station's own 20 s) instead of starting over before any attempt could connect."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with topology("s") as topo:
+        station, router, console, router_ifs = routed(topo, 79)
+        cam = camera_in(station, tmp_path, cameras, "cell", width=320, height=180, fps=15)
+        with impaired(router, router_ifs, tmp_path / "impair.log", delay_ms=1500,
+                      loss=0.0) as link, entered(station):
+            daemon = daemon_factory([{"id": "cell-1", "name": "Holding cell 1", "url": cam.url}], start=False)
+            station_on_all_addresses(daemon)
+            daemon.start()
+            daemon.wait_state("cell-1", "online", timeout=30)
+            daemon.add_user("duty.officer", "monitor", "correct horse battery")
+            url = f"http://10.79.1.2:{daemon.port}"
+            with playwright.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium_in(console, tmp_path), args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1280, "height": 800})
+                    page.set_default_timeout(120_000)  # every request of the page takes a 3 s round trip or two
+                    page.goto(url + "/login")
+                    page.fill("#username", "duty.officer")
+                    page.fill("#password", "correct horse battery")
+                    page.click("#submit")
+                    page.wait_for_url(url + "/")
+                    frames_rising(page, "cell-1", timeout=120)
+                    pair = page.evaluate(SELECTED_PAIR, "cell-1")
+                    assert pair is not None and pair["rtt"] is not None and pair["rtt"] >= 2.5, (link.how, pair)
+                    # The first attempt is the one playing: it was given the time to connect.
+                    views = daemon.get("/api/audit?action=live.start")[1]["entries"]
+                    stops = daemon.get("/api/audit?action=live.stop")[1]["entries"]
+                    assert len(views) == 1 and not stops, (link.how, views, stops)
+                finally:
+                    browser.close()
 
 
 def viewer_over_the_link(tmp_path: Path, cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess],

@@ -26,6 +26,11 @@ function liveRefusal(code) {
 }
 
 const STALL_MS = 8000;           // no new decoded frame for this long while the camera is online: reconnect
+// An attempt whose peer connection is not up yet gets as long as the station waits for it (its default
+// live.connect_timeout_seconds). ICE and DTLS take four or more round trips: over a slow link (1.5 s each
+// way, a satellite or congested uplink) they take longer than STALL_MS, and an attempt torn down at STALL_MS
+// never connected at all, however often it was tried.
+const CONNECT_MS = 20000;
 const ICE_SERVERS = new Map();  // WHEP endpoint -> the STUN/TURN servers its Link headers named (RFC 9725 4.6)
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 
@@ -42,6 +47,7 @@ class LivePlayer {
     this.timer = null;
     this.lastFrames = 0;
     this.lastProgress = performance.now();
+    this.connected = false;
     this.cameraOnline = true;
     this.hasAudio = false;
     this.errorCode = null;          // the station's error code of the last refusal, for the tile and tests
@@ -66,6 +72,7 @@ class LivePlayer {
     // through, however often it was tried.
     this.lastProgress = performance.now();
     this.lastFrames = 0;
+    this.connected = false;         // this attempt's peer connection has not been up yet
     const stream = new MediaStream();
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
@@ -77,6 +84,10 @@ class LivePlayer {
     };
     pc.onconnectionstatechange = () => {
       if (this.pc !== pc) return;
+      if (pc.connectionState === "connected" && !this.connected) {
+        this.connected = true;
+        this.lastProgress = performance.now();  // the picture's STALL_MS from here
+      }
       if (pc.connectionState === "failed" || pc.connectionState === "closed") this.retry(window.nvrI18n.t("live.reason.connection_lost"));
     };
     try {
@@ -155,7 +166,10 @@ class LivePlayer {
     // While the camera is offline the session stays open and resumes by itself when it returns;
     // a stall with the camera online means our session is dead: start a new one.
     if (!this.cameraOnline) { this.lastProgress = now; return; }
-    if (now - this.lastProgress > STALL_MS) this.retry(window.nvrI18n.t("live.reason.no_picture"));
+    // Once this attempt was connected, a lost path (ICE disconnected) is a stall like any other.
+    if (now - this.lastProgress > (this.connected ? STALL_MS : CONNECT_MS)) {
+      this.retry(window.nvrI18n.t(this.connected ? "live.reason.no_picture" : "live.reason.no_connection"));
+    }
   }
 
   setCameraOnline(online) {
