@@ -23,6 +23,12 @@ Phases (each prints one JSON line, also appended to bench/results/results.jsonl)
   each extra viewer's, as percent of one core, for the shared-packetization
   sender and for aiortc's own (``live.shared_packetization: false``), in
   interleaved rounds (``--rounds``); ``live_cpu_extra_viewer`` sums them up.
+  The shared sender is measured a second way where the bench runs as root:
+  its viewers in a network namespace of their own behind a veth pair whose
+  receiving runs in a kernel thread (``bench/viewer_net.py``). On loopback
+  the viewers' kernel receive work runs in the daemon's system calls and is
+  billed to it; on a monitoring room's network it is the viewers' machines'.
+  Each line says which (``viewers_network``).
 - ``live_cpu_wall``: 16 such cameras, all recorded, one viewer each.
 - ``live_transcode_cpu``: an H.265 720p15 camera with ``live.transcode: h264``,
   1 and 4 viewers: the transcode's CPU and what extra viewers add.
@@ -49,9 +55,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
+import yaml  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 
+from bench import viewer_net  # noqa: E402
 from bench.common import clip_1080p, cpu_seconds, kernel_cpu_seconds, report  # noqa: E402
+from bench.viewer_net import ViewerNetwork  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
 from tests.conftest import StationProcess, wait_until  # noqa: E402
 from tests.test_live import CHROMIUM_ARGS  # noqa: E402
@@ -182,9 +191,12 @@ async def _viewer(base_url: str, camera_id: str, token: str) -> RTCPeerConnectio
     return pc
 
 
-def _receiver_main(base_url: str, token: str, targets: list[str], conn: Connection) -> None:
+def _receiver_main(base_url: str, token: str, targets: list[str], conn: Connection, netns: str | None = None) -> None:
     """One load-generator process: a viewer per entry of ``targets``; counts between "start" and "stop"."""
     import aiortc.rtcdtlstransport
+
+    if netns is not None:
+        viewer_net.enter(netns)  # before any socket: the viewers live on "another machine"
 
     aiortc.rtcdtlstransport.RTCDtlsTransport._handle_rtp_data = _counting_rtp  # type: ignore[method-assign]
     # Below the daemon: on a two-core machine the receivers it wakes would otherwise preempt it in the middle of
@@ -205,20 +217,25 @@ def _receiver_main(base_url: str, token: str, targets: list[str], conn: Connecti
     asyncio.run(run())
 
 
-def _measure(daemon: StationProcess, targets: list[str], seconds: float, processes: int = 4) -> dict[str, Any]:
+def _measure(daemon: StationProcess, targets: list[str], seconds: float, processes: int = 4,
+             network: ViewerNetwork | None = None) -> dict[str, Any]:
     """Daemon CPU (% of one core) while one headless viewer per entry of ``targets`` watches.
 
     The viewers are spread over up to ``processes`` load-generator processes, so that the receiving side is
-    not one process's single core.
+    not one process's single core. With a ``network`` they run in its namespace (see bench/viewer_net.py),
+    else beside the daemon, on loopback.
     """
     assert daemon.proc is not None
     pid = daemon.proc.pid
     ctx = multiprocessing.get_context("spawn")
     groups = [targets[i::processes] for i in range(min(processes, len(targets)))]
+    base_url = f"http://{viewer_net.DAEMON_ADDRESS}:{daemon.port}" if network is not None else daemon.base_url
+    receive_errors = network.udp_receive_errors if network is not None else _udp_receive_errors
     links, procs = [], []
     for group in groups:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_receiver_main, args=(daemon.base_url, daemon.token, group, child), daemon=True)
+        proc = ctx.Process(target=_receiver_main, daemon=True,
+                           args=(base_url, daemon.token, group, child, network.name if network else None))
         proc.start()
         links.append(parent)
         procs.append(proc)
@@ -231,11 +248,11 @@ def _measure(daemon: StationProcess, targets: list[str], seconds: float, process
         for link in links:
             link.send("start")
         start = [link.recv() for link in links]
-        c0, k0, w0, r0 = cpu_seconds(pid), kernel_cpu_seconds(pid), time.monotonic(), _udp_receive_errors()
+        c0, k0, w0, r0 = cpu_seconds(pid), kernel_cpu_seconds(pid), time.monotonic(), receive_errors()
         time.sleep(seconds)
         percent = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
         kernel = (kernel_cpu_seconds(pid) - k0) / (time.monotonic() - w0) * 100
-        overflowed = _udp_receive_errors() - r0
+        overflowed = receive_errors() - r0
         for link in links:
             link.send("stop")
         stop = [link.recv() for link in links]
@@ -297,53 +314,76 @@ def _idle_cpu(daemon: StationProcess, seconds: float) -> float:
 
 
 def _station(root: Path, cams: list[SimCamera], cameras: list[dict[str, Any]] | None = None,
-             **sections: Any) -> StationProcess:
-    """A daemon recording ``cams`` (started here) as cam0, cam1...; or the ``cameras`` given, already started."""
+             all_addresses: bool = False, **sections: Any) -> StationProcess:
+    """A daemon recording ``cams`` (started here) as cam0, cam1...; or the ``cameras`` given, already started.
+
+    ``all_addresses``: its web server listens on every address, for viewers in another namespace.
+    """
     for cam in cams:
         cam.start()
     cameras = cameras or [{"id": f"cam{i}", "name": f"Cam {i}", "url": cam.url} for i, cam in enumerate(cams)]
     root.mkdir(parents=True)
     daemon = StationProcess(root, cameras, log={"level": "info"}, **sections)
+    if all_addresses:
+        daemon.config["web"]["listen"] = f"0.0.0.0:{daemon.port}"
+        daemon.config_path.write_text(yaml.safe_dump(daemon.config, sort_keys=False))
     daemon.start(timeout=60)
     for camera in cameras:
         daemon.wait_state(camera["id"], "online", timeout=60)
     return daemon
 
 
+LOOPBACK = "loopback (the viewers' kernel receive work is billed to the daemon)"
+NAPI = "own namespace, veth, receive in a NAPI thread (as on another machine)"
+
+
 def cpu_phase(root: Path, counts: list[int], seconds: float, rounds: int) -> None:
     """One recorded 1080p25 camera; N headless viewers of it, for each N in ``counts``.
 
     Both senders, in turns (``live.shared_packetization`` true, then false, the order alternating by round), on
-    the same camera and machine, so that the noise of a shared machine falls on both alike.
+    the same camera and machine, so that the noise of a shared machine falls on both alike; and the shared sender
+    a third time with its viewers in a namespace of their own (bench/viewer_net.py), where their kernel's receive
+    work is not billed to the daemon, as it is not when they sit at other machines.
     """
     cam = SimCamera("cpu", file=clip_1080p(), fps=25)
     cam.start()
-    extra: dict[bool, list[float]] = {True: [], False: []}
+    why_not = viewer_net.available()
+    network = viewer_net.ViewerNetwork().open() if why_not is None else None
+    if network is None:
+        print(f"bench_live: viewers on loopback only: a namespace of their own {why_not}", file=sys.stderr)
+    variants: list[tuple[bool, ViewerNetwork | None]] = [(True, None), (False, None)]
+    if network is not None:
+        variants.append((True, network))
+    extra: dict[tuple[bool, ViewerNetwork | None], list[float]] = {v: [] for v in variants}
     try:
         for round_no in range(rounds):
-            for shared in ((True, False) if round_no % 2 == 0 else (False, True)):
-                daemon = _station(root / f"r{round_no}-{'shared' if shared else 'aiortc'}", [],
-                                  cameras=[{"id": "cam0", "name": "Cam 0", "url": cam.url}],
-                                  live={"shared_packetization": shared})
+            for shared, net in (variants if round_no % 2 == 0 else variants[::-1]):
+                name = f"r{round_no}-{'shared' if shared else 'aiortc'}{'-netns' if net else ''}"
+                daemon = _station(root / name, [], cameras=[{"id": "cam0", "name": "Cam 0", "url": cam.url}],
+                                  all_addresses=net is not None, live={"shared_packetization": shared})
                 try:
-                    extra[shared] += _cpu_round(daemon, counts, seconds, shared, round_no)
+                    extra[shared, net] += _cpu_round(daemon, counts, seconds, shared, round_no, net)
                 finally:
                     daemon.stop()
-        for shared, values in extra.items():
+        for (shared, net), values in extra.items():
             if values:
                 report("live_cpu_extra_viewer", sender="shared packetization" if shared else "aiortc's own",
+                       viewers_network=NAPI if net else LOOPBACK,
                        rounds=rounds, extra_viewer_cpu_percent_min=round(min(values), 2),
                        extra_viewer_cpu_percent_max=round(max(values), 2),
                        extra_viewer_cpu_percent_median=round(statistics.median(values), 2), goal=0.5)
     finally:
         cam.stop()
+        if network is not None:
+            network.close()
 
 
-def _cpu_round(daemon: StationProcess, counts: list[int], seconds: float, shared: bool, round_no: int) -> list[float]:
+def _cpu_round(daemon: StationProcess, counts: list[int], seconds: float, shared: bool, round_no: int,
+               network: ViewerNetwork | None = None) -> list[float]:
     wait_until(lambda: daemon.camera("cam0")["last_segment_at"], 90, "recording never started")
     recording_only = _idle_cpu(daemon, seconds)
     bitrate = daemon.camera("cam0")["bitrate_bps"]
-    results = {n: _measure(daemon, ["cam0"] * n, seconds) for n in counts}
+    results = {n: _measure(daemon, ["cam0"] * n, seconds, network=network) for n in counts}
     first = results[counts[0]]["cpu_percent"] - recording_only
     extras = []
     for n, result in results.items():
@@ -353,6 +393,7 @@ def _cpu_round(daemon: StationProcess, counts: list[int], seconds: float, shared
             extras.append(extra)
         report(
             "live_cpu", sender="shared packetization" if shared else "aiortc's own", round=round_no,
+            viewers_network=NAPI if network else LOOPBACK,
             camera="1920x1080@25, recorded", camera_bitrate_kbps=round(bitrate / 1000), viewers=n,
             seconds=seconds, client=f"aiortc in {result['load_processes']} process(es), RTP counted, not parsed",
             daemon_cpu_percent_recording_only=round(recording_only, 1),
