@@ -775,11 +775,13 @@
     if (at !== null) q.set("at", I.isoUtc(at));
     history.replaceState(null, "", "?" + q.toString());
     const sources = ids.map((id) => new Source(state.known.find((k) => k.id === id) || { id }));
-    try {
-      await Promise.all(sources.map((s) => s.search(start, end)));
-    } catch (err) {
+    // Every source's search is awaited, so that the error names each source that failed (a hand-edited
+    // link with two unknown cameras names both, not whichever answered first).
+    const failed = (await Promise.allSettled(sources.map((s) => s.search(start, end))))
+      .filter((r) => r.status === "rejected").map((r) => (r.reason && r.reason.message) || String(r.reason));
+    if (failed.length) {
       status.className = "status error";
-      status.textContent = err.message;
+      status.textContent = [...new Set(failed)].join(" · ");
       return;
     }
     state.sources = sources;
