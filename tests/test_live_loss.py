@@ -85,7 +85,7 @@ async def test_a_viewer_losing_two_percent_with_100_ms_delay_keeps_decoding(
         track = pc.getTransceivers()[0].receiver.track
         await asyncio.wait_for(track.recv(), 20)
         seconds = 12.0
-        frames, longest_gap, last_pts = 0, 0.0, None
+        frames, longest_gap, first_pts, last_pts = 0, 0.0, None, None
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             frame = await asyncio.wait_for(track.recv(), 5)
@@ -95,11 +95,18 @@ async def test_a_viewer_losing_two_percent_with_100_ms_delay_keeps_decoding(
             pts = float(frame.pts * frame.time_base)
             if last_pts is not None:
                 longest_gap = max(longest_gap, pts - last_pts)
+            else:
+                first_pts = pts
             last_pts = pts
+        assert first_pts is not None and last_pts is not None
+        span = last_pts - first_pts  # the camera's time the window's pictures cover
         assert impairment.lost >= 0.01 * impairment.rtp > 0, (impairment.lost, impairment.rtp)  # it did lose
         resent = sum(n for pt, n in impairment.payload_types.items() if pt in rtx)
         assert resent >= impairment.lost * 0.5, (resent, impairment.lost)  # the losses were resent as RTX
-        assert frames >= 15 * seconds * 0.9, frames  # nearly every picture decoded
+        # Nearly every picture of that time decoded. Counted against the window's wall time instead, make
+        # test's load failed it once (150 pictures in 12 s): the loaded process got through fewer seconds of
+        # pictures than the window lasted, which says nothing of pictures lost.
+        assert span >= seconds / 3 and frames - 1 >= 15 * span * 0.9, (frames, span)
         assert longest_gap < 1.0, longest_gap  # never stuck waiting for a keyframe
         # A keyframe request (PLI) is heard and counted; the camera's next keyframe answers it.
         ssrc = re.search(r"a=ssrc:(\d+) ", answer)
