@@ -55,7 +55,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
-import yaml  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 
 from bench import viewer_net  # noqa: E402
@@ -64,6 +63,7 @@ from bench.viewer_net import ViewerNetwork  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
 from tests.conftest import StationProcess, wait_until  # noqa: E402
 from tests.test_live import CHROMIUM_ARGS  # noqa: E402
+from tests.test_live_networks import station_on_all_addresses  # noqa: E402
 
 MEASURE_JS = """async (camera) => {
   const t0 = performance.now();
@@ -289,8 +289,7 @@ def _measure(daemon: StationProcess, targets: list[str], seconds: float, process
 
 def _udp_receive_errors() -> int:
     """Datagrams the kernel dropped for a full receive buffer, in this network namespace (/proc/net/snmp)."""
-    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
-    return int(rows[1][rows[0].index("RcvbufErrors")])
+    return viewer_net.rcvbuf_errors(Path("/proc/net/snmp").read_text())
 
 
 def _window_delay(before: dict[str, Any] | None, after: dict[str, Any]) -> float | None:
@@ -325,8 +324,7 @@ def _station(root: Path, cams: list[SimCamera], cameras: list[dict[str, Any]] | 
     root.mkdir(parents=True)
     daemon = StationProcess(root, cameras, log={"level": "info"}, **sections)
     if all_addresses:
-        daemon.config["web"]["listen"] = f"0.0.0.0:{daemon.port}"
-        daemon.config_path.write_text(yaml.safe_dump(daemon.config, sort_keys=False))
+        station_on_all_addresses(daemon)
     daemon.start(timeout=60)
     for camera in cameras:
         daemon.wait_state(camera["id"], "online", timeout=60)

@@ -23,10 +23,10 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
+from tests.test_live_networks import CLONE_NEWNET, entered
+
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTSO, ETHTOOL_STSO = 0x1E, 0x1F
 ETHTOOL_GGRO, ETHTOOL_SGRO = 0x2B, 0x2C
@@ -55,11 +55,20 @@ def _ethtool(ifname: str, cmd: int, value: int = 0) -> int:
 
 
 def enter(name: str) -> None:
-    """Move this thread (and what it starts from now on) into network namespace ``name``."""
+    """Move this thread (and what it starts from now on) into network namespace ``name``, for good.
+
+    For a load-generator process that lives there; :func:`tests.test_live_networks.entered` comes back.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     with open(f"/var/run/netns/{name}") as target:
         if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into {name}")
+
+
+def rcvbuf_errors(snmp: str) -> int:
+    """UDP datagrams dropped for a full receive buffer, from the text of a namespace's /proc/net/snmp."""
+    rows = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
 
 
 def _ip(*args: str) -> None:
@@ -73,7 +82,6 @@ class ViewerNetwork:
         tag = os.getpid() % 100000
         self.name = f"nvrbench-viewers-{tag}"
         self.near, self.far = f"nvrbv{tag}a", f"nvrbv{tag}b"
-        self.threaded = False
 
     def open(self) -> ViewerNetwork:
         _ip("netns", "add", self.name)
@@ -88,47 +96,28 @@ class ViewerNetwork:
             _ethtool(self.near, ETHTOOL_STSO, 0)
             if _ethtool(self.near, ETHTOOL_GTSO) != 0:
                 raise OSError("TSO stays on at the daemon's end of the pair")
-            self._in_far(lambda: _ethtool(self.far, ETHTOOL_SGRO, 1))
-            if not self._in_far(lambda: _ethtool(self.far, ETHTOOL_GGRO)):
-                raise OSError("GRO stays off at the viewers' end of the pair")
+            with entered(self.name):
+                _ethtool(self.far, ETHTOOL_SGRO, 1)
+                if not _ethtool(self.far, ETHTOOL_GGRO):
+                    raise OSError("GRO stays off at the viewers' end of the pair")
             threaded = subprocess.run(["ip", "netns", "exec", self.name, "sh", "-c",
                                        f"echo 1 > /sys/class/net/{self.far}/threaded && "
                                        f"cat /sys/class/net/{self.far}/threaded"],
                                       capture_output=True, text=True)
-            self.threaded = threaded.returncode == 0 and threaded.stdout.strip() == "1"
-            if not self.threaded:
+            if threaded.returncode != 0 or threaded.stdout.strip() != "1":
                 raise OSError(f"threaded NAPI refused: {threaded.stderr.strip()}")
         except BaseException:
             self.close()
             raise
         return self
 
-    def _in_far(self, action: Callable[[], int]) -> int:
-        """Run ``action`` with this thread in the viewers' namespace, and come back."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open("/proc/thread-self/ns/net") as home:
-            enter(self.name)
-            try:
-                return action()
-            finally:
-                if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns back")
-
     def udp_receive_errors(self) -> int:
         """Datagrams the viewers' kernel dropped for a full receive buffer (their namespace's /proc/net/snmp)."""
-        out = subprocess.run(["ip", "netns", "exec", self.name, "cat", "/proc/net/snmp"], check=True,
-                             capture_output=True, text=True).stdout
-        rows = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
+        return rcvbuf_errors(subprocess.run(["ip", "netns", "exec", self.name, "cat", "/proc/net/snmp"],
+                                            check=True, capture_output=True, text=True).stdout)
 
     def close(self) -> None:
         subprocess.run(["ip", "link", "del", self.near], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
         if Path(f"/var/run/netns/{self.name}").exists():
             raise OSError(f"network namespace {self.name} was not removed")
-
-    def __enter__(self) -> ViewerNetwork:
-        return self.open()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()

@@ -430,10 +430,8 @@ class LiveRtpSender(RTCRtpSender):
         protect: Callable[[bytes], bytes] = dtls._tx_srtp.protect
         return protect
 
-    def _queued_bytes(self) -> int:
-        """What waits to leave for this viewer: asyncio's queue for its UDP socket, or the TURN outbox."""
-        pair = self.transport.transport._connection._nominated.get(1)
-        transport = _plain_udp(pair.protocol) if pair is not None else None
+    def _queued_bytes(self, transport: Any) -> int:
+        """What waits to leave for this viewer: asyncio's queue for its UDP socket, or (None: TURN) the outbox."""
         return int(transport.get_write_buffer_size()) if transport is not None else self._live_outbox_bytes
 
     def _send_unit(self, cut: Cut, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> bool:
@@ -451,10 +449,7 @@ class LiveRtpSender(RTCRtpSender):
             raise ConnectionError("Cannot send data, not connected")
         transport = _plain_udp(pair.protocol)
         plain = transport is not None
-        if transport is not None:
-            if transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
-                return False
-        elif self._live_outbox_bytes > MAX_QUEUED_BYTES:
+        if self._queued_bytes(transport) > MAX_QUEUED_BYTES:
             return False
         sock = getattr(transport, "_sock", None) if plain else None
         addr = pair.remote_addr
@@ -514,7 +509,9 @@ class LiveRtpSender(RTCRtpSender):
         else:
             self.nack_missed += 1
             return
-        if self._live_retransmit_budget <= 0 or self._queued_bytes() > MAX_QUEUED_BYTES:
+        pair = self.transport.transport._connection._nominated.get(1)
+        transport = _plain_udp(pair.protocol) if pair is not None else None
+        if self._live_retransmit_budget <= 0 or self._queued_bytes(transport) > MAX_QUEUED_BYTES:
             # A viewer whose link is stuck NACKs its last losses again and again, and none of the resends
             # leaves: without this bound each would be queued for good.
             self.nack_refused += 1
