@@ -155,6 +155,9 @@ async def test_a_viewer_keeps_playing_when_the_kernel_refuses_segmentation_offlo
     client, _daemon, _ = relay_app
     async with _one_viewer(client) as (pc, sender):
         assert sender.gso_sends > 0  # the keyframe went out in runs
+        runs = sender._live_runs
+        # protected in place, with room for the trailer of the profile aiortc and the viewer agreed on
+        assert runs is not None and runs._protect is not None and runs.trailer in (10, 16)
         transport = sender.transport.transport._connection._nominated[1].protocol.transport
         real = transport._sock
         # An old kernel, a device without checksum offload.
@@ -199,7 +202,7 @@ async def test_a_viewer_flooding_nacks_gets_at_most_what_it_was_sent(
 def test_protecting_in_place_makes_the_bytes_pylibsrtp_makes(profile: str) -> None:
     from pylibsrtp import Policy, Session
 
-    from web.live_sender import _RunProtector
+    from web.live_sender import _RunProtector, _srtp_trailer_of
 
     srtp_profile = getattr(Policy, f"SRTP_PROFILE_{profile}")
     key = os.urandom({"AES128_CM_SHA1_80": 30, "AEAD_AES_128_GCM": 28, "AEAD_AES_256_GCM": 44}[profile])
@@ -207,24 +210,39 @@ def test_protecting_in_place_makes_the_bytes_pylibsrtp_makes(profile: str) -> No
     def session() -> Session:
         return Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=srtp_profile))
 
+    trailer = _srtp_trailer_of(srtp_profile, len(key))
+    assert trailer == (10 if profile == "AES128_CM_SHA1_80" else 16)
     nal = bytes([0x65]) + os.urandom(30_000)
-    cut = LivePacketizer("t").cut(_packet(b""), b"\x00\x00\x00\x01" + nal)
+    cut = LivePacketizer("t").cut(_packet(b""), b"\x00\x00\x00\x01" + bytes([0x41]) + os.urandom(900)
+                                  + b"\x00\x00\x00\x01" + nal)  # a short NAL unit, then FU-A runs
+    assert len(cut.runs) > 1
     tail = (123456).to_bytes(4, "big") + (0xCAFE).to_bytes(4, "big") + b"\xbe\xde\x00\x01\x10\x30\x00\x00"
-    fast, slow = _RunProtector(session()), _RunProtector(session())
+    fast, slow = _RunProtector(session(), trailer), _RunProtector(session(), None)
+    other = _RunProtector(session(), trailer)  # a second viewer of the same cut (shared layout), fewer extensions
     assert fast._protect is not None  # libsrtp through pylibsrtp's binding, in place
-    slow._protect = None  # the fallback: pylibsrtp's protect and a join
-    last = len(cut.payloads) - 1
-    for start, stop in cut.runs:
-        data, size = fast.protect(fast.session.protect, cut.payloads, start, stop, last, 0x90, 102, 30_000, tail)
-        expected, expected_size = slow.protect(slow.session.protect, cut.payloads, start, stop, last, 0x90, 102,
-                                               30_000, tail)
-        assert bytes(data) == expected and size == expected_size
+    assert slow._protect is None  # the fallback: pylibsrtp's protect and a join
+    references = {fast: session(), other: session()}  # pylibsrtp's own protect, under the same keys
+    for run, (start, stop) in enumerate(cut.runs):
+        for sender, first, head in ((fast, 0x90, tail), (other, 0x80, tail[:8])):
+            data, size = sender.protect(sender.session.protect, cut, run, first, 102, 30_000 + start, head)
+            expected = [references[sender].protect(bytes([first, 102 | (0x80 if i == len(cut.payloads) - 1 else 0)])
+                                             + (30_000 + i).to_bytes(2, "big") + head + cut.payloads[i])
+                        for i in range(start, stop)]
+            assert bytes(data) == b"".join(expected) and size == len(expected[0])
+            if sender is fast:
+                slow_data, slow_size = slow.protect(slow.session.protect, cut, run, 0x90, 102, 40_000 + start, tail)
+                assert len(slow_data) == len(data) and slow_size == size
     # and a viewer's decryption takes them: the last datagram carries the marker bit
     receiver = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=srtp_profile))
     start, stop = cut.runs[-1]
-    data, size = slow.protect(slow.session.protect, cut.payloads, start, stop, last, 0x90, 102, 40_000, tail)
+    data, size = fast.protect(fast.session.protect, cut, len(cut.runs) - 1, 0x90, 102, 50_000 + start, tail)
     plain = receiver.unprotect(bytes(data[-(len(data) - size * (stop - start - 1)):]))
     assert plain[1] == 0x80 | 102 and plain.endswith(cut.payloads[-1])
+    assert int.from_bytes(plain[2:4], "big") == 50_000 + stop - 1
+    # Room for a trailer other than the one SRTP adds would make the datagrams overlap: refused, not sent.
+    wrong = _RunProtector(session(), trailer + 2)
+    with pytest.raises(RuntimeError, match="SRTP added"):
+        wrong.protect(wrong.session.protect, cut, len(cut.runs) - 1, 0x90, 102, 60_000, tail)
 
 
 async def test_a_viewer_whose_socket_never_drains_holds_bounded_memory_and_recovers(

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiortc.codecs.h264 import FU_A_HEADER_SIZE, NAL_HEADER_SIZE, NAL_TYPE_FU_A, PACKET_MAX, H264Encoder
 
@@ -64,6 +65,19 @@ class _EvenFragments(H264Encoder):
         return fragments
 
 
+class RunLayout(NamedTuple):
+    """A run's payloads as a viewer's sender lays them out before protecting them in place (web.live_sender).
+
+    Each payload sits behind room for its RTP header and in front of room for its SRTP trailer, so that the
+    protected datagrams come out end to end, as one GSO send carries them: a viewer copies ``template`` into its
+    buffer once, writes the headers and protects each datagram where it lies.
+    """
+
+    template: bytes
+    offsets: tuple[int, ...]  # where each datagram starts
+    sizes: tuple[int, ...]  # each datagram's header and payload, before SRTP
+
+
 @dataclass(frozen=True, slots=True)
 class Cut:
     """An access unit's RTP payloads (the marker goes on the last) and its runs of equal-size payloads."""
@@ -72,6 +86,27 @@ class Cut:
     # (start, stop) slices of ``payloads``: all of one length but the last, which is no longer; each one send.
     runs: tuple[tuple[int, int], ...]
     octets: int = 0  # the payloads' bytes, for the RTCP sender reports
+    # (header bytes, trailer bytes) -> the runs laid out, made by the first viewer with those sizes (almost always
+    # all of them: the same negotiated extensions, the same SRTP profile) and shared by the others.
+    _layouts: dict[tuple[int, int], tuple[RunLayout, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def layout(self, header: int, trailer: int) -> tuple[RunLayout, ...]:
+        """The runs laid out for datagrams with ``header`` bytes in front of the payload and ``trailer`` after it."""
+        layouts = self._layouts.get((header, trailer))
+        if layouts is None:
+            layouts = self._layouts[header, trailer] = tuple(
+                _lay_out(self.payloads[start:stop], header, trailer) for start, stop in self.runs)
+        return layouts
+
+
+def _lay_out(payloads: tuple[bytes, ...], header: int, trailer: int) -> RunLayout:
+    room, after = bytes(header), bytes(trailer)
+    offsets, offset = [], 0
+    for payload in payloads:
+        offsets.append(offset)
+        offset += header + len(payload) + trailer
+    return RunLayout(b"".join(part for payload in payloads for part in (room, payload, after)), tuple(offsets),
+                     tuple(header + len(payload) for payload in payloads))
 
 
 def runs_of(payloads: tuple[bytes, ...]) -> tuple[tuple[int, int], ...]:

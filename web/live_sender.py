@@ -50,6 +50,7 @@ Runs on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import struct
@@ -62,6 +63,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCRtpSender
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import random_sequence_number
@@ -108,17 +110,23 @@ class _RunProtector:
 
     pylibsrtp's ``protect`` copies each packet into its own buffer and out again as new bytes; called through
     pylibsrtp's own cffi binding, libsrtp protects every packet in place in one preallocated buffer per viewer,
-    which then goes to the kernel as it is (one ``sendmsg`` for the run).  Where pylibsrtp's internals are not
-    what this was written for, its ``protect`` and a join make the same bytes.
+    which then goes to the kernel as it is (one ``sendmsg`` for the run).  The run's payloads come laid out once
+    for all viewers (:meth:`web.live_packetizer.Cut.layout`): per packet a viewer writes only its header and calls
+    libsrtp.  Where pylibsrtp's internals or aiortc's profile are not what this was written for (``trailer`` None),
+    its ``protect`` and a join make the same bytes.
     """
 
-    __slots__ = ("session", "_ctx", "_buf", "_memory", "_length", "_protect")
+    __slots__ = ("session", "trailer", "_ctx", "_buf", "_memory", "_length", "_protect", "_heads")
 
     BUFFER_BYTES = 66 * 1024  # a run is at most 65,000 bytes (web.live_packetizer.MAX_RUN_BYTES)
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, trailer: int | None) -> None:
         self.session = session  # the viewer's pylibsrtp.Session, whose keys and state these are
+        self.trailer = trailer or 0  # what SRTP adds to each packet (its authentication tag)
         self._protect: Any = None
+        self._heads: dict[int, struct.Struct] = {}  # header tail length -> the whole header's struct
+        if trailer is None:
+            return
         try:
             from pylibsrtp._binding import ffi, lib
 
@@ -130,35 +138,69 @@ class _RunProtector:
         except (ImportError, AttributeError, TypeError) as exc:
             log.info("pylibsrtp's binding is not the one expected (%s): packets are protected one by one", exc)
 
-    def protect(self, protect: Callable[[bytes], bytes], payloads: tuple[bytes, ...], start: int, stop: int,
-                last: int, first_byte: int, payload_type: int, sequence: int, tail: bytes) -> tuple[Any, int]:
-        """Packets ``start``..``stop`` of a unit, protected end to end, and the size of the first (all but the last)."""
-        head = _HEAD.pack
+    def protect(self, protect: Callable[[bytes], bytes], cut: Cut, run: int, first_byte: int, payload_type: int,
+                sequence: int, tail: bytes) -> tuple[Any, int]:
+        """Run ``run`` of ``cut`` (its first packet numbered ``sequence``), protected end to end, and the size of
+        its first datagram (all but the last have it)."""
+        start, stop = cut.runs[run]
+        last = len(cut.payloads) - 1
         c_protect = self._protect
         if c_protect is None:
+            head = _HEAD.pack
+            payloads = cut.payloads
             datagrams = [protect(b"".join((head(first_byte, payload_type | (0x80 if i == last else 0),
-                                                (sequence + i) & 0xFFFF), tail, payloads[i])))
+                                                (sequence + i - start) & 0xFFFF), tail, payloads[i])))
                          for i in range(start, stop)]
             return b"".join(datagrams), len(datagrams[0])
+        layout = cut.layout(4 + len(tail), self.trailer)[run]
+        pack = self._heads.get(len(tail))
+        if pack is None:
+            pack = self._heads[len(tail)] = struct.Struct(f"!BBH{len(tail)}s")
+        pack_into = pack.pack_into
         memory, buf, length, ctx = self._memory, self._buf, self._length, self._ctx
-        head_into = _HEAD.pack_into
-        tail_end = 4 + len(tail)
-        marked = payload_type | 0x80
-        offset = size = 0
-        for i in range(start, stop):
-            payload = payloads[i]
-            head_into(memory, offset, first_byte, marked if i == last else payload_type, (sequence + i) & 0xFFFF)
-            memory[offset + 4:offset + tail_end] = tail
-            end = offset + tail_end + len(payload)
-            memory[offset + tail_end:end] = payload
-            length[0] = end - offset
+        memory[:len(layout.template)] = layout.template
+        offsets, sizes = layout.offsets, layout.sizes
+        final = len(offsets) - 1
+        for i in range(final):
+            offset = offsets[i]
+            pack_into(memory, offset, first_byte, payload_type, (sequence + i) & 0xFFFF, tail)
+            length[0] = sizes[i]
             status = c_protect(ctx, buf + offset, length)
             if status:
                 raise RuntimeError(f"SRTP protection failed (libsrtp status {status})")
-            if not size:
-                size = length[0]
-            offset += length[0]
-        return self._memory[:offset], size
+        offset = offsets[final]
+        pack_into(memory, offset, first_byte, payload_type | (0x80 if stop - 1 == last else 0),
+                  (sequence + final) & 0xFFFF, tail)
+        length[0] = sizes[final]
+        status = c_protect(ctx, buf + offset, length)
+        if status:
+            raise RuntimeError(f"SRTP protection failed (libsrtp status {status})")
+        if length[0] != sizes[final] + self.trailer:  # the layout left the wrong room: the datagrams would overlap
+            raise RuntimeError(f"SRTP added {length[0] - sizes[final]} bytes to a packet, not {self.trailer}")
+        return memory[:offset + length[0]], sizes[0] + self.trailer
+
+
+@functools.cache
+def _srtp_trailer_of(libsrtp_profile: int, key_bytes: int) -> int:
+    """What SRTP adds to a packet under a profile: protect an empty packet with a throwaway key and see."""
+    from pylibsrtp import Policy, Session
+
+    policy = Policy(key=bytes(key_bytes), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=libsrtp_profile)
+    return len(Session(policy).protect(b"\x80" + bytes(11))) - 12
+
+
+def _srtp_trailer(dtls: Any) -> int | None:
+    """What SRTP adds to each packet for this viewer: the profile its DTLS handshake chose; None if unknown."""
+    try:
+        chosen = dtls._ssl.get_selected_srtp_profile()
+        for profile in SRTP_PROFILES:
+            if profile.openssl_profile == chosen:
+                return _srtp_trailer_of(profile.libsrtp_profile, profile.key_length + profile.salt_length)
+    except (AttributeError, TypeError, ValueError) as exc:
+        log.info("the SRTP profile of a viewer is not known (%s): packets are protected one by one", exc)
+        return None
+    log.info("the SRTP profile %r is not one aiortc knows: packets are protected one by one", chosen)
+    return None
 
 
 class _Sent:
@@ -443,7 +485,7 @@ class LiveRtpSender(RTCRtpSender):
         protect = self._protect()
         runs = self._live_runs
         if runs is None or runs.session is not dtls._tx_srtp:
-            runs = self._live_runs = _RunProtector(dtls._tx_srtp)
+            runs = self._live_runs = _RunProtector(dtls._tx_srtp, _srtp_trailer(dtls))
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
@@ -454,10 +496,9 @@ class LiveRtpSender(RTCRtpSender):
         sock = getattr(transport, "_sock", None) if plain else None
         addr = pair.remote_addr
         payloads = cut.payloads
-        last = len(payloads) - 1
         sent = 0
-        for start, stop in cut.runs:
-            data, size = runs.protect(protect, payloads, start, stop, last, first_byte, payload_type, sequence, tail)
+        for run, (start, stop) in enumerate(cut.runs):
+            data, size = runs.protect(protect, cut, run, first_byte, payload_type, (sequence + start) & 0xFFFF, tail)
             sent += len(data)
             if not plain:
                 # Not aioice's plain UDP protocol (TURN): its own path, awaited, so from this viewer's task,
