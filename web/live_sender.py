@@ -161,20 +161,15 @@ class _RunProtector:
         memory[:len(layout.template)] = layout.template
         offsets, sizes = layout.offsets, layout.sizes
         final = len(offsets) - 1
-        for i in range(final):
+        marked = final if stop - 1 == last else -1  # the unit's last packet carries the marker
+        for i in range(final + 1):
             offset = offsets[i]
-            pack_into(memory, offset, first_byte, payload_type, (sequence + i) & 0xFFFF, tail)
+            pack_into(memory, offset, first_byte, payload_type | (0x80 if i == marked else 0),
+                      (sequence + i) & 0xFFFF, tail)
             length[0] = sizes[i]
             status = c_protect(ctx, buf + offset, length)
             if status:
                 raise RuntimeError(f"SRTP protection failed (libsrtp status {status})")
-        offset = offsets[final]
-        pack_into(memory, offset, first_byte, payload_type | (0x80 if stop - 1 == last else 0),
-                  (sequence + final) & 0xFFFF, tail)
-        length[0] = sizes[final]
-        status = c_protect(ctx, buf + offset, length)
-        if status:
-            raise RuntimeError(f"SRTP protection failed (libsrtp status {status})")
         if length[0] != sizes[final] + self.trailer:  # the layout left the wrong room: the datagrams would overlap
             raise RuntimeError(f"SRTP added {length[0] - sizes[final]} bytes to a packet, not {self.trailer}")
         return memory[:offset + length[0]], sizes[0] + self.trailer
