@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
+import re
 import sys
 import threading
 
@@ -25,6 +27,14 @@ _PY_LEVELS = {
     LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO, LogLevel.WARNING: logging.WARNING,
     LogLevel.ERROR: logging.ERROR,
 }
+# FFmpeg's own level names, as its printer writes them with AV_LOG_PRINT_LEVEL ("[h264 @ 0x…] [error] …").
+_TAG_LEVELS = {
+    b"trace": logging.DEBUG, b"debug": logging.DEBUG, b"verbose": logging.DEBUG, b"info": logging.INFO,
+    b"warning": logging.WARNING, b"error": logging.ERROR, b"fatal": logging.CRITICAL, b"panic": logging.CRITICAL,
+}
+_LEVEL_TAG = re.compile(rb"^((?:\[[^\]]* @ 0x[0-9a-fA-F]+\] )*)\[(" + b"|".join(_TAG_LEVELS) + rb")\] ")
+_COLOUR = re.compile(rb"\x1b\[[0-9;]*m")
+_AV_LOG_PRINT_LEVEL = 2  # libavutil/log.h, unchanged since FFmpeg 2.4
 _PIPE_BYTES = 1 << 20
 _stderr_route: tuple[int, int] | None = None  # (the process's real stderr, duplicated; the pipe's read end)
 _ffmpeg_py_level = logging.ERROR
@@ -57,8 +67,56 @@ def _route_ffmpeg_messages(level: LogLevel) -> int:
     os.close(write_end)
     _stderr_route = (real, read_end)
     av.logging.restore_default_callback()
+    _print_levels()
     threading.Thread(target=_forward, args=(read_end,), name="ffmpeg-log", daemon=True).start()
     return real
+
+
+def _pyav_libavutil() -> str | None:
+    """The path of the libavutil that PyAV uses, as mapped into this process.
+
+    PyAV's wheel bundles its own FFmpeg (``av.libs``), and OpenCV's wheel another, so several may be loaded;
+    the one to configure is PyAV's.  A PyAV built against the system's FFmpeg has no ``av.libs``: then the
+    only libavutil mapped is taken, and with several and none of them PyAV's, none.
+    """
+    bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(av.__file__))), "av.libs") + os.sep
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and "/libavutil" in line}
+    except OSError:
+        return None
+    ours = [path for path in paths if path.startswith(bundled)]
+    if len(ours) == 1:
+        return ours[0]
+    return next(iter(paths)) if len(paths) == 1 else None
+
+
+def _print_levels() -> None:
+    """Have FFmpeg's printer write each message's level, so a record carries FFmpeg's level, not the threshold.
+
+    Without it every line FFmpeg prints is logged at ``log.ffmpeg_level``: at ``warning`` its errors would be
+    warnings.  PyAV does not expose ``av_log_set_flags``; libavutil is already loaded, so ``ctypes`` finds it.
+    """
+    path = _pyav_libavutil()
+    if path is None:
+        return
+    try:
+        lib = ctypes.CDLL(path)
+        lib.av_log_get_flags.restype = ctypes.c_int
+        lib.av_log_set_flags.argtypes = [ctypes.c_int]
+        lib.av_log_set_flags(lib.av_log_get_flags() | _AV_LOG_PRINT_LEVEL)
+    except (OSError, AttributeError):
+        pass  # lines keep the configured level
+
+
+def _record(line: bytes) -> tuple[int, str]:
+    """A printed line's level and text: FFmpeg's own level where it printed one, else ``log.ffmpeg_level``."""
+    line = _COLOUR.sub(b"", line).strip()  # colours, where FFmpeg saw a terminal before fd 2 became the pipe
+    tagged = _LEVEL_TAG.match(line)
+    if tagged is None:
+        return _ffmpeg_py_level, line.decode("utf-8", "replace")  # another C library, or a continued line
+    text = tagged.group(1) + line[tagged.end():]
+    return _TAG_LEVELS[tagged.group(2)], text.decode("utf-8", "replace")
 
 
 def _forward(read_end: int) -> None:
@@ -68,7 +126,8 @@ def _forward(read_end: int) -> None:
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
             if line.strip():
-                logger.log(_ffmpeg_py_level, "%s", line.decode("utf-8", "replace").strip())
+                level, text = _record(line)
+                logger.log(level, "%s", text)
 
 
 def setup(level: LogLevel | str = LogLevel.INFO, ffmpeg_level: LogLevel | None = LogLevel.ERROR) -> None:
