@@ -46,7 +46,7 @@ def test_ffmpeg_and_c_library_messages_reach_the_log_redacted_through_the_pipe()
 def test_a_printed_line_keeps_ffmpegs_level_and_loses_its_tag_and_colours() -> None:
     assert logsetup._record(b"[h264 @ 0x55d0] [warning] mmco: unref short failure") == (
         logging.WARNING, "[h264 @ 0x55d0] mmco: unref short failure")
-    # A demuxer's message about its decoder ("[in#0 @ 0x1] [h264 @ 0x2]") and FFmpeg's terminal colours.
+    # A message with its parent's context before its own ("[rtsp @ 0x1] [h264 @ 0x2]"), in terminal colours.
     assert logsetup._record(b"\x1b[0;31m[rtsp @ 0x1] [h264 @ 0x2] [error] no frame!\x1b[0m") == (
         logging.ERROR, "[rtsp @ 0x1] [h264 @ 0x2] no frame!")
     assert logsetup._record(b"[info] Stream #0") == (logging.INFO, "Stream #0")

@@ -82,9 +82,10 @@ def _pyav_libavutil() -> str | None:
     bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(av.__file__))), "av.libs") + os.sep
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and "/libavutil" in line}
+            mapped = [line.split(None, 5) for line in maps]
     except OSError:
         return None
+    paths = {fields[5].strip() for fields in mapped if len(fields) == 6 and "/libavutil" in fields[5]}
     ours = [path for path in paths if path.startswith(bundled)]
     if len(ours) == 1:
         return ours[0]
@@ -125,8 +126,8 @@ def _forward(read_end: int) -> None:
     while chunk := os.read(read_end, 65536):
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            if line.strip():
-                level, text = _record(line)
+            level, text = _record(line)
+            if text:
                 logger.log(level, "%s", text)
 
 
