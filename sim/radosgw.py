@@ -104,8 +104,9 @@ class RadosGateway:
             self._spawn("mon", "ceph-mon", "-f", "-c", str(self.conf), "-i", "a")
             # One uuid for the OSD on both sides: an OSD that boots with another one is refused ("wrong fsid").
             osd_uuid = str(uuid.uuid4())
-            self._run("ceph", "-c", str(self.conf), "--connect-timeout", "30", "osd", "create", osd_uuid, "0",
-                      timeout=40)
+            self._ceph("osd", "create", osd_uuid, "0")
+            # The OSD is placed in the CRUSH map from here rather than by itself at start (see _config).
+            self._ceph("osd", "crush", "add", "osd.0", "1.0", "root=default")
             self._run("ceph-osd", "-c", str(self.conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid, timeout=60)
             self._spawn("osd", "ceph-osd", "-f", "-c", str(self.conf), "-i", "0")
             self.start_gateway(max(5.0, deadline - time.monotonic()))
@@ -123,8 +124,7 @@ class RadosGateway:
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:  # e.g. an OSD refused by the monitor: no point in waiting
-                    out = (self.dir / "log" / f"{name}.out").read_text(errors="replace")[-500:]
-                    raise RadosGatewayError(f"{name} exited with {proc.returncode}: {out}")
+                    raise RadosGatewayError(f"{name} exited with {proc.returncode}: {self._why(name)}")
             try:
                 with urllib.request.urlopen(self.endpoint + "/", timeout=2):
                     return
@@ -169,6 +169,10 @@ mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon max pg per osd = 1000
 osd objectstore = memstore
+# An OSD that places itself in the CRUSH map at start may send that command before it has the monitor's
+# map, with a zero fsid: the monitor answers 'wrong fsid' and the OSD exits (seen on CI three starts in a row).
+osd crush update on start = false
+osd class update on start = false
 memstore device bytes = {self.memstore_mb << 20}
 osd crush chooseleaf type = 0
 osd max object name len = 460
@@ -192,6 +196,19 @@ rgw data = {d}/rgw
             tail = (result.stderr or result.stdout).decode(errors="replace")[-2000:]
             raise RadosGatewayError(f"{argv[0]} failed ({result.returncode}): {tail}")
 
+    def _ceph(self, *command: str, attempts: int = 5) -> None:
+        """An (idempotent) cluster command.  A client of a monitor that has just started may send its first
+        command before it has the monitor's map, with a zero fsid, and be refused with EPERM ('wrong fsid',
+        'problem getting command descriptions'): such a refusal is asked again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._run("ceph", "-c", str(self.conf), "--connect-timeout", "30", *command, timeout=40)
+                return
+            except RadosGatewayError as exc:
+                if "EPERM" not in str(exc) or attempt == attempts:
+                    raise
+                time.sleep(0.5)
+
     def _spawn(self, name: str, *argv: str) -> None:
         log = (self.dir / "log" / f"{name}.out").open("ab")
         try:
@@ -199,6 +216,13 @@ rgw data = {d}/rgw
                                                  stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             log.close()
+
+    def _why(self, name: str) -> str:
+        """What a daemon said before it exited: its error lines (level -1), which come before any backtrace
+        printed on the way out, else the end of its output."""
+        out = (self.dir / "log" / f"{name}.out").read_text(errors="replace")
+        errors = [line for line in out.splitlines() if " -1 " in line]
+        return " | ".join(errors[:8]) if errors else out[-500:]
 
     def _end(self, name: str) -> None:
         proc = self._procs.pop(name, None)
