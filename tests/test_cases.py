@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nvr.base.timeutil import iso
+from nvr.base.timeutil import iso, parse_iso
 from nvr.identity.accounts_cli import create_token
 from nvr.identity.roles import Role
 from tests.conftest import REPO, StationProcess, wait_until
@@ -31,9 +31,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class Station:
-    def __init__(self, daemon: StationProcess, begin: float) -> None:
+    def __init__(self, daemon: StationProcess) -> None:
         self.daemon = daemon
-        self.begin = begin
         self.auditor = create_token(daemon.auth_db, "auditor", Role.AUDITOR)
         self.cell_auditor = create_token(daemon.auth_db, "cell-auditor", Role.AUDITOR, frozenset({"cell"}))
         self.dock = create_token(daemon.auth_db, "dock", Role.DOCK)
@@ -72,23 +71,36 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Station]:
     ], storage={"segment_seconds": 3})
     daemon.config["bodycams"] = [{"id": "bwc-0142", "name": "Body camera 0142"}]
     daemon.config_path.write_text(yaml.safe_dump(daemon.config, sort_keys=False))
-    begin = time.time()
     daemon.start()
     try:
         daemon.wait_state("cell", "online", timeout=30)
         daemon.wait_state("corridor", "online", timeout=30)
-        yield Station(daemon, begin)
+        yield Station(daemon)
     finally:
         daemon.stop()
         for cam in cams:
             cam.stop()
 
 
+def indexed_until(station: Station, camera: str, since: float) -> float:
+    """The end of the camera's last indexed segment after ``since`` (``since`` if it has none)."""
+    query = urllib.parse.urlencode({"camera": camera, "start": iso(since - 60), "end": iso(time.time() + 60)})
+    status, body = station.call("GET", "/api/recordings?" + query)
+    assert status == 200, body
+    return max([since] + [parse_iso(s["end"]) for s in body["segments"]])
+
+
 @pytest.fixture(scope="module")
 def incident(station: Station, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Case 1404-77: ten seconds of both cameras and the body camera's file, and a bookmark."""
-    time.sleep(max(0.0, station.begin + 12 - time.time()))
-    start = time.time() - 9
+    """Case 1404-77: six seconds of both cameras and the body camera's file, and a bookmark.
+
+    The range starts a second after both cameras came online (not after the daemon started: under load a camera
+    may take longer than the range's lead to connect), and the case is made once both cameras have an indexed
+    segment past its end, so every camera of the case has recordings in it.
+    """
+    start = time.time() + 1
+    wait_until(lambda: all(indexed_until(station, camera, start) >= start + 6 for camera in ("cell", "corridor")),
+               60, "the cameras' segments never reached the end of the case's range")
     video = make_video(tmp_path_factory.mktemp("bwc") / "bwc.mp4", start, 5)
     status, item = station.daemon.request("POST", "/api/bodycams/bwc-0142/recordings", video.read_bytes(), headers={
         "Content-Type": "video/mp4", "Authorization": f"Bearer {station.dock}"})
