@@ -17,7 +17,7 @@ import aiohttp
 from aiortc import RTCSessionDescription
 
 from tests.conftest import StationProcess
-from tests.test_live import recvonly_peer
+from tests.test_live import browser, recvonly_peer  # noqa: F401 - the Chromium fixture
 from web.whep import without_mdns_candidates
 
 _HOST = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( .*)$", re.M)
@@ -65,3 +65,62 @@ async def test_a_viewer_behind_mdns_names_is_answered_at_once_and_sees_video(
         assert "mDNS candidate(s) left to peer-reflexive discovery" in daemon.log()
     finally:
         await pc.close()
+
+
+# Chromium as it comes: gather (its host candidates are mDNS names), POST, apply the answer, and time the POST to
+# the first decoded frame.
+FIRST_FRAME_JS = """async (camera) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const video = document.createElement("video");
+  video.muted = true; video.autoplay = true; video.playsInline = true;
+  document.body.appendChild(video);
+  pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); video.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") resolve(); };
+  });
+  const offer = pc.localDescription.sdp;
+  const tPost = performance.now();
+  const response = await fetch(`/api/cameras/${camera}/whep`, {
+    method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
+  const answer = await response.text();
+  if (response.status !== 201) return { status: response.status, answer, offer };
+  await pc.setRemoteDescription({ type: "answer", sdp: answer });
+  await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("no frame in 20 s")), 20000);
+    video.requestVideoFrameCallback(() => { clearTimeout(t); resolve(); });
+  });
+  const result = { status: 201, offer, first_frame_ms: performance.now() - tPost, width: video.videoWidth };
+  await fetch(response.headers.get("Location"), { method: "DELETE" });
+  pc.close();
+  video.remove();
+  return result;
+}"""
+
+
+def test_chromium_with_its_default_features_shows_the_first_frame_without_waiting_on_mdns(
+        cameras: Callable[..., Any], daemon_factory: Callable[..., StationProcess], browser: Any) -> None:  # noqa: F811
+    cam = cameras("mdns-chromium", width=640, height=360, fps=15)
+    daemon = daemon_factory([{"id": "hall", "name": "Hall", "url": cam.url}])
+    daemon.wait_state("hall", "online", timeout=30)
+    page = browser.new_page()
+    try:
+        page.set_extra_http_headers({"Authorization": f"Bearer {daemon.token}"})
+        page.goto(daemon.base_url + "/healthz")
+        times = []
+        for _ in range(3):
+            result = page.evaluate(FIRST_FRAME_JS, "hall")
+            assert result["status"] == 201, result.get("answer")
+            # Its host candidates are mDNS names, as in every monitoring room's browser, and none is an address.
+            assert ".local " in result["offer"], result["offer"]
+            assert not re.search(r"a=candidate:\S+ \d+ udp \d+ \d+\.\d+\.\d+\.\d+ \d+ typ host", result["offer"])
+            assert result["width"] == 640
+            times.append(result["first_frame_ms"])
+        # Loosely (the figure is bench_live's, about 50 ms on a quiet machine): a daemon that resolved the
+        # mDNS names first would wait at least aioice's 1 s query timeout in every session; the best of three
+        # is asserted so that one session slowed by the other test suites sharing the cores does not fail it.
+        assert min(times) < 500, f"POST to first frame: {[round(t) for t in times]} ms"
+    finally:
+        page.close()
