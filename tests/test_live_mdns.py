@@ -82,7 +82,8 @@ FIRST_FRAME_JS = """async (camera) => {
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise((resolve) => {
     if (pc.iceGatheringState === "complete") return resolve();
-    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    const t = setTimeout(resolve, 5000);
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } };
   });
   const offer = pc.localDescription.sdp;
   const tPost = performance.now();
@@ -109,9 +110,9 @@ def test_chromium_with_its_default_features_shows_the_first_frame_without_waitin
     with topology("m") as topo:
         station_ns, console = topo.ns("station"), topo.ns("console")
         topo.link(station_ns, "10.81.1.1/24", console, "10.81.1.2/24")
-        # The browser's machine has a default route, as a monitoring room's PC does.  Without one (as in the
-        # test run's own namespace) Chromium offers no candidate at all: for a page without camera permission
-        # it gathers only on the default route's interface, and hides that address behind an mDNS name.
+        # The browser's machine has a default route, as a monitoring room's PC does.  Without one Chromium
+        # offers no candidate at all: for a page without camera permission it gathers only on the default
+        # route's interface, and hides that address behind an mDNS name (see also tests/isolated.sh).
         in_ns(console, "ip", "route", "add", "default", "via", "10.81.1.1")
         # So has the station's: its multicast mDNS queries go out on the link (without a route they fail at once
         # and a daemon that waited on them would not be caught here).  Neither namespace forwards anything.
