@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from nvr.base.config import Storage
-from recorder.index import NewSegment, SegmentIndex
+from recorder.index import NewSegment, SegmentIndex, SegmentRecord
 from recorder.retention import Retention
 from recorder.storage import segment_relpath
 from tests.test_export_hygiene import small_disk
@@ -38,10 +38,22 @@ def test_a_long_pressure_sweep_does_not_delay_another_cameras_segment_close(tmp_
                     (seg.camera, seg.start, seg.end, seg.frames, seg.bytes, seg.sha256, seg.codec, seg.width,
                      seg.height, seg.params, seg.path, "ok", "0" * 64, "0" * 64, time.time()))
         st = os.statvfs(disk)
-        used_percent = 100 * (1 - st.f_bavail / st.f_blocks)
-        # The disk is "full" for retention: it must free a lot, one segment at a time.
-        storage = Storage(path=root, min_free_percent=min(90, 100 - used_percent / 4))
+        free_percent = 100 * st.f_bavail / st.f_blocks
+        segments_percent = 100 * SEGMENTS * 8192 / (st.f_blocks * st.f_frsize)
+        # The disk is "full" for retention: it must free half the segments' space, one segment at a time.  Not
+        # much more: the index's write-ahead log grows by about 4 MB during the sweep (measured), and a target
+        # out of reach short of every segment deletes the new one too (this test once asked for 80 % of them).
+        storage = Storage(path=root, min_free_percent=free_percent + segments_percent / 2)
         retention = Retention(root, storage, SegmentIndex(root / "index.sqlite3", name="retention"))
+        # Each delete takes 2 ms, as on a busy spinning disk, so that the sweep lasts seconds on any machine
+        # (on this tmpfs it would be over in a quarter of a second, about when the close is made).
+        delete = retention._delete
+
+        def slow_delete(record: SegmentRecord, reason: str) -> bool:
+            time.sleep(0.002)
+            return delete(record, reason)
+
+        retention._delete = slow_delete  # type: ignore[method-assign]
         try:
             sweep = retention.index.submit(retention.sweep)
             time.sleep(0.2)  # the sweep is under way
