@@ -47,7 +47,6 @@ import math
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,7 @@ from bench.viewer_net import ViewerNetwork  # noqa: E402
 from sim.client import SimCamera  # noqa: E402
 from tests.conftest import StationProcess, wait_until  # noqa: E402
 from tests.test_live import CHROMIUM_ARGS  # noqa: E402
-from tests.test_live_networks import station_on_all_addresses  # noqa: E402
+from tests.test_live_networks import chromium_in, station_on_all_addresses  # noqa: E402
 
 MEASURE_JS = """async (camera) => {
   const t0 = performance.now();
@@ -131,23 +130,18 @@ def first_frame_phase(root: Path, runs: int) -> None:
     why_not = viewer_net.available()
     network = viewer_net.ViewerNetwork().open() if why_not is None else None
     if network is not None:
-        subprocess.run(["ip", "-n", network.name, "route", "add", "default", "via", viewer_net.DAEMON_ADDRESS],
-                       check=True)
         station_on_all_addresses(daemon)
-        url = f"http://{viewer_net.DAEMON_ADDRESS}:{daemon.port}"
-        chromium = root / "chromium-in-viewers"
-        chromium.write_text(f'#!/bin/sh\nexec ip netns exec {network.name} /usr/bin/chromium "$@"\n')
-        chromium.chmod(0o755)
+        url, chromium = f"http://{viewer_net.DAEMON_ADDRESS}:{daemon.port}", chromium_in(network.name, root)
     else:
         print(f"bench_live: Chromium in this namespace: one of its own {why_not}", file=sys.stderr)
-        url, chromium = daemon.base_url, Path("/usr/bin/chromium")
+        url, chromium = daemon.base_url, "/usr/bin/chromium"
     try:
         daemon.start()
         daemon.wait_state("cam", "online", timeout=30)
         samples: list[dict[str, Any]] = []
         server_answer: list[float] = []
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.set_extra_http_headers({"Authorization": f"Bearer {daemon.token}"})  # deny-by-default access
             page.goto(url + "/healthz")

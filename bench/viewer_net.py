@@ -93,6 +93,8 @@ class ViewerNetwork:
             _ip("-n", self.name, "addr", "add", f"{VIEWERS_ADDRESS}/24", "dev", self.far)
             _ip("-n", self.name, "link", "set", self.far, "up")
             _ip("-n", self.name, "link", "set", "lo", "up")
+            # Another machine has a default route; Chromium needs one to offer any candidate (bench_live).
+            _ip("-n", self.name, "route", "add", "default", "via", DAEMON_ADDRESS)
             _ethtool(self.near, ETHTOOL_STSO, 0)
             if _ethtool(self.near, ETHTOOL_GTSO) != 0:
                 raise OSError("TSO stays on at the daemon's end of the pair")

@@ -43,9 +43,10 @@ async function openViewer(camera) {
     pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } };
   });
   const offer = pc.localDescription.sdp;
+  const posted = performance.now();
   const response = await fetch(`/api/cameras/${camera}/whep`, {
     method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
-  return { pc, video, offer, response, answer: await response.text() };
+  return { pc, video, offer, response, answer: await response.text(), posted };
 }
 """
 

@@ -19,7 +19,7 @@ import pytest
 from aiortc import RTCSessionDescription
 
 from tests.conftest import StationProcess
-from tests.test_live import CHROMIUM_ARGS, recvonly_peer
+from tests.test_live import CHROMIUM_ARGS, OPEN_VIEWER_JS, recvonly_peer
 from tests.test_live_networks import camera_in, chromium_in, entered, in_ns, station_on_all_addresses, topology
 from web.whep import without_mdns_candidates
 
@@ -72,31 +72,15 @@ async def test_a_viewer_behind_mdns_names_is_answered_at_once_and_sees_video(
 
 # Chromium as it comes: gather (its host candidates are mDNS names), POST, apply the answer, and time the POST to
 # the first decoded frame.
-FIRST_FRAME_JS = """async (camera) => {
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver("video", { direction: "recvonly" });
-  const video = document.createElement("video");
-  video.muted = true; video.autoplay = true; video.playsInline = true;
-  document.body.appendChild(video);
-  pc.ontrack = (e) => { video.srcObject = new MediaStream([e.track]); video.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    const t = setTimeout(resolve, 5000);
-    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } };
-  });
-  const offer = pc.localDescription.sdp;
-  const tPost = performance.now();
-  const response = await fetch(`/api/cameras/${camera}/whep`, {
-    method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
-  const answer = await response.text();
+FIRST_FRAME_JS = """async (camera) => {""" + OPEN_VIEWER_JS + """
+  const { pc, video, offer, response, answer, posted } = await openViewer(camera);
   if (response.status !== 201) return { status: response.status, answer, offer };
   await pc.setRemoteDescription({ type: "answer", sdp: answer });
   await new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error("no frame in 20 s")), 20000);
     video.requestVideoFrameCallback(() => { clearTimeout(t); resolve(); });
   });
-  const result = { status: 201, offer, first_frame_ms: performance.now() - tPost, width: video.videoWidth };
+  const result = { status: 201, offer, first_frame_ms: performance.now() - posted, width: video.videoWidth };
   await fetch(response.headers.get("Location"), { method: "DELETE" });
   pc.close();
   video.remove();
