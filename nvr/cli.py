@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         config = load_config_or_exit(args.config)
         logsetup.setup(config.log.level, config.log.ffmpeg_level)
-        memory.limit_malloc_arenas()  # before any camera's threads exist
+        substreams = sum(1 for camera in config.cameras if camera.live_url)
+        memory.set_malloc_arenas(memory.arenas_for(len(config.cameras), substreams))  # before the cameras' threads
         from pathlib import Path
 
         from nvr import service
