@@ -1,7 +1,7 @@
 """PyAV's RTSP demuxer alone: the floor under any daemon built on it (a child process of ``bench_ingest``).
 
 One process, one thread per camera, each opening its camera as the daemon does
-(``rtsp_transport=tcp``, FFmpeg's socket timeout, the same probing limits, FFmpeg's
+(``streams.rtsp_source.open_options``: TCP, FFmpeg's socket timeout, the same probing limits; FFmpeg's
 messages kept away from PyAV's log callback as ``nvr.base.logsetup`` does) and
 reading packets with ``container.demux()`` without doing anything with them: no
 read-timeout callback, no time model, no hub, no recorder.  What this costs is
@@ -24,10 +24,11 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nvr.base.config import LogLevel  # noqa: E402
+from nvr.base.config import Ingest, LogLevel  # noqa: E402
 from nvr.base.logsetup import setup  # noqa: E402
+from streams.rtsp_source import open_options  # noqa: E402
 
-OPTIONS = {"rtsp_transport": "tcp", "timeout": "5000000", "analyzeduration": "2000000", "probesize": "5000000"}
+OPTIONS = open_options(Ingest().read_timeout_seconds)  # the daemon's own, with its default read timeout
 
 
 def demux(url: str, first: threading.Semaphore) -> None:

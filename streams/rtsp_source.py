@@ -383,13 +383,7 @@ class RtspSource:
             pass  # loop closed during shutdown
 
     def _demux(self, loop: asyncio.AbstractEventLoop, stop: _SessionStop) -> tuple[OfflineReason, str]:
-        options = {
-            "rtsp_transport": "tcp",
-            # FFmpeg's socket timeout bounds every read (and the connect) without a Python callback.
-            "timeout": str(int(self.ingest.read_timeout_seconds * 1_000_000)),
-            "analyzeduration": "2000000",
-            "probesize": "5000000",
-        }
+        options = open_options(self.ingest.read_timeout_seconds)
         # PyAV's timeouts: FFmpeg's socket timeout alone does not end a read while the camera sends RTCP but
         # no media (an encoder hung behind a live RTSP stack), nor an open whose probing waits for media that
         # never comes.  Their price is PyAV's interrupt callback, which takes the GIL on every socket read:
@@ -538,6 +532,17 @@ async def probe_rtsp(url: str, timeout: float) -> bool:
     finally:
         if writer is not None:
             writer.close()
+
+
+def open_options(read_timeout_seconds: float) -> dict[str, str]:
+    """FFmpeg's options for opening a camera's RTSP stream (also the benchmark's PyAV-demuxer floor)."""
+    return {
+        "rtsp_transport": "tcp",
+        # FFmpeg's socket timeout bounds every read (and the connect) without a Python callback.
+        "timeout": str(int(read_timeout_seconds * 1_000_000)),
+        "analyzeduration": "2000000",
+        "probesize": "5000000",
+    }
 
 
 def _resolve(future: asyncio.Future[tuple[OfflineReason, str]], result: tuple[OfflineReason, str]) -> None:
